@@ -1,0 +1,41 @@
+"""Shared CLI pieces: exit codes, settings from env + flags, one-line errors."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, NoReturn
+
+import typer
+
+from rankstream.config import ConfigError, Settings
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+EXIT_SERVICE = 3
+
+BootstrapOpt = Annotated[
+    str | None, typer.Option("--bootstrap", help="Kafka bootstrap servers [env RANKSTREAM_BOOTSTRAP_SERVERS]")
+]
+PrefixOpt = Annotated[str | None, typer.Option("--prefix", help="Topic prefix [env RANKSTREAM_TOPIC_PREFIX]")]
+StateDirOpt = Annotated[
+    str | None, typer.Option("--state-dir", help="State directory [env RANKSTREAM_STATE_DIR, default ./.rankstream]")
+]
+DsnOpt = Annotated[
+    str | None,
+    typer.Option("--dsn", help="Store DSN: chdb:///abs/path or http(s)://user:pass@host:port/db [env RANKSTREAM_STORE_DSN]"),
+]
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    """Print one line to stderr and exit with ``code``."""
+    print(f"rankstream: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment with flag overrides; a bad value exits with code 2."""
+    try:
+        return Settings.from_env(**overrides)
+    except ConfigError as exc:
+        fail(f"configuration error: {exc}", EXIT_CONFIG)

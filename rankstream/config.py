@@ -1,0 +1,168 @@
+"""One place for configuration: ``RANKSTREAM_*`` environment variables, overridable by flags.
+
+Every component (producer, worker, sink, CLI, compose file) reads the same
+names, listed in :data:`ENV_VARS`. A plain dataclass keeps the producer's
+install free of config libraries.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from rankstream.topics import DEFAULT_PREFIX, Topics
+
+ENV_PREFIX = "RANKSTREAM_"
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the variable."""
+
+
+def _default_state_dir() -> str:
+    return str(Path.cwd() / ".rankstream")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Settings shared by all components. Field ``x`` is read from ``RANKSTREAM_X``."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = DEFAULT_PREFIX
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: str = field(default="", repr=False)
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    ssl_password: str = field(default="", repr=False)
+    state_dir: str = field(default_factory=_default_state_dir)
+    store_dsn: str = ""
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    partitions: int = 6
+    http_port: int = 8123
+
+    def __post_init__(self) -> None:
+        if self.security_protocol not in SECURITY_PROTOCOLS:
+            raise ConfigError(
+                f"RANKSTREAM_SECURITY_PROTOCOL={self.security_protocol!r}: expected one of {', '.join(SECURITY_PROTOCOLS)}"
+            )
+        if self.security_protocol.startswith("SASL") and self.sasl_mechanism not in SASL_MECHANISMS:
+            raise ConfigError(
+                f"RANKSTREAM_SASL_MECHANISM={self.sasl_mechanism!r}: with {self.security_protocol} expected one of {', '.join(SASL_MECHANISMS)}"
+            )
+        if not self.topic_prefix or any(c in self.topic_prefix for c in " /\\:"):
+            raise ConfigError(f"RANKSTREAM_TOPIC_PREFIX={self.topic_prefix!r}: must be a non-empty Kafka name")
+        if self.partitions < 1:
+            raise ConfigError("RANKSTREAM_PARTITIONS must be >= 1")
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``RANKSTREAM_*`` variables; non-None ``overrides`` (flags) win."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            if f.type in ("int", int):
+                try:
+                    values[f.name] = int(raw)
+                except ValueError:
+                    raise ConfigError(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: expected an integer") from None
+            else:
+                values[f.name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    # ---------------------------------------------------------------- derived
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir).expanduser().resolve()
+
+    @property
+    def dsn(self) -> str:
+        """Store DSN: explicit, or the embedded chDB store under the state directory."""
+        if self.store_dsn:
+            return self.store_dsn
+        return f"chdb://{self.state_path / 'store'}"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.state_path / "spool"
+
+    def kafka_python_kwargs(self) -> dict[str, Any]:
+        """Connection and security settings for kafka-python clients."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers.split(","),
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol.startswith("SASL"):
+            kwargs.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password,
+            )
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            kwargs.update(
+                {
+                    k: v
+                    for k, v in {
+                        "ssl_cafile": self.ssl_cafile,
+                        "ssl_certfile": self.ssl_certfile,
+                        "ssl_keyfile": self.ssl_keyfile,
+                        "ssl_password": self.ssl_password,
+                    }.items()
+                    if v
+                }
+            )
+        return kwargs
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """TLS context for asyncio clients (aiokafka, Faust), or None without TLS."""
+        if self.security_protocol not in ("SSL", "SASL_SSL"):
+            return None
+        context = ssl.create_default_context(cafile=self.ssl_cafile or None)
+        if self.ssl_certfile:
+            context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile or None, self.ssl_password or None)
+        return context
+
+    def aiokafka_kwargs(self) -> dict[str, Any]:
+        """Connection and security settings for aiokafka clients."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol.startswith("SASL"):
+            kwargs.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password,
+            )
+        context = self.ssl_context()
+        if context is not None:
+            kwargs["ssl_context"] = context
+        return kwargs
+
+
+#: Every environment variable the project reads (the compose file must use only these).
+ENV_VARS: tuple[str, ...] = tuple(ENV_PREFIX + f.name.upper() for f in fields(Settings))

@@ -1,0 +1,292 @@
+"""Wire contract v1: names, validation and JSON codec shared by every component.
+
+Events travel as JSON objects (see ../shared/DESIGN.md). In memory, a validated
+event is a plain ``dict`` with the same keys, where metric values are floats
+(the contract's ``"nan"``/``"inf"``/``"-inf"`` strings decoded to floats). Plain
+dicts keep the hot paths (replay, stream jobs, sinks) cheap; this module is the
+one place that decides what a valid event is, so every entry point rejects the
+same inputs with the same one-line reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from typing import Any, Final
+
+try:  # orjson is optional: the producer's install does not need it.
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - exercised only without the extra
+    _orjson = None
+
+SCHEMA_VERSION: Final = 1
+
+EVENT_KINDS: Final = frozenset({"run_start", "step", "eval", "heartbeat", "run_end"})
+SEVERITIES: Final = ("info", "warning", "critical")
+
+STANDARD_METRICS: Final = (
+    "loss",
+    "lr",
+    "grad_norm",
+    "grad_norm_adapter",
+    "grad_norm_backbone",
+    "step_time_s",
+    "data_time_s",
+    "compute_time_s",
+    "tokens_per_s",
+    "samples_per_s",
+    "mem_alloc_mb",
+    "mem_reserved_mb",
+    "mem_peak_mb",
+    "mem_total_mb",
+    "loss_scale",
+)
+
+RULES: Final = (
+    "nonfinite_loss",
+    "nonfinite_grad",
+    "loss_spike",
+    "loss_rising",
+    "loss_plateau",
+    "grad_explosion",
+    "grad_vanishing",
+    "adapter_grad_vanishing",
+    "straggler",
+    "rank_lagging",
+    "rank_silent",
+    "rank_hung",
+    "memory_pressure",
+)
+
+META_FIELDS: Final = (
+    "run_name",
+    "team",
+    "project",
+    "task_type",
+    "model_name",
+    "model_architecture",
+    "config",
+)
+
+#: Messages larger than this are rejected before parsing (dead-letter, reason "too large").
+MAX_EVENT_BYTES: Final = 256 * 1024
+MAX_ID_CHARS: Final = 256
+MAX_METRICS: Final = 512
+MAX_TAGS: Final = 128
+MAX_TAG_CHARS: Final = 1024
+
+_NONFINITE_DECODE: Final = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+class InvalidEvent(ValueError):
+    """An input that breaks the wire contract; ``reason`` is one human line."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------- codec
+
+
+def dumps(obj: Any) -> bytes:
+    """Serialize to compact UTF-8 JSON; non-finite floats must already be strings."""
+    if _orjson is not None:
+        return _orjson.dumps(obj)
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+
+
+def loads(raw: bytes | str) -> Any:
+    """Parse JSON with the fastest parser installed."""
+    if _orjson is not None:
+        return _orjson.loads(raw)
+    return json.loads(raw)
+
+
+def encode_metric(value: float) -> float | str:
+    """A float as the contract writes it: finite floats as numbers, others as strings."""
+    if value != value:
+        return "nan"
+    if value == math.inf:
+        return "inf"
+    if value == -math.inf:
+        return "-inf"
+    return value
+
+
+def encode_metrics(metrics: Mapping[str, float]) -> dict[str, float | str]:
+    return {name: encode_metric(value) for name, value in metrics.items()}
+
+
+# ----------------------------------------------------------------------- validation
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int  # bool is a subclass of int and is not allowed
+
+
+def _is_number(value: Any) -> bool:
+    t = type(value)
+    return t is float or t is int
+
+
+def _require_int(obj: Mapping[str, Any], key: str, minimum: int) -> int:
+    value = obj.get(key)
+    if not _is_int(value):
+        if value is None:
+            raise InvalidEvent(f"missing field {key!r}")
+        raise InvalidEvent(f"field {key!r} must be an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise InvalidEvent(f"field {key!r} must be >= {minimum}, got {value}")
+    return value
+
+
+def _decode_metrics(raw: Any) -> dict[str, float]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise InvalidEvent(f"field 'metrics' must be an object, got {type(raw).__name__}")
+    if len(raw) > MAX_METRICS:
+        raise InvalidEvent(f"too many metrics ({len(raw)} > {MAX_METRICS})")
+    out: dict[str, float] = {}
+    for name, value in raw.items():
+        t = type(value)
+        if t is float:
+            out[name] = value
+        elif t is int:
+            out[name] = float(value)
+        elif t is str and value in _NONFINITE_DECODE:
+            out[name] = _NONFINITE_DECODE[value]
+        else:
+            raise InvalidEvent(f"metric {name!r} must be a number or 'nan'/'inf'/'-inf', got {value!r:.40}")
+    return out
+
+
+def _check_str_map(raw: Any, field: str) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise InvalidEvent(f"field {field!r} must be an object, got {type(raw).__name__}")
+    if len(raw) > MAX_TAGS:
+        raise InvalidEvent(f"too many {field} ({len(raw)} > {MAX_TAGS})")
+    for key, value in raw.items():
+        if type(value) is not str:
+            raise InvalidEvent(f"{field[:-1]} {key!r} must be a string, got {type(value).__name__}")
+        if len(value) > MAX_TAG_CHARS:
+            raise InvalidEvent(f"{field[:-1]} {key!r} is longer than {MAX_TAG_CHARS} characters")
+    return raw
+
+
+def validate_event(obj: Any) -> dict[str, Any]:
+    """Check a parsed JSON value against contract v1 and return the in-memory event.
+
+    The returned dict always has ``metrics`` (floats), ``tags`` and ``meta``
+    (possibly empty), ``step`` (``-1`` for ``run_start``/``run_end`` without one),
+    ``host`` and ``local_rank``. Raises :class:`InvalidEvent` with a one-line reason.
+    """
+    if not isinstance(obj, dict):
+        raise InvalidEvent(f"event must be a JSON object, got {type(obj).__name__}")
+    version = obj.get("v")
+    if version != SCHEMA_VERSION or not _is_int(version):
+        raise InvalidEvent(f"unsupported schema version {version!r} (expected {SCHEMA_VERSION})")
+    kind = obj.get("kind")
+    if kind not in EVENT_KINDS:
+        raise InvalidEvent(f"unknown kind {kind!r}")
+    run_id = obj.get("run_id")
+    if type(run_id) is not str or not run_id:
+        raise InvalidEvent("missing or empty field 'run_id'")
+    if len(run_id) > MAX_ID_CHARS:
+        raise InvalidEvent(f"run_id longer than {MAX_ID_CHARS} characters")
+    world_size = _require_int(obj, "world_size", 1)
+    rank = _require_int(obj, "rank", 0)
+    if rank >= world_size:
+        raise InvalidEvent(f"rank {rank} out of range for world_size {world_size}")
+    seq = _require_int(obj, "seq", 0)
+    ts = obj.get("ts")
+    if not _is_number(ts) or not math.isfinite(ts):
+        raise InvalidEvent(f"field 'ts' must be a finite number, got {ts!r:.40}")
+    if kind in ("step", "eval", "heartbeat"):
+        step = _require_int(obj, "step", 0)
+    else:
+        step = obj.get("step", -1)
+        if not _is_int(step):
+            raise InvalidEvent(f"field 'step' must be an integer, got {type(step).__name__}")
+    local_rank = obj.get("local_rank", rank)
+    if not _is_int(local_rank) or local_rank < 0:
+        raise InvalidEvent("field 'local_rank' must be a non-negative integer")
+    host = obj.get("host", "")
+    if type(host) is not str:
+        raise InvalidEvent("field 'host' must be a string")
+    meta = obj.get("meta")
+    if meta is None:
+        meta = {}
+    elif not isinstance(meta, dict):
+        raise InvalidEvent(f"field 'meta' must be an object, got {type(meta).__name__}")
+    return {
+        "v": SCHEMA_VERSION,
+        "kind": kind,
+        "run_id": run_id,
+        "rank": rank,
+        "world_size": world_size,
+        "local_rank": local_rank,
+        "host": host,
+        "step": step,
+        "ts": float(ts),
+        "seq": seq,
+        "metrics": _decode_metrics(obj.get("metrics")),
+        "tags": _check_str_map(obj.get("tags"), "tags"),
+        "meta": meta,
+    }
+
+
+def decode_event(raw: bytes | str) -> dict[str, Any]:
+    """Parse and validate one wire message; every failure is an :class:`InvalidEvent`."""
+    if len(raw) > MAX_EVENT_BYTES:
+        raise InvalidEvent(f"message too large ({len(raw)} bytes > {MAX_EVENT_BYTES})")
+    try:
+        obj = loads(raw)
+    except (ValueError, TypeError) as exc:
+        raise InvalidEvent(f"not valid JSON: {str(exc).splitlines()[0][:120]}") from None
+    return validate_event(obj)
+
+
+def encode_event(event: Mapping[str, Any]) -> bytes:
+    """The wire form of an in-memory event (non-finite metrics as strings)."""
+    wire = dict(event)
+    wire["metrics"] = encode_metrics(event.get("metrics") or {})
+    return dumps(wire)
+
+
+# ------------------------------------------------------------------- derived records
+
+
+def alert_id(run_id: str, rule: str, step: int, ranks: tuple[int, ...] | list[int] = ()) -> str:
+    """Deterministic alert id: the same run, rule, trigger step (and ranks) give the same id.
+
+    Ranks are part of the key so that two different straggler ranks flagged at
+    the same step stay two alerts.
+    """
+    key = f"{run_id}\x1f{rule}\x1f{step}\x1f{','.join(str(r) for r in sorted(ranks))}"
+    return hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
+
+
+def step_key(run_id: str, step: int) -> str:
+    """Deterministic key of an aligned step, used for downstream deduplication."""
+    return f"{run_id}:{step}"
+
+
+def dlq_record(raw: bytes, reason: str, source_topic: str, partition: int, offset: int) -> bytes:
+    """Dead-letter message: the original bytes (as latin-1 text, lossless) plus the reason."""
+    return dumps(
+        {
+            "v": SCHEMA_VERSION,
+            "reason": reason,
+            "source_topic": source_topic,
+            "partition": partition,
+            "offset": offset,
+            "original": raw.decode("latin-1"),
+            "original_encoding": "latin-1",
+        }
+    )
