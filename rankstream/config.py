@@ -47,7 +47,7 @@ class Settings:
     state_dir: str = field(default_factory=_default_state_dir)
     store_dsn: str = ""
     kafka_port: int = 9092
-    kafka_controller_port: int = 9093
+    kafka_controller_port: int = 0  # 0: kafka_port + 1
     partitions: int = 6
     http_port: int = 8123
 
@@ -94,6 +94,10 @@ class Settings:
     @property
     def topics(self) -> Topics:
         return Topics(self.topic_prefix)
+
+    @property
+    def controller_port(self) -> int:
+        return self.kafka_controller_port or self.kafka_port + 1
 
     @property
     def state_path(self) -> Path:

@@ -129,7 +129,7 @@ def _port_in_use(port: int) -> bool:
 
 
 def _server_properties(settings: Settings, data_dir: Path) -> str:
-    port, cport = settings.kafka_port, settings.kafka_controller_port
+    port, cport = settings.kafka_port, settings.controller_port
     return "\n".join(
         [
             "process.roles=broker,controller",
@@ -214,7 +214,7 @@ def start_broker(settings: Settings, ready_timeout_s: float = READY_TIMEOUT_S) -
         if not _wait_ready(settings, pid, bootstrap, ready_timeout_s):
             raise StackError(f"Kafka broker pid {pid} is running but not answering on {bootstrap}")
         return BrokerStatus(True, pid, bootstrap, True, "already running")
-    for port in (settings.kafka_port, settings.kafka_controller_port):
+    for port in (settings.kafka_port, settings.controller_port):
         if _port_in_use(port):
             raise StackError(
                 f"port {port} on 127.0.0.1 is taken by another process: stop it or set "

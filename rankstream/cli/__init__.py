@@ -28,7 +28,7 @@ app = typer.Typer(
 
 def _register_commands() -> None:
     for module in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if module.name == "common":
+        if module.name == "common" or module.name.startswith("_"):
             continue
         mod = importlib.import_module(f"{__name__}.{module.name}")
         register = getattr(mod, "register", None)

@@ -51,5 +51,32 @@ def status(state_dir: StateDirOpt = None) -> None:
         fail("kafka is not ready", EXIT_SERVICE)
 
 
+
+
+topics_app = typer.Typer(help="Manage the contract topics on the configured Kafka cluster.", no_args_is_help=True)
+
+
+@topics_app.command("create")
+def topics_create(
+    partitions: Annotated[
+        int | None, typer.Option(help="Partitions per topic [env RANKSTREAM_PARTITIONS, default 6]")
+    ] = None,
+    prefix: Annotated[str | None, typer.Option(help="Topic prefix [env RANKSTREAM_TOPIC_PREFIX]")] = None,
+    bootstrap: Annotated[str | None, typer.Option(help="Bootstrap servers [env RANKSTREAM_BOOTSTRAP_SERVERS]")] = None,
+) -> None:
+    """Create <prefix>.events/.steps/.alerts/.dlq where missing (replication factor 1 locally)."""
+    from kafka.errors import KafkaError
+
+    from rankstream.stack import ensure_topics
+
+    settings = load_settings(partitions=partitions, topic_prefix=prefix, bootstrap_servers=bootstrap)
+    try:
+        created = ensure_topics(settings)
+    except KafkaError as exc:
+        fail(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}", EXIT_SERVICE)
+    typer.echo(f"created: {', '.join(created)}" if created else "all topics exist")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(stack_app, name="stack")
+    app.add_typer(topics_app, name="topics")
