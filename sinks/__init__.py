@@ -1,1 +1,1 @@
-"""placeholder"""
+"""ClickHouse sinks: schema migrations, batched idempotent writers, the sink worker and its HTTP interface."""

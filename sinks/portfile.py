@@ -1,0 +1,63 @@
+"""Where a sink that owns an embedded store says which port serves it, and how readers find it.
+
+The file lives next to the store directory (``<store>.http.json``) and is
+written atomically only once the HTTP server accepts connections; readers
+check that the writer is alive and answers ``/ping`` before trusting it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+
+def port_file(store_path: Path) -> Path:
+    return store_path.parent / f"{store_path.name}.http.json"
+
+
+def write(store_path: Path, host: str, port: int) -> Path:
+    path = port_file(store_path)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), "host": host, "port": port, "store": str(store_path)}))
+    tmp.replace(path)
+    return path
+
+
+def remove(store_path: Path) -> None:
+    path = port_file(store_path)
+    try:
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def find_server(store_path: Path, timeout_s: float = 2.0) -> tuple[str, int] | None:
+    """``(host, port)`` of the live sink serving ``store_path``, or None when no sink owns it."""
+    try:
+        info: dict[str, Any] = json.loads(port_file(store_path).read_text())
+        host, port, pid = str(info["host"]), int(info["port"]), int(info["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not _alive(pid):
+        return None
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/ping", timeout=timeout_s) as response:
+            if response.status == 200:
+                return host, port
+    except OSError:
+        return None
+    return None

@@ -1,0 +1,318 @@
+"""Pure conversion of contract records (raw events, aligned steps, alerts) into column-oriented rows.
+
+No I/O here: the worker feeds decoded messages in and inserts the resulting
+:class:`Batch`. Validation of steps and alerts lives here (raw events are
+validated by ``rankstream.schema``); every rejection is an :class:`InvalidRecord`
+with a one-line reason that goes to the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Any
+
+from rankstream.sinks.tables import COLUMNS, column_names
+
+from rankstream.schema import InvalidEvent, dumps
+
+_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+_STEP_FIELDS = frozenset(
+    {
+        "v",
+        "run_id",
+        "step",
+        "world_size",
+        "ranks_reported",
+        "missing_ranks",
+        "complete",
+        "ts_first",
+        "ts_last",
+        "metrics",
+    }
+)
+_AGG_FIELDS = ("mean", "min", "max", "std")
+_META_COLUMNS = ("run_name", "project", "task_type", "model_name", "model_architecture")
+
+
+class InvalidRecord(InvalidEvent):
+    """A step or alert record that breaks the contract (same shape as InvalidEvent)."""
+
+
+def _micros(ts: float) -> int:
+    return round(ts * 1_000_000)
+
+
+class Batch:
+    """Column buffers for every table, filled row by row and inserted column-oriented."""
+
+    def __init__(self) -> None:
+        self.columns: dict[str, list[list[Any]]] = {t: [[] for _ in COLUMNS[t]] for t in COLUMNS}
+        self.rows = 0
+
+    def count(self, table: str) -> int:
+        return len(self.columns[table][0])
+
+    def add(self, table: str, row: tuple[Any, ...]) -> None:
+        for column, value in zip(self.columns[table], row, strict=True):
+            column.append(value)
+        self.rows += 1
+
+    def add_event(self, event: dict[str, Any], team: str) -> None:
+        """One ``events`` row and one ``metrics`` row per metric of a validated raw event."""
+        ts = _micros(event["ts"])
+        run_id, rank, seq, kind, step = event["run_id"], event["rank"], event["seq"], event["kind"], event["step"]
+        host, world_size = event["host"], event["world_size"]
+        metrics: dict[str, float] = event["metrics"]
+        n = len(metrics)
+        self.add(
+            "events",
+            (team, run_id, rank, seq, kind, step, ts, host, event["local_rank"], world_size, n, event["tags"]),
+        )
+        if not n:
+            return
+        cols = self.columns["metrics"]
+        # Column order: team, run_id, metric, kind, step, rank, seq, ts, value, host, world_size
+        for index, constant in ((0, team), (1, run_id), (3, kind), (4, step), (5, rank), (6, seq), (7, ts)):
+            cols[index].extend([constant] * n)
+        cols[2].extend(metrics.keys())
+        cols[8].extend(metrics.values())
+        cols[9].extend([host] * n)
+        cols[10].extend([world_size] * n)
+        self.rows += n
+
+    def add_step(self, record: dict[str, Any], team: str) -> None:
+        """A validated aligned step: one ``steps`` row and one ``step_metrics`` row per metric."""
+        extra = {k: v for k, v in record.items() if k not in _STEP_FIELDS}
+        ts_first = _micros(record["ts_first"])
+        self.add(
+            "steps",
+            (
+                team,
+                record["run_id"],
+                record["step"],
+                record["world_size"],
+                record["ranks_reported"],
+                record["missing_ranks"],
+                record["complete"],
+                ts_first,
+                _micros(record["ts_last"]),
+                dumps(extra).decode() if extra else "",
+            ),
+        )
+        for name, agg in record["metrics"].items():
+            self.add(
+                "step_metrics",
+                (
+                    team,
+                    record["run_id"],
+                    name,
+                    record["step"],
+                    ts_first,
+                    agg["mean"],
+                    agg["min"],
+                    agg["max"],
+                    agg["std"],
+                    agg["argmin"],
+                    agg["argmax"],
+                    agg["n"],
+                ),
+            )
+
+    def add_alert(self, alert: dict[str, Any]) -> None:
+        self.add(
+            "alerts",
+            (
+                alert["team"],
+                alert["rule"],
+                alert["severity"],
+                alert["run_id"],
+                alert["alert_id"],
+                alert["step"],
+                alert["ranks"],
+                _micros(alert["ts"]),
+                alert["message"],
+                dumps(alert["evidence"]).decode(),
+            ),
+        )
+
+    def add_run(self, run: dict[str, Any]) -> None:
+        self.add("runs", tuple(run[name] for name in column_names("runs")))
+
+
+# ------------------------------------------------------------------ runs (team lookup)
+
+
+def run_row_from_start(event: dict[str, Any]) -> dict[str, Any]:
+    """The ``runs`` row a run_start event opens (metadata from ``meta``)."""
+    meta = event["meta"]
+    config = meta.get("config", "")
+    ts = _micros(event["ts"])
+    row: dict[str, Any] = {
+        "run_id": event["run_id"],
+        "team": _meta_str(meta, "team"),
+        "config": config if isinstance(config, str) else dumps(_jsonable(config)).decode(),
+        "world_size": event["world_size"],
+        "status": "running",
+        "started_at": ts,
+        "ended_at": None,
+        "updated_at": ts,
+    }
+    for name in _META_COLUMNS:
+        row[name] = _meta_str(meta, name)
+    return row
+
+
+def run_row_from_end(previous: dict[str, Any] | None, event: dict[str, Any]) -> dict[str, Any]:
+    """The ``runs`` row after run_end: previous metadata kept, status from ``meta.status`` or 'finished'."""
+    ts = _micros(event["ts"])
+    row = dict(previous) if previous else run_row_from_start({**event, "meta": {}})
+    if not previous:
+        row["started_at"] = ts
+    status = event["meta"].get("status") if isinstance(event["meta"], dict) else None
+    row["status"] = status if isinstance(status, str) and status else "finished"
+    row["ended_at"] = ts
+    row["updated_at"] = max(ts, row["updated_at"] + 1)
+    return row
+
+
+def _meta_str(meta: dict[str, Any], key: str) -> str:
+    value = meta.get(key, "")
+    return value if isinstance(value, str) else str(value)
+
+
+def _jsonable(value: Any) -> Any:
+    """Replace non-finite floats (not valid JSON) by their contract strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if value != value else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+class RunCache:
+    """Bounded run_id -> latest ``runs`` row map (team lookup for every row, run_end merges)."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._rows: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def get(self, run_id: str) -> dict[str, Any] | None:
+        row = self._rows.get(run_id)
+        if row is not None:
+            self._rows.move_to_end(run_id)
+        return row
+
+    def put(self, row: dict[str, Any]) -> None:
+        self._rows[row["run_id"]] = row
+        self._rows.move_to_end(row["run_id"])
+        while len(self._rows) > self.capacity:
+            self._rows.popitem(last=False)
+
+    def __contains__(self, run_id: str) -> bool:
+        return run_id in self._rows
+
+    def team(self, run_id: str) -> str:
+        row = self._rows.get(run_id)
+        return row["team"] if row else ""
+
+
+# ------------------------------------------------------------------ validation
+
+
+def _int(obj: dict[str, Any], key: str, minimum: int | None = None) -> int:
+    value = obj.get(key)
+    if type(value) is not int:
+        raise InvalidRecord(f"field {key!r} must be an integer, got {type(value).__name__}")
+    if minimum is not None and value < minimum:
+        raise InvalidRecord(f"field {key!r} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(obj: dict[str, Any], key: str, *, finite: bool = False) -> float:
+    value = obj.get(key)
+    if type(value) in (int, float):
+        out = float(value)
+    elif value is None and not finite:
+        out = math.nan
+    elif isinstance(value, str) and value in _NONFINITE and not finite:
+        out = _NONFINITE[value]
+    else:
+        raise InvalidRecord(f"field {key!r} must be a number, got {value!r:.40}")
+    if finite and not math.isfinite(out):
+        raise InvalidRecord(f"field {key!r} must be finite")
+    return out
+
+
+def _str(obj: dict[str, Any], key: str, *, required: bool = True) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or (required and not value):
+        raise InvalidRecord(f"missing or empty string field {key!r}")
+    return value
+
+
+def _ranks(obj: dict[str, Any], key: str) -> list[int]:
+    value = obj.get(key, [])
+    if not isinstance(value, list) or any(type(r) is not int or r < 0 for r in value):
+        raise InvalidRecord(f"field {key!r} must be a list of non-negative integers")
+    return value
+
+
+def _version(obj: Any, kind: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise InvalidRecord(f"{kind} must be a JSON object, got {type(obj).__name__}")
+    if obj.get("v") != 1:
+        raise InvalidRecord(f"unsupported schema version {obj.get('v')!r} (expected 1)")
+    return obj
+
+
+def validate_step(obj: Any) -> dict[str, Any]:
+    """Check an aligned-step record; returns it with numbers normalised (unknown fields kept)."""
+    rec = dict(_version(obj, "aligned step"))
+    _str(rec, "run_id")
+    _int(rec, "step", 0)
+    _int(rec, "world_size", 1)
+    _int(rec, "ranks_reported", 0)
+    rec["missing_ranks"] = _ranks(rec, "missing_ranks")
+    complete = rec.get("complete")
+    if type(complete) is not bool:
+        raise InvalidRecord("field 'complete' must be a boolean")
+    rec["ts_first"] = _float(rec, "ts_first", finite=True)
+    rec["ts_last"] = _float(rec, "ts_last", finite=True)
+    metrics = rec.get("metrics", {})
+    if not isinstance(metrics, dict):
+        raise InvalidRecord("field 'metrics' must be an object")
+    clean: dict[str, dict[str, Any]] = {}
+    for name, agg in metrics.items():
+        if not isinstance(agg, dict):
+            raise InvalidRecord(f"metric {name!r} must be an object of aggregates")
+        out: dict[str, Any] = {field: _float(agg, field) for field in _AGG_FIELDS}
+        for field in ("argmin", "argmax"):
+            value = agg.get(field, -1)
+            out[field] = value if type(value) is int else -1
+        n = agg.get("n", 0)
+        if type(n) is not int or n < 0:
+            raise InvalidRecord(f"metric {name!r}: 'n' must be a non-negative integer")
+        out["n"] = n
+        clean[name] = out
+    rec["metrics"] = clean
+    return rec
+
+
+def validate_alert(obj: Any) -> dict[str, Any]:
+    """Check an alert record; returns a normalised copy."""
+    rec = dict(_version(obj, "alert"))
+    for key in ("alert_id", "run_id", "rule", "severity"):
+        _str(rec, key)
+    rec["team"] = _str(rec, "team", required=False) if "team" in rec else ""
+    rec["message"] = _str(rec, "message", required=False) if "message" in rec else ""
+    rec["step"] = _int(rec, "step") if "step" in rec else -1
+    rec["ranks"] = _ranks(rec, "ranks")
+    rec["ts"] = _float(rec, "ts", finite=True)
+    evidence = rec.get("evidence", {})
+    if not isinstance(evidence, dict):
+        raise InvalidRecord("field 'evidence' must be an object")
+    rec["evidence"] = _jsonable(evidence)
+    return rec

@@ -1,0 +1,75 @@
+"""Column-oriented, deduplicated inserts of a :class:`~rankstream.sinks.records.Batch`.
+
+Column names and types go with every insert, so clickhouse-connect skips its
+per-insert DESCRIBE. Each table insert carries an ``insert_deduplication_token``
+derived from the Kafka offset ranges of the batch: retrying a batch whose
+insert actually landed (timeout, connection reset) is dropped by the store
+instead of duplicated (the tables set ``non_replicated_deduplication_window``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+from rankstream.sinks.records import Batch
+from rankstream.sinks.store import DATABASE
+from rankstream.sinks.tables import TABLE_ORDER, column_names, column_types, qualified
+
+RUN_LOOKUP_COLUMNS = column_names("runs")
+
+
+def batch_token(ranges: Mapping[tuple[str, int], tuple[int, int]]) -> str:
+    """A deterministic token for the offset ranges ``(topic, partition) -> (first, last)`` of a batch."""
+    text = ";".join(f"{topic}/{part}/{first}-{last}" for (topic, part), (first, last) in sorted(ranges.items()))
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def insert_batch(client: Any, batch: Batch, token: str) -> int:
+    """Insert every non-empty table of ``batch``; returns the rows written. Idempotent per token."""
+    written = 0
+    for table in TABLE_ORDER:
+        n = batch.count(table)
+        if not n:
+            continue
+        client.insert(
+            qualified(table),
+            batch.columns[table],
+            column_names=column_names(table),
+            column_type_names=column_types(table),
+            column_oriented=True,
+            settings={"insert_deduplication_token": f"{token}:{table}"},
+        )
+        written += n
+    return written
+
+
+def lookup_runs(client: Any, run_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Latest ``runs`` rows for ``run_ids`` (those the store knows), keyed by run_id."""
+    if not run_ids:
+        return {}
+    result = client.query(
+        f"SELECT {', '.join(RUN_LOOKUP_COLUMNS)} FROM {DATABASE}.runs FINAL WHERE run_id IN {{ids:Array(String)}}",
+        parameters={"ids": run_ids},
+    )
+    rows: dict[str, dict[str, Any]] = {}
+    for values in result.result_rows:
+        row = dict(zip(RUN_LOOKUP_COLUMNS, values, strict=True))
+        for key in ("started_at", "ended_at", "updated_at"):
+            if row[key] is not None:
+                row[key] = _to_micros(row[key])
+        rows[row["run_id"]] = row
+    return rows
+
+
+def _to_micros(value: Any) -> int:
+    """A DateTime64 read back (datetime) as integer microseconds since the epoch."""
+    if isinstance(value, int):
+        return value
+    import datetime as dt
+
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    delta = value - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
