@@ -1,0 +1,312 @@
+"""The training-loop facing object: ``Reporter.log`` is the hot path, everything else is background.
+
+``log`` copies the metric references into a tuple, stamps ``ts`` and ``seq``
+and appends it to a deque: no serialization, no I/O, no lock, no torch call.
+The :class:`~rankstream.producer.pipeline.Pipeline` thread does the rest; a
+heartbeat thread keeps a rank visibly alive while it sits in a collective.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import logging
+import math
+import os
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rankstream.producer.events import EventEncoder
+from rankstream.producer.identity import RunIdentity, detect_identity
+from rankstream.producer.pipeline import Pipeline
+from rankstream.producer.redact import redact_meta
+from rankstream.producer.spool import Spool, rank_dir
+
+from rankstream.config import Settings
+
+log = logging.getLogger("rankstream.producer")
+
+_REPORTERS: weakref.WeakSet[Reporter] = weakref.WeakSet()
+ATEXIT_TIMEOUT_S = 5.0
+
+
+class Reporter:
+    """Publishes this rank's events of one run. One per process (per rank)."""
+
+    def __init__(
+        self,
+        run_id: str | None = None,
+        *,
+        settings: Settings | None = None,
+        meta: Mapping[str, Any] | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        local_rank: int | None = None,
+        heartbeat_s: float = 10.0,
+        every_k: int = 1,
+        max_events_per_s: float = 50.0,
+        queue_size: int = 10000,
+        spool_dir: str | Path | None = None,
+        spool_max_mb: int = 1024,
+    ) -> None:
+        self.settings = settings if settings is not None else Settings.from_env()
+        self.identity: RunIdentity = detect_identity(run_id, rank=rank, world_size=world_size, local_rank=local_rank)
+        self.meta = redact_meta(meta)
+        self.heartbeat_s = float(heartbeat_s)
+        self.every_k = max(int(every_k), 1)
+        rate = float(max_events_per_s) if max_events_per_s else 0.0
+        self._rate = rate if 0.0 < rate < math.inf else 0.0
+        self._burst = max(self._rate, 1.0)  # up to one second's worth of events at once
+        self._tokens = self._burst
+        self._t_last = time.monotonic()
+        self._queue_size = max(int(queue_size), 1)
+        ident = self.identity
+        self.spool_root = Path(spool_dir) if spool_dir is not None else self.settings.spool_dir
+        self.spool = Spool(rank_dir(self.spool_root, ident.run_id, ident.rank), max_bytes=int(spool_max_mb) << 20)
+        self._encoder = EventEncoder(ident.run_id, ident.rank, ident.world_size, ident.local_rank, ident.host)
+        self._pipeline = Pipeline(
+            self.settings,
+            self._encoder,
+            self.spool,
+            self.spool_root,
+            key=ident.run_id.encode(),
+            queue_size=self._queue_size,
+            client_id=f"rankstream-{ident.rank}",
+        )
+        self._queue = self._pipeline.queue
+        self._seq = itertools.count()
+        self._last_step = -1
+        self._started = False
+        self._closed = False
+        self._disabled = False  # closed, or a forked child: log() is a no-op
+        self._owner_pid = os.getpid()
+        self._hb_stop = threading.Event()
+        self._hb_thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._counts = {"skipped_every_k": 0, "rate_limited": 0, "bad_calls": 0, "forked_calls": 0}
+        self._warned: set[str] = set()
+        _REPORTERS.add(self)
+
+    # ------------------------------------------------------------------ identity
+
+    @property
+    def run_id(self) -> str:
+        return self.identity.run_id
+
+    @property
+    def rank(self) -> int:
+        return self.identity.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.identity.world_size
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> Reporter:
+        """Emit run_start and start the background threads (idempotent; log() calls it)."""
+        if self._started or self._disabled:
+            return self
+        with self._start_lock:
+            if self._started:
+                return self
+            self._emit("run_start", -1, None, None, self.meta)
+            self._pipeline.start()
+            if self.heartbeat_s > 0:
+                self._hb_thread = threading.Thread(target=self._heartbeat, name="rankstream-heartbeat", daemon=True)
+                self._hb_thread.start()
+            self._started = True
+        return self
+
+    def close(self, timeout: float = 10.0, status: str = "finished") -> None:
+        """Emit run_end, deliver within ``timeout`` seconds; what is left stays spooled."""
+        if self._closed or os.getpid() != self._owner_pid:
+            return
+        self._closed = True
+        self._disabled = True
+        self._hb_stop.set()
+        if self._started:
+            step = self._last_step if self._last_step >= 0 else -1
+            self._emit("run_end", step, None, {"status": str(status)}, None)
+        self._pipeline.close(timeout)
+        if self._hb_thread is not None:
+            self._hb_thread.join(1.0)
+        _REPORTERS.discard(self)
+
+    def __enter__(self) -> Reporter:
+        return self.start()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(status="failed" if exc_type is not None and exc_type is not KeyboardInterrupt else "finished")
+
+    # ------------------------------------------------------------------ hot path
+
+    def _emit(self, kind: str, step: int, metrics: Any, tags: Any, meta: Any) -> None:
+        item = (kind, step, time.time(), next(self._seq), metrics, tags, meta)
+        if len(self._queue) < self._queue_size:
+            self._queue.append(item)
+        else:
+            self._pipeline.overflow(item)
+
+    def log(
+        self,
+        step: int,
+        metrics: Mapping[str, Any] | None = None,
+        *,
+        tags: Mapping[str, Any] | None = None,
+        **metrics_kw: Any,
+    ) -> None:
+        """Report this rank's metrics of a completed optimizer step. Never raises, never blocks.
+
+        Values are kept by reference and read on the background thread: pass
+        floats, or tensors you will not modify in place (a CUDA tensor is read
+        there, so the training thread never waits for the GPU).
+        """
+        if self._disabled:
+            if self._closed:
+                return
+            self._counts["forked_calls"] += 1
+            return
+        try:
+            if type(step) is not int:
+                step = self._coerce_step(step)
+                if step is None:
+                    return
+            self._last_step = step
+            if not self._started:
+                self.start()
+            if self.every_k > 1 and step % self.every_k:
+                self._counts["skipped_every_k"] += 1
+                return
+            if self._rate:
+                now = time.monotonic()
+                tokens = self._tokens + (now - self._t_last) * self._rate
+                self._t_last = now
+                if tokens > self._burst:
+                    tokens = self._burst
+                if tokens < 1.0:
+                    self._tokens = tokens
+                    self._counts["rate_limited"] += 1
+                    return
+                self._tokens = tokens - 1.0
+            if metrics_kw:
+                if metrics:
+                    merged = dict(metrics)
+                    merged.update(metrics_kw)
+                    metrics_kw = merged
+            elif metrics:
+                metrics_kw = dict(metrics)
+            self._emit("step", step, metrics_kw, dict(tags) if tags else None, None)
+        except Exception as exc:  # bad input from the training script never reaches the loop
+            self._bad_call("log", exc)
+
+    def log_eval(
+        self,
+        step: int,
+        metrics: Mapping[str, Any] | None = None,
+        *,
+        tags: Mapping[str, Any] | None = None,
+        **metrics_kw: Any,
+    ) -> None:
+        """Report evaluation metrics at ``step`` (not thinned by every_k or the rate limit)."""
+        if self._disabled:
+            return
+        try:
+            if type(step) is not int:
+                step = self._coerce_step(step)
+                if step is None:
+                    return
+            if not self._started:
+                self.start()
+            merged = dict(metrics) if metrics else {}
+            merged.update(metrics_kw)
+            self._emit("eval", step, merged, dict(tags) if tags else None, None)
+        except Exception as exc:
+            self._bad_call("log_eval", exc)
+
+    def _coerce_step(self, step: Any) -> int | None:
+        try:
+            value = int(step)  # numpy ints, 0-d tensors
+            if value != step or value < 0 or isinstance(step, bool):
+                raise ValueError
+        except Exception:
+            self._bad_call("log", ValueError(f"step must be a non-negative integer, got {step!r:.40}"))
+            return None
+        return value
+
+    def _bad_call(self, where: str, exc: BaseException) -> None:
+        self._counts["bad_calls"] += 1
+        if where not in self._warned:
+            self._warned.add(where)
+            log.warning("rankstream: %s() ignored bad input: %s (counted; warned once)", where, exc)
+
+    # ------------------------------------------------------------------ background
+
+    def _heartbeat(self) -> None:
+        while not self._hb_stop.wait(self.heartbeat_s):
+            if self._disabled:
+                return
+            self._emit("heartbeat", max(self._last_step, 0), None, None, None)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: enqueued, sent, spooled, replayed, dropped_invalid, dropped_spool_full, ..."""
+        p = self._pipeline.counts
+        return {
+            "enqueued": int(repr(self._seq)[6:-1]),
+            "sent": p["sent"],
+            "spooled": p["spooled"],
+            "replayed": p["replayed"],
+            "overflow_spooled": p["overflow"],
+            "dropped_invalid": self._encoder.dropped_invalid,
+            "dropped_spool_full": self.spool.dropped,
+            "truncated": self._encoder.truncated,
+            "skipped_every_k": self._counts["skipped_every_k"],
+            "rate_limited": self._counts["rate_limited"],
+            "bad_calls": self._counts["bad_calls"],
+            "forked_calls": self._counts["forked_calls"],
+            "queued": len(self._queue),
+            "spool_pending": self.spool.pending,
+            "connects": p["connects"],
+            "send_failures": p["send_failures"],
+        }
+
+    # ------------------------------------------------------------------ fork / exit
+
+    def _after_fork_in_child(self) -> None:
+        self._disabled = True
+        self._started = True
+        self._hb_thread = None
+        self._hb_stop = threading.Event()
+        self._start_lock = threading.Lock()
+        self._pipeline.after_fork_in_child()
+        self._queue = self._pipeline.queue
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (DataLoader worker) must not reuse the parent's threads, sockets or spool lock."""
+    for reporter in list(_REPORTERS):
+        try:
+            reporter._after_fork_in_child()
+        except Exception:  # pragma: no cover
+            pass
+
+
+def _close_at_exit() -> None:
+    status = "failed" if getattr(sys, "last_value", None) is not None else "finished"
+    pid = os.getpid()
+    for reporter in list(_REPORTERS):
+        if reporter._owner_pid == pid and not reporter._closed:
+            try:
+                reporter.close(timeout=ATEXIT_TIMEOUT_S, status=status)
+            except Exception:  # pragma: no cover
+                pass
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_close_at_exit)

@@ -1,0 +1,403 @@
+"""On-disk spool: where events wait while Kafka is unreachable or the memory queue is full.
+
+Layout: ``<spool_dir>/<run>/rank-<r>/seg-00000001.log`` - append-only segment
+files of newline-terminated wire messages, written with one ``write`` per batch
+(a SIGKILL loses nothing the OS already has). ``seg-N.done`` records how many
+bytes of a segment Kafka acknowledged, so a replay resumes where the last one
+stopped (a crash between the ack and that record only causes duplicates, which
+``seq`` makes detectable). A live reporter holds ``flock`` on ``lock``; the
+kernel releases it when the process dies, which is how the next reporter or
+``rankstream spool flush`` knows a directory is orphaned and safe to deliver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from rankstream.config import Settings
+from rankstream.schema import loads
+
+log = logging.getLogger("rankstream.producer")
+
+_SEG_RE = re.compile(r"^seg-(\d{8})\.log$")
+READ_CHUNK_BYTES = 1 << 20
+READ_CHUNK_EVENTS = 2000
+
+
+class SpoolError(RuntimeError):
+    """A spool operation that cannot proceed; the message is one line for the user."""
+
+
+def run_dir_name(run_id: str) -> str:
+    """A filesystem-safe, collision-free directory name for a run id."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", run_id)[:80]
+    if safe == run_id:
+        return safe
+    return f"{safe}-{hashlib.blake2b(run_id.encode(), digest_size=4).hexdigest()}"
+
+
+def rank_dir(base: str | Path, run_id: str, rank: int) -> Path:
+    return Path(base) / run_dir_name(run_id) / f"rank-{rank}"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Consecutive spooled messages of one segment, ``[start, end)`` in bytes."""
+
+    segment: int
+    start: int
+    end: int
+    payloads: list[bytes]
+
+
+class Spool:
+    """One (run, rank) spool directory. Thread-safe; the owner holds its flock."""
+
+    def __init__(self, directory: str | Path, max_bytes: int = 1024 << 20) -> None:
+        self.dir = Path(directory)
+        self.max_bytes = max(int(max_bytes), 4096)
+        self.segment_bytes = min(max(self.max_bytes // 8, 64 << 10), 16 << 20)
+        self._lock = threading.RLock()
+        self._lock_fd: int | None = None
+        self._loaded = False
+        self._sizes: dict[int, int] = {}  # bytes on disk per segment
+        self._lines: dict[int, int] = {}  # messages per segment
+        self._done: dict[int, tuple[int, int]] = {}  # (bytes, messages) acknowledged per segment
+        self._writer: tuple[int, int] | None = None  # (segment, fd) being appended to
+        self.dropped = 0  # messages dropped because the spool hit its cap
+        self._warned_full = False
+
+    # ---------------------------------------------------------------- ownership
+
+    def acquire(self, blocking: bool = False) -> bool:
+        """Create the directory and take its lock; False when another live process holds it."""
+        with self._lock:
+            if self._lock_fd is not None:
+                return True
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except OSError:
+                os.close(fd)
+                return False
+            self._lock_fd = fd
+            self._load()
+            return True
+
+    @property
+    def owned(self) -> bool:
+        return self._lock_fd is not None
+
+    def close(self, remove_if_empty: bool = True) -> None:
+        """Close files and release the lock; remove the directory when nothing is left in it."""
+        with self._lock:
+            self._close_writer()
+            if remove_if_empty and self._lock_fd is not None and self.pending == 0:
+                for seg in list(self._sizes):
+                    self._delete_segment(seg)
+                with contextlib.suppress(OSError):
+                    (self.dir / "lock").unlink()
+                with contextlib.suppress(OSError):
+                    self.dir.rmdir()
+                with contextlib.suppress(OSError):
+                    self.dir.parent.rmdir()  # the run directory, once its last rank is gone
+            if self._lock_fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._lock_fd)
+                self._lock_fd = None
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: drop inherited descriptors without touching the parent's lock or files."""
+        self._lock = threading.RLock()
+        for fd in (self._lock_fd, self._writer[1] if self._writer else None):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)  # the parent's descriptor stays open: its flock and file remain
+        self._lock_fd = None
+        self._writer = None
+
+    # ---------------------------------------------------------------- state
+
+    def _seg_path(self, seg: int) -> Path:
+        return self.dir / f"seg-{seg:08d}.log"
+
+    def _done_path(self, seg: int) -> Path:
+        return self.dir / f"seg-{seg:08d}.done"
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        for entry in sorted(os.listdir(self.dir)):
+            m = _SEG_RE.match(entry)
+            if not m:
+                continue
+            seg = int(m.group(1))
+            data = (self.dir / entry).read_bytes()
+            end = data.rfind(b"\n") + 1  # a torn last line (killed mid-write) is not a message
+            done_bytes = 0
+            with contextlib.suppress(OSError, ValueError):
+                done_bytes = min(int(self._done_path(seg).read_text().strip() or 0), end)
+            self._sizes[seg] = end
+            self._lines[seg] = data.count(b"\n", 0, end)
+            self._done[seg] = (done_bytes, data.count(b"\n", 0, done_bytes))
+            if end < len(data):
+                log.warning("rankstream: spool %s ends in a partial message (killed mid-write): ignored", entry)
+
+    @property
+    def pending(self) -> int:
+        """Messages spooled and not yet acknowledged by Kafka."""
+        with self._lock:
+            return sum(self._lines[s] - self._done[s][1] for s in self._lines)
+
+    @property
+    def size_bytes(self) -> int:
+        with self._lock:
+            return sum(self._sizes.values())
+
+    # ---------------------------------------------------------------- writing
+
+    def _close_writer(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._writer[1])
+            self._writer = None
+
+    def _open_writer(self) -> int:
+        if self._writer is not None and self._sizes.get(self._writer[0], 0) < self.segment_bytes:
+            return self._writer[1]
+        self._close_writer()
+        seg = max(self._sizes, default=0) + 1
+        fd = os.open(self._seg_path(seg), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._sizes[seg], self._lines[seg], self._done[seg] = 0, 0, (0, 0)
+        self._writer = (seg, fd)
+        return fd
+
+    def append(self, payloads: list[bytes]) -> None:
+        """Append messages (each one line of JSON); drops the oldest segments beyond the cap."""
+        if not payloads:
+            return
+        data = b"\n".join(payloads) + b"\n"
+        with self._lock:
+            if self._lock_fd is None and not self.acquire(blocking=True):
+                raise SpoolError(f"cannot lock spool directory {self.dir}")
+            self._enforce_cap(len(data))
+            fd = self._open_writer()
+            seg = self._writer[0] if self._writer else 0
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            self._sizes[seg] += len(data)
+            self._lines[seg] += len(payloads)
+
+    def _enforce_cap(self, incoming: int) -> None:
+        while self._sizes and sum(self._sizes.values()) + incoming > self.max_bytes:
+            oldest = min(self._sizes)
+            lost = self._lines[oldest] - self._done[oldest][1]
+            if self._writer is not None and self._writer[0] == oldest:
+                self._close_writer()
+            self._delete_segment(oldest)
+            self.dropped += lost
+            if lost and not self._warned_full:
+                self._warned_full = True
+                log.warning(
+                    "rankstream: spool %s is full (cap %d MB): dropping the oldest events (counted; warned once)",
+                    self.dir,
+                    self.max_bytes >> 20,
+                )
+
+    def _delete_segment(self, seg: int) -> None:
+        for path in (self._seg_path(seg), self._done_path(seg)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self._sizes.pop(seg, None)
+        self._lines.pop(seg, None)
+        self._done.pop(seg, None)
+
+    # ---------------------------------------------------------------- replay
+
+    def read(self, max_events: int = READ_CHUNK_EVENTS, max_bytes: int = READ_CHUNK_BYTES) -> Chunk | None:
+        """The oldest unacknowledged messages (at most one segment's worth), or None when empty."""
+        with self._lock:
+            for seg in sorted(self._sizes):
+                done_bytes, _ = self._done[seg]
+                size = self._sizes[seg]
+                if done_bytes >= size:
+                    if self._writer is None or self._writer[0] != seg:
+                        self._delete_segment(seg)
+                    continue
+                with open(self._seg_path(seg), "rb") as f:
+                    f.seek(done_bytes)
+                    data = f.read(min(size - done_bytes, max_bytes))
+                lines = data.split(b"\n")
+                if len(lines) > 1:
+                    lines.pop()  # after the last newline: the rest of the next message
+                else:
+                    # a single message longer than max_bytes: read it whole
+                    with open(self._seg_path(seg), "rb") as f:
+                        f.seek(done_bytes)
+                        lines = [f.read(size - done_bytes).split(b"\n", 1)[0]]
+                lines = lines[:max_events]
+                end = done_bytes + sum(len(line) + 1 for line in lines)
+                return Chunk(seg, done_bytes, end, lines)
+            return None
+
+    def commit(self, chunk: Chunk) -> None:
+        """Record that Kafka acknowledged ``chunk``; delete segments that are fully delivered."""
+        with self._lock:
+            if chunk.segment not in self._sizes or self._done[chunk.segment][0] != chunk.start:
+                return  # dropped by the cap meanwhile, or committed already
+            done_lines = self._done[chunk.segment][1] + len(chunk.payloads)
+            self._done[chunk.segment] = (chunk.end, done_lines)
+            if chunk.end >= self._sizes[chunk.segment]:
+                if self._writer is not None and self._writer[0] == chunk.segment:
+                    self._close_writer()
+                self._delete_segment(chunk.segment)
+                return
+            tmp = self._done_path(chunk.segment).with_suffix(".done.tmp")
+            tmp.write_text(str(chunk.end))
+            os.replace(tmp, self._done_path(chunk.segment))
+
+
+# --------------------------------------------------------------------- discovery
+
+
+def spool_dirs(root: str | Path) -> list[Path]:
+    """Every directory under ``root`` (itself included) holding spool segments, oldest name first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = {p.parent for p in root.rglob("seg-*.log")}
+    return sorted(found)
+
+
+def orphan_spools(root: str | Path, exclude: Path | None = None, max_bytes: int = 1 << 40) -> Iterator[Spool]:
+    """Spools under ``root`` that no live process owns, each locked for the caller (close it when done)."""
+    for directory in spool_dirs(root):
+        if exclude is not None and directory.resolve() == exclude.resolve():
+            continue
+        spool = Spool(directory, max_bytes=max_bytes)
+        try:
+            locked = spool.acquire(blocking=False)
+        except OSError:
+            continue
+        if locked:
+            yield spool
+
+
+def message_key(payload: bytes) -> bytes | None:
+    """The Kafka key (run_id) of a spooled message, or None when the line is corrupt."""
+    try:
+        run_id = loads(payload).get("run_id")
+    except (ValueError, TypeError, AttributeError):
+        return None
+    return run_id.encode() if isinstance(run_id, str) and run_id else None
+
+
+def replay(
+    spool: Spool, producer, topic: str, timeout: float = 30.0, progress: Callable[[int], None] | None = None
+) -> int:
+    """Deliver everything in ``spool`` in order; returns the count acknowledged.
+
+    Raises :class:`rankstream.producer.kafka_io.DeliveryError` when Kafka stops
+    acknowledging; what was acknowledged before stays committed.
+    """
+    from rankstream.producer.kafka_io import deliver
+
+    delivered = 0
+    while True:
+        chunk = spool.read()
+        if chunk is None:
+            return delivered
+        records = []
+        for payload in chunk.payloads:
+            key = message_key(payload)
+            if key is None:
+                log.warning("rankstream: corrupt spooled message in %s skipped", spool.dir)
+                continue
+            records.append((key, payload))
+        deliver(producer, topic, records, timeout)
+        spool.commit(chunk)
+        delivered += len(records)
+        if progress is not None:
+            progress(len(records))
+
+
+def flush_spool(
+    spool_dir: str | Path,
+    settings: Settings,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Deliver every orphaned spool under ``spool_dir`` to ``settings``' events topic.
+
+    ``progress(delivered_so_far, total)`` is called after each acknowledged
+    batch. Directories locked by a live reporter are skipped (it delivers them
+    itself). Returns the number of events Kafka acknowledged. Raises
+    :class:`SpoolError` with a one-line reason when Kafka cannot be reached.
+    """
+    from rankstream.producer.kafka_io import DeliveryError, close_producer, describe, make_producer
+
+    spools = list(orphan_spools(spool_dir))
+    try:
+        total = sum(s.pending for s in spools)
+        if total == 0:
+            return 0
+        try:
+            producer = make_producer(settings, client_id="rankstream-spool-flush")
+        except Exception as exc:
+            raise SpoolError(f"cannot reach Kafka at {settings.bootstrap_servers}: {describe(exc)}") from None
+        delivered = 0
+
+        def tick(n: int) -> None:
+            nonlocal delivered
+            delivered += n
+            if progress is not None:
+                progress(delivered, total)
+
+        try:
+            for spool in spools:
+                replay(spool, producer, settings.topics.events, progress=tick)
+        except DeliveryError as exc:
+            raise SpoolError(f"Kafka stopped acknowledging after {delivered} events: {exc}") from None
+        finally:
+            close_producer(producer, timeout=5.0)
+        return delivered
+    finally:
+        for spool in spools:
+            spool.close()
+
+
+def spool_summary(spool_dir: str | Path) -> list[tuple[Path, int, int, bool]]:
+    """(directory, pending events, bytes, owned by a live process) for each spool under ``spool_dir``."""
+    out = []
+    for directory in spool_dirs(spool_dir):
+        spool = Spool(directory)
+        live = not spool.acquire(blocking=False)
+        if live:
+            out.append((directory, _count_pending_unlocked(directory), _dir_bytes(directory), True))
+        else:
+            out.append((directory, spool.pending, spool.size_bytes, False))
+            spool.close(remove_if_empty=False)
+    return out
+
+
+def _dir_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.glob("seg-*.log"))
+
+
+def _count_pending_unlocked(directory: Path) -> int:
+    """Read-only count for a spool another process owns (may be slightly stale)."""
+    spool = Spool(directory)
+    spool._load()
+    return spool.pending
