@@ -1,0 +1,251 @@
+"""Per-run step alignment: dedup by (rank, seq), group by step, release in step order.
+
+A step is released when every expected rank reported, or as partial once the
+event-time watermark passes it (grace period, another rank far ahead, or too
+many pending steps). Steps are always released in increasing step order, and
+values are aggregated in rank order, so any arrival order within the grace
+period gives the same aligned output.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from typing import Any
+
+from rankstream.stream_jobs.core.aggregate import Window, aggregate
+
+from rankstream.schema import SCHEMA_VERSION
+
+
+class PendingStep:
+    __slots__ = ("by_rank", "step", "ts_first", "ts_last", "world_size")
+
+    def __init__(self, step: int, world_size: int, ts: float) -> None:
+        self.step = step
+        self.world_size = world_size
+        self.ts_first = ts
+        self.ts_last = ts
+        self.by_rank: dict[int, dict[str, Any]] = {}
+
+
+@dataclass(slots=True)
+class Released:
+    """An aligned step: the contract record plus the per-rank values detectors need."""
+
+    record: dict[str, Any]
+    ranks: list[int]
+    metrics: list[dict[str, float]]
+    ts: list[float]
+    warmup_tag: bool
+    has_stage_tag: bool
+
+
+class SeqDedup:
+    """Seen (rank, seq) pairs in bounded memory: a contiguous floor plus a capped set above it."""
+
+    __slots__ = ("ahead", "cap", "next_seq")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.next_seq: dict[Any, int] = {}
+        self.ahead: dict[Any, set[int]] = {}
+
+    def seen(self, key: Any, seq: int) -> bool:
+        """True if (key, seq) was seen before; records it otherwise."""
+        nxt = self.next_seq.get(key, 0)
+        if seq == nxt:
+            nxt += 1
+            above = self.ahead.get(key)
+            if above:
+                while nxt in above:
+                    above.discard(nxt)
+                    nxt += 1
+            self.next_seq[key] = nxt
+            return False
+        if seq < nxt:
+            return True
+        above = self.ahead.setdefault(key, set())
+        if seq in above:
+            return True
+        above.add(seq)
+        if len(above) > self.cap:  # a gap that never fills (lost events): give it up
+            nxt = min(above)
+            while nxt in above:
+                above.discard(nxt)
+                nxt += 1
+            self.next_seq[key] = nxt
+        return False
+
+
+class Aligner:
+    """Pending steps of one run and the event-time watermark that releases them."""
+
+    def __init__(self, run_id: str, world_size: int, alignment: dict[str, Any]) -> None:
+        self.run_id = run_id
+        self.world_size = world_size
+        self.cfg = alignment
+        self.pending: dict[int, PendingStep] = {}
+        self._heap: list[int] = []
+        self.last_released = -1
+        self.max_step = -1
+        self.clock = 0.0
+        self.absent: set[int] = set()
+        self.restart = 0
+        self.step_times = Window(alignment["median_window"])
+        self._median = 0.0
+        self._median_age = 0
+        self._prev_release: tuple[int, float] | None = None
+        self.released_count = 0
+        self.partial_count = 0
+
+    # -------------------------------------------------------------- watermark inputs
+
+    def median_step_time(self) -> float:
+        return self._median
+
+    def grace_s(self) -> float:
+        return max(self.cfg["grace_min_s"], self.cfg["grace_steps"] * self._median)
+
+    def add(self, ev: dict[str, Any]) -> bool:
+        """Add a step event; False when it is late (its step was already released)."""
+        step = ev["step"]
+        if step <= self.last_released:
+            return False
+        if step > self.max_step:
+            self.max_step = step
+        p = self.pending.get(step)
+        if p is None:
+            p = PendingStep(step, ev["world_size"], ev["ts"])
+            self.pending[step] = p
+            heapq.heappush(self._heap, step)
+        else:
+            ts = ev["ts"]
+            if ts < p.ts_first:
+                p.ts_first = ts
+            elif ts > p.ts_last:
+                p.ts_last = ts
+            if ev["world_size"] > p.world_size:
+                p.world_size = ev["world_size"]
+        rank = ev["rank"]
+        if rank not in p.by_rank:
+            p.by_rank[rank] = ev
+        return True
+
+    # -------------------------------------------------------------------- release
+
+    def drain(self, out: list[Released], force: bool = False) -> None:
+        """Release the oldest pending steps for as long as the watermark allows."""
+        heap = self._heap
+        while heap:
+            step = heap[0]
+            p = self.pending[step]
+            n = len(p.by_rank)
+            if not force and n < p.world_size and not self._absent_cover(p, n) and not self._past_watermark(p):
+                return
+            heapq.heappop(heap)
+            del self.pending[step]
+            out.append(self._release(p))
+
+    def _absent_cover(self, p: PendingStep, n: int) -> bool:
+        if not self.absent:
+            return False
+        missing_absent = sum(1 for r in self.absent if r < p.world_size and r not in p.by_rank)
+        return n + missing_absent >= p.world_size
+
+    def _past_watermark(self, p: PendingStep) -> bool:
+        cfg = self.cfg
+        return (
+            self.clock - p.ts_first > self.grace_s()
+            or self.max_step - p.step >= cfg["max_steps_ahead"]
+            or len(self.pending) > cfg["max_pending_steps"]
+        )
+
+    def flush(self, out: list[Released]) -> None:
+        self.drain(out, force=True)
+
+    def _release(self, p: PendingStep) -> Released:
+        ranks = sorted(p.by_rank)
+        events = [p.by_rank[r] for r in ranks]
+        per_rank = [e["metrics"] for e in events]
+        ts = [e["ts"] for e in events]
+        summaries, nonfinite = aggregate(ranks, per_rank)
+        ws = p.world_size
+        complete = len(ranks) >= ws
+        missing = [] if complete else [r for r in range(ws) if r not in p.by_rank]
+        warmup_tag = False
+        has_stage = False
+        for e in events:
+            stage = e["tags"].get("stage")
+            if stage is not None:
+                has_stage = True
+                if stage == "warmup":
+                    warmup_tag = True
+                    break
+        record = {
+            "v": SCHEMA_VERSION,
+            "run_id": self.run_id,
+            "step": p.step,
+            "world_size": ws,
+            "ranks_reported": len(ranks),
+            "missing_ranks": missing,
+            "complete": complete,
+            "ts_first": p.ts_first,
+            "ts_last": p.ts_last,
+            "metrics": summaries,
+            "nonfinite": nonfinite,
+            "restart": self.restart,
+        }
+        self.last_released = p.step
+        self.released_count += 1
+        if not complete:
+            self.partial_count += 1
+        self._observe_step_time(p.step, p.ts_first, summaries.get("step_time_s"))
+        return Released(record, ranks, per_rank, ts, warmup_tag, has_stage)
+
+    def _observe_step_time(self, step: int, ts_first: float, step_time: dict[str, Any] | None) -> None:
+        value = None
+        if step_time is not None:
+            value = step_time["mean"]
+        elif self._prev_release is not None:
+            prev_step, prev_ts = self._prev_release
+            if step > prev_step and ts_first > prev_ts:
+                value = (ts_first - prev_ts) / (step - prev_step)
+        self._prev_release = (step, ts_first)
+        if value is not None and value > 0:
+            self.step_times.add(value)
+            self._median_age += 1
+            if self._median_age >= 16 or len(self.step_times) <= 16:
+                self._median = self.step_times.median()
+                self._median_age = 0
+
+    # ------------------------------------------------------------------- restarts
+
+    def restart_from(self, step: int, out: list[Released]) -> None:
+        """A checkpoint restart: release what is pending, then accept steps from ``step`` again."""
+        self.flush(out)
+        self.restart += 1
+        self.last_released = min(self.last_released, step - 1)
+        self.max_step = step
+        self._prev_release = None
+
+    # ---------------------------------------------------------------------- state
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "world_size": self.world_size,
+            "last_released": self.last_released,
+            "max_step": self.max_step,
+            "clock": self.clock,
+            "restart": self.restart,
+            "step_times": self.step_times.to_list(),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.world_size = int(state.get("world_size", self.world_size))
+        self.last_released = int(state.get("last_released", -1))
+        self.max_step = max(self.max_step, int(state.get("max_step", -1)))
+        self.clock = max(self.clock, float(state.get("clock", 0.0)))
+        self.restart = int(state.get("restart", 0))
+        self.step_times = Window(self.cfg["median_window"], state.get("step_times", []))
+        self._median = self.step_times.median() if len(self.step_times) else 0.0

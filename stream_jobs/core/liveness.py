@@ -1,0 +1,147 @@
+"""Time-based rules per rank: rank_silent (no event at all) and rank_hung (alive, but no step progress).
+
+Thresholds scale with the run's median step time (a run with 2-minute steps is
+not hung after 3 minutes); the clock is the run's event time, or the caller's
+``advance(now)``, never the machine's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rankstream.stream_jobs.core.alerts import Alerter, fmt, rank_list
+
+
+class Liveness:
+    __slots__ = ("ended", "first_ts", "last_step", "last_ts", "progress_ts", "rules", "world_size")
+
+    def __init__(self, world_size: int, first_ts: float, rules: dict[str, dict[str, Any]]) -> None:
+        self.rules = rules
+        self.world_size = world_size
+        self.first_ts = first_ts
+        self.last_ts = [first_ts] * world_size
+        self.progress_ts = [first_ts] * world_size
+        self.last_step = [-1] * world_size
+        self.ended: set[int] = set()
+
+    def resize(self, world_size: int, ts: float) -> None:
+        """Elastic training: ranks beyond the new world size are forgotten, new ranks start now."""
+        old = self.world_size
+        if world_size > old:
+            grow = world_size - old
+            self.last_ts.extend([ts] * grow)
+            self.progress_ts.extend([ts] * grow)
+            self.last_step.extend([-1] * grow)
+        else:
+            del self.last_ts[world_size:]
+            del self.progress_ts[world_size:]
+            del self.last_step[world_size:]
+            self.ended = {r for r in self.ended if r < world_size}
+        self.world_size = world_size
+
+    def seen(self, rank: int, ts: float, step: int, progress_kind: bool) -> None:
+        if ts > self.last_ts[rank]:
+            self.last_ts[rank] = ts
+        if progress_kind and step > self.last_step[rank]:
+            self.last_step[rank] = step
+            if ts > self.progress_ts[rank]:
+                self.progress_ts[rank] = ts
+
+    def thresholds(self, median_step: float) -> tuple[float, float]:
+        ps = self.rules["rank_silent"]
+        ph = self.rules["rank_hung"]
+        return max(ps["min_s"], ps["steps"] * median_step), max(ph["min_s"], ph["steps"] * median_step)
+
+    def check(
+        self,
+        clock: float,
+        median_step: float,
+        step: int,
+        started: bool,
+        alerter: Alerter,
+        out: list[dict],
+        label: str,
+    ) -> set[int]:
+        """Fire rank_silent / rank_hung as of ``clock``; returns the ranks not to wait for."""
+        silent_after, hung_after = self.thresholds(median_step)
+        silent: list[int] = []
+        hung: list[int] = []
+        alive = 0
+        for rank in range(self.world_size):
+            if rank in self.ended:
+                continue
+            if clock - self.last_ts[rank] > silent_after:
+                silent.append(rank)
+                continue
+            alive += 1
+            if started and clock - self.progress_ts[rank] > hung_after:
+                hung.append(rank)
+        if silent and alive:
+            p = self.rules["rank_silent"]
+            if p["enabled"]:
+                ages = {str(r): clock - self.last_ts[r] for r in silent}
+                quiet = max(ages.values())
+                alerter.emit(
+                    out,
+                    p,
+                    "rank_silent",
+                    p["severity"],
+                    step,
+                    silent,
+                    clock,
+                    f"Rank(s) {rank_list(silent)} of {label} sent nothing for {fmt(quiet)} s while {alive} other "
+                    "rank(s) are alive: the process or its host has probably died, check its logs and node, "
+                    "the job will hang at the next collective.",
+                    {
+                        "silent_s": ages,
+                        "threshold_s": silent_after,
+                        "alive_ranks": alive,
+                        "median_step_time_s": median_step,
+                    },
+                )
+        else:
+            silent = []
+        if hung:
+            p = self.rules["rank_hung"]
+            if p["enabled"]:
+                stalled = {str(r): clock - self.progress_ts[r] for r in hung}
+                longest = max(stalled.values())
+                scope = "the whole job" if len(hung) == alive else f"rank(s) {rank_list(hung)}"
+                alerter.emit(
+                    out,
+                    p,
+                    "rank_hung",
+                    p["severity"],
+                    step,
+                    hung,
+                    clock,
+                    f"{scope[0].upper()}{scope[1:]} of {label} still send heartbeats but completed no step for "
+                    f"{fmt(longest)} s ({fmt(longest / median_step) if median_step else '?'} median steps): "
+                    "it is likely stuck in a collective or data loading, dump its stacks (py-spy dump) before "
+                    "restarting.",
+                    {
+                        "stalled_s": stalled,
+                        "last_step": {str(r): self.last_step[r] for r in hung},
+                        "threshold_s": hung_after,
+                        "median_step_time_s": median_step,
+                    },
+                )
+        return set(silent) | set(hung)
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "world_size": self.world_size,
+            "first_ts": self.first_ts,
+            "last_ts": list(self.last_ts),
+            "progress_ts": list(self.progress_ts),
+            "last_step": list(self.last_step),
+            "ended": sorted(self.ended),
+        }
+
+    def load_state(self, s: dict[str, Any]) -> None:
+        self.world_size = int(s["world_size"])
+        self.first_ts = float(s["first_ts"])
+        self.last_ts = [float(v) for v in s["last_ts"]]
+        self.progress_ts = [float(v) for v in s["progress_ts"]]
+        self.last_step = [int(v) for v in s["last_step"]]
+        self.ended = {int(r) for r in s.get("ended", [])}
