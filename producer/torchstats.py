@@ -1,0 +1,104 @@
+"""Per-rank numbers shared by the framework callbacks: gradient norms split adapter/backbone, CUDA memory.
+
+Everything returns tensors or host-side counters without a device sync: the
+norms are GPU kernels whose results the reporter's background thread reads.
+torch is imported lazily so the producer core never depends on it.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+# Parameter-name fragments used by PEFT methods (LoRA, IA3, prompt/prefix tuning, ...) and adapters.
+ADAPTER_PATTERN = re.compile(
+    r"(^|\.)(lora_|lora\.|ia3_|vera_|boft_|oft_|adalora|adapter|modules_to_save|prompt_encoder|prefix_encoder)",
+    re.IGNORECASE,
+)
+
+
+def is_adapter_param(name: str) -> bool:
+    """True for parameters that belong to an adapter (LoRA/PEFT) rather than the backbone."""
+    return bool(ADAPTER_PATTERN.search(name))
+
+
+def _sq_norm(grads: list[Any]) -> Any:
+    """Sum of squared L2 norms of ``grads`` (same device), as a 0-d float32 tensor."""
+    import torch
+
+    by_group: dict[tuple[Any, Any], list[Any]] = {}
+    for g in grads:
+        by_group.setdefault((g.device, g.dtype), []).append(g)
+    total = None
+    for group in by_group.values():
+        try:
+            norms = torch._foreach_norm(group, 2.0)
+        except Exception:  # older torch / exotic tensor types
+            norms = [torch.linalg.vector_norm(g, 2.0) for g in group]
+        part = torch.stack([n.float() for n in norms]).pow(2).sum()
+        total = part if total is None else total + part.to(total.device, non_blocking=True)
+    return total
+
+
+def grad_norms(
+    named_parameters: Iterable[tuple[str, Any]],
+    adapter_filter: Callable[[str], bool] = is_adapter_param,
+) -> dict[str, Any]:
+    """``grad_norm``, and when adapters are present ``grad_norm_adapter`` / ``grad_norm_backbone`` (tensors).
+
+    Only trainable parameters with a gradient count. Under FSDP/ZeRO these are
+    this rank's shard norms; with DeepSpeed (gradients held by the engine) the
+    result is empty.
+    """
+    adapter, backbone = [], []
+    for name, param in named_parameters:
+        grad = getattr(param, "grad", None)
+        if grad is None or not getattr(param, "requires_grad", False):
+            continue
+        if getattr(grad, "is_sparse", False):
+            grad = grad.coalesce()._values()
+        (adapter if adapter_filter(name) else backbone).append(grad.detach())
+    out: dict[str, Any] = {}
+    sq_a = _sq_norm(adapter) if adapter else None
+    sq_b = _sq_norm(backbone) if backbone else None
+    if sq_a is not None:
+        out["grad_norm_adapter"] = sq_a.sqrt()
+        if sq_b is not None:
+            out["grad_norm_backbone"] = sq_b.sqrt()
+            out["grad_norm"] = (sq_a + sq_b.to(sq_a.device, non_blocking=True)).sqrt()
+        else:
+            out["grad_norm_backbone"] = 0.0  # adapters train alone: the backbone is frozen
+            out["grad_norm"] = out["grad_norm_adapter"]
+    elif sq_b is not None:
+        out["grad_norm"] = sq_b.sqrt()
+    return out
+
+
+_total_mb_cache: dict[int, float] = {}
+
+
+def cuda_memory(device: Any = None) -> dict[str, float]:
+    """Allocator counters of this rank's GPU in MB (host-side reads, no sync); empty without CUDA."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return {}
+    try:
+        if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+            return {}
+        index = torch.cuda.current_device() if device is None else torch.device(device).index
+        if index is None:
+            index = torch.cuda.current_device()
+        mb = 1024.0 * 1024.0
+        total = _total_mb_cache.get(index)
+        if total is None:
+            total = _total_mb_cache[index] = torch.cuda.get_device_properties(index).total_memory / mb
+        return {
+            "mem_alloc_mb": torch.cuda.memory_allocated(index) / mb,
+            "mem_reserved_mb": torch.cuda.memory_reserved(index) / mb,
+            "mem_peak_mb": torch.cuda.max_memory_allocated(index) / mb,
+            "mem_total_mb": total,
+        }
+    except Exception:
+        return {}
