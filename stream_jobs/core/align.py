@@ -94,6 +94,7 @@ class Aligner:
         self.restart = 0
         self.step_times = Window(alignment["median_window"])
         self._median = 0.0
+        self._grace = self.grace_s()
         self._median_age = 0
         self._prev_release: tuple[int, float] | None = None
         self.released_count = 0
@@ -106,6 +107,10 @@ class Aligner:
 
     def grace_s(self) -> float:
         return max(self.cfg["grace_min_s"], self.cfg["grace_steps"] * self._median)
+
+    def set_config(self, alignment: dict[str, Any]) -> None:
+        self.cfg = alignment
+        self._grace = self.grace_s()
 
     def add(self, ev: dict[str, Any]) -> bool:
         """Add a step event; False when it is late (its step was already released)."""
@@ -137,29 +142,28 @@ class Aligner:
     def drain(self, out: list[Released], force: bool = False) -> None:
         """Release the oldest pending steps for as long as the watermark allows."""
         heap = self._heap
+        pending = self.pending
+        cfg = self.cfg
         while heap:
             step = heap[0]
-            p = self.pending[step]
+            p = pending[step]
             n = len(p.by_rank)
-            if not force and n < p.world_size and not self._absent_cover(p, n) and not self._past_watermark(p):
+            if (
+                not force
+                and n < p.world_size
+                and self.clock - p.ts_first <= self._grace
+                and self.max_step - step < cfg["max_steps_ahead"]
+                and len(pending) <= cfg["max_pending_steps"]
+                and not (self.absent and self._absent_cover(p, n))
+            ):
                 return
             heapq.heappop(heap)
-            del self.pending[step]
+            del pending[step]
             out.append(self._release(p))
 
     def _absent_cover(self, p: PendingStep, n: int) -> bool:
-        if not self.absent:
-            return False
         missing_absent = sum(1 for r in self.absent if r < p.world_size and r not in p.by_rank)
         return n + missing_absent >= p.world_size
-
-    def _past_watermark(self, p: PendingStep) -> bool:
-        cfg = self.cfg
-        return (
-            self.clock - p.ts_first > self.grace_s()
-            or self.max_step - p.step >= cfg["max_steps_ahead"]
-            or len(self.pending) > cfg["max_pending_steps"]
-        )
 
     def flush(self, out: list[Released]) -> None:
         self.drain(out, force=True)
@@ -217,6 +221,7 @@ class Aligner:
             self._median_age += 1
             if self._median_age >= 16 or len(self.step_times) <= 16:
                 self._median = self.step_times.median()
+                self._grace = self.grace_s()
                 self._median_age = 0
 
     # ------------------------------------------------------------------- restarts
@@ -249,3 +254,4 @@ class Aligner:
         self.restart = int(state.get("restart", 0))
         self.step_times = Window(self.cfg["median_window"], state.get("step_times", []))
         self._median = self.step_times.median() if len(self.step_times) else 0.0
+        self._grace = self.grace_s()

@@ -138,7 +138,7 @@ class RunState:
             return
         self.rules = resolved.rules
         self.alignment = resolved.alignment
-        self.aligner.cfg = resolved.alignment
+        self.aligner.set_config(resolved.alignment)
         self.liveness.rules = resolved.rules
         for det in (self.loss, self.grad, self.rank_rules):
             det.rules = resolved.rules

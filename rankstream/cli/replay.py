@@ -1,0 +1,217 @@
+"""``rankstream replay`` and ``rankstream import``: run the detection core over a file, no broker needed.
+
+Alerts go to stdout as JSON lines, a one-line summary to stderr; malformed lines
+are reported with their line number (capped) and skipped.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import IO, Annotated, Any
+
+import typer
+
+from rankstream.cli.common import EXIT_CONFIG, fail
+
+#: Malformed lines reported one by one before the rest are only counted.
+MAX_REPORTED_ERRORS = 20
+_BATCH = 4096
+
+InputOpt = Annotated[
+    Path, typer.Option("--input", "-i", help="Events JSONL, ms-swift logging.jsonl or trainer_state.json")
+]
+FormatOpt = Annotated[
+    str,
+    typer.Option("--format", help="auto, events (v1 JSONL), swift (ms-swift logging.jsonl), hf (trainer_state.json)"),
+]
+RunIdOpt = Annotated[str | None, typer.Option("--run-id", help="run_id for imported files [default: the file's stem]")]
+
+
+class ErrorReport:
+    """Prints the first malformed lines to stderr, counts the rest."""
+
+    def __init__(self, stream: IO[str], cap: int = MAX_REPORTED_ERRORS) -> None:
+        self.stream = stream
+        self.cap = cap
+        self.count = 0
+
+    def __call__(self, message: str) -> None:
+        self.count += 1
+        if self.count <= self.cap:
+            print(f"rankstream: skipped {message}", file=self.stream)
+
+    def close(self) -> None:
+        if self.count > self.cap:
+            print(f"rankstream: ... and {self.count - self.cap} more malformed lines", file=self.stream)
+
+
+def replay_lines(
+    lines: Iterable[bytes],
+    engine: Any,
+    on_output: Callable[[list[dict], list[dict]], None],
+    on_error: Callable[[str], None],
+) -> int:
+    """Decode, validate and feed wire-event lines to ``engine`` in batches; returns events accepted."""
+    from rankstream.schema import MAX_EVENT_BYTES, InvalidEvent, loads, validate_event
+
+    accepted = 0
+    batch: list[dict] = []
+    append = batch.append
+    for lineno, line in enumerate(lines, 1):
+        try:
+            if len(line) > MAX_EVENT_BYTES:
+                raise InvalidEvent(f"message too large ({len(line)} bytes > {MAX_EVENT_BYTES})")
+            try:
+                obj = loads(line)
+            except (ValueError, TypeError) as exc:
+                if not line.strip():
+                    continue
+                raise InvalidEvent(f"not valid JSON: {str(exc).splitlines()[0][:120]}") from None
+            append(validate_event(obj))
+        except InvalidEvent as exc:
+            on_error(f"line {lineno}: {exc.reason}")
+            continue
+        if len(batch) >= _BATCH:
+            accepted += len(batch)
+            out = engine.process_many(batch)
+            batch.clear()
+            if out.steps or out.alerts:
+                on_output(out.steps, out.alerts)
+    if batch:
+        accepted += len(batch)
+        out = engine.process_many(batch)
+        on_output(out.steps, out.alerts)
+    return accepted
+
+
+def _imported_lines(path: Path, fmt: str, run_id: str | None, on_error: Callable[[str], None]) -> list[bytes]:
+    from rankstream.importers import import_hf_trainer_state, import_swift_jsonl
+    from rankstream.schema import dumps
+
+    rid = run_id or path.stem
+    start_ts = path.stat().st_mtime
+    if fmt == "hf":
+        result = import_hf_trainer_state(path.read_bytes(), run_id=rid, start_ts=start_ts, run_name=rid)
+    else:
+        with path.open("rb") as fh:
+            result = import_swift_jsonl(fh, run_id=rid, start_ts=start_ts, run_name=rid)
+    for err in result.errors:
+        on_error(err)
+    return [dumps(ev) for ev in result.events]
+
+
+def _resolve_format(path: Path, fmt: str) -> str:
+    from rankstream.importers import FORMATS, sniff_format
+
+    if fmt == "auto":
+        with path.open("rb") as fh:
+            head = fh.read(65536).decode("utf-8", "replace")
+        return sniff_format(head)
+    if fmt not in FORMATS:
+        fail(f"unknown --format {fmt!r} (expected auto, {', '.join(FORMATS)})", EXIT_CONFIG)
+    return fmt
+
+
+def _check_input(path: Path) -> None:
+    if not path.exists():
+        fail(f"input file not found: {path}", EXIT_CONFIG)
+    if not path.is_file():
+        fail(f"input is not a file: {path}", EXIT_CONFIG)
+
+
+def summary_line(stats: dict[str, int], alerts: Counter[str], malformed: int) -> str:
+    by_rule = ", ".join(f"{rule}={n}" for rule, n in sorted(alerts.items())) or "none"
+    return (
+        f"replay: {stats['events']} events ({stats['duplicates']} duplicates, {stats['late_events']} late), "
+        f"{stats['steps']} steps ({stats['partial_steps']} partial), {sum(alerts.values())} alerts ({by_rule}), "
+        f"{malformed} malformed lines skipped"
+    )
+
+
+def replay(
+    input: InputOpt,
+    rules: Annotated[Path | None, typer.Option("--rules", help="Rules YAML (defaults + overrides)")] = None,
+    steps_out: Annotated[
+        Path | None, typer.Option("--steps-out", help="Write aligned steps as JSON lines here")
+    ] = None,
+    format: FormatOpt = "auto",
+    run_id: RunIdOpt = None,
+) -> None:
+    """Run alignment and detection over a past run; alerts as JSON lines on stdout."""
+    from rankstream.schema import dumps
+    from rankstream.stream_jobs.core import Engine, RulesError, load_rules
+
+    _check_input(input)
+    try:
+        config = load_rules(rules)
+    except RulesError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    fmt = _resolve_format(input, format)
+    errors = ErrorReport(sys.stderr)
+    engine = Engine(config)
+    counts: Counter[str] = Counter()
+    stdout = sys.stdout.buffer
+    steps_fh = None
+    if steps_out is not None:
+        try:
+            steps_fh = steps_out.open("wb")
+        except OSError as exc:
+            fail(f"cannot write --steps-out {steps_out}: {exc.strerror or exc}", EXIT_CONFIG)
+
+    def emit(steps: list[dict], alerts: list[dict]) -> None:
+        for alert in alerts:
+            counts[alert["rule"]] += 1
+            stdout.write(dumps(alert) + b"\n")
+        if steps_fh is not None and steps:
+            steps_fh.write(b"".join(dumps(s) + b"\n" for s in steps))
+
+    try:
+        if fmt == "events":
+            with input.open("rb") as fh:
+                replay_lines(fh, engine, emit, errors)
+        else:
+            replay_lines(_imported_lines(input, fmt, run_id, errors), engine, emit, errors)
+        out = engine.finish()
+        emit(out.steps, out.alerts)
+    finally:
+        if steps_fh is not None:
+            steps_fh.close()
+        stdout.flush()
+    errors.close()
+    print(summary_line(engine.stats, counts, errors.count), file=sys.stderr)
+
+
+def import_cmd(
+    input: InputOpt,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Events JSONL to write [default: stdout]")
+    ] = None,
+    format: FormatOpt = "auto",
+    run_id: RunIdOpt = None,
+) -> None:
+    """Convert an ms-swift logging.jsonl or HF trainer_state.json into v1 events (JSON lines)."""
+    _check_input(input)
+    fmt = _resolve_format(input, format)
+    if fmt == "events":
+        fail(f"{input} already holds rankstream events (use --format swift or hf to force)", EXIT_CONFIG)
+    errors = ErrorReport(sys.stderr)
+    lines = _imported_lines(input, fmt, run_id, errors)
+    data = b"".join(line + b"\n" for line in lines)
+    if output is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        try:
+            output.write_bytes(data)
+        except OSError as exc:
+            fail(f"cannot write {output}: {exc.strerror or exc}", EXIT_CONFIG)
+    errors.close()
+    print(f"import: {len(lines)} events from {fmt} file, {errors.count} entries skipped", file=sys.stderr)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("replay")(replay)
+    app.command("import")(import_cmd)
