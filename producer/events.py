@@ -49,7 +49,8 @@ def to_float(value: Any) -> float | None:
     if value is None or isinstance(value, str | bytes | bytearray):
         return None
     try:
-        out = float(value)
+        detach = getattr(value, "detach", None)
+        out = float(detach() if callable(detach) else value)
     except Exception:
         return None
     return out if type(out) is float else None

@@ -173,7 +173,7 @@ class Reporter:
             self._counts["forked_calls"] += 1
             return
         try:
-            if type(step) is not int:
+            if type(step) is not int or step < 0:
                 step = self._coerce_step(step)
                 if step is None:
                     return
@@ -217,7 +217,7 @@ class Reporter:
         if self._disabled:
             return
         try:
-            if type(step) is not int:
+            if type(step) is not int or step < 0:
                 step = self._coerce_step(step)
                 if step is None:
                     return
