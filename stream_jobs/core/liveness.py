@@ -65,17 +65,23 @@ class Liveness:
         """Fire rank_silent / rank_hung as of ``clock``; returns the ranks not to wait for."""
         silent_after, hung_after = self.thresholds(median_step)
         silent: list[int] = []
-        hung: list[int] = []
-        alive = 0
+        alive_ranks: list[int] = []
         for rank in range(self.world_size):
             if rank in self.ended:
                 continue
             if clock - self.last_ts[rank] > silent_after:
                 silent.append(rank)
-                continue
-            alive += 1
-            if started and clock - self.progress_ts[rank] > hung_after:
-                hung.append(rank)
+            else:
+                alive_ranks.append(rank)
+        alive = len(alive_ranks)
+        hung: list[int] = []
+        if started and alive_ranks:
+            newest = max(self.progress_ts[r] for r in alive_ranks)
+            if clock - newest > hung_after:  # nobody progresses: the whole job is stuck
+                hung = alive_ranks
+            else:  # a rank that stopped while the others moved on
+                top = max(self.last_step[r] for r in alive_ranks)
+                hung = [r for r in alive_ranks if clock - self.progress_ts[r] > hung_after and self.last_step[r] < top]
         if silent and alive:
             p = self.rules["rank_silent"]
             if p["enabled"]:
