@@ -81,8 +81,9 @@ class SeqDedup:
 class Aligner:
     """Pending steps of one run and the event-time watermark that releases them."""
 
-    def __init__(self, run_id: str, world_size: int, alignment: dict[str, Any]) -> None:
+    def __init__(self, run_id: str, world_size: int, alignment: dict[str, Any], dedup: SeqDedup) -> None:
         self.run_id = run_id
+        self.dedup = dedup
         self.world_size = world_size
         self.cfg = alignment
         self.pending: dict[int, PendingStep] = {}
@@ -150,7 +151,7 @@ class Aligner:
             n = len(p.by_rank)
             if (
                 not force
-                and n < p.world_size
+                and not (n >= p.world_size and self._settled(p))
                 and self.clock - p.ts_first <= self._grace
                 and self.max_step - step < cfg["max_steps_ahead"]
                 and len(pending) <= cfg["max_pending_steps"]
@@ -160,6 +161,21 @@ class Aligner:
             heapq.heappop(heap)
             del pending[step]
             out.append(self._release(p))
+
+    def _settled(self, p: PendingStep) -> bool:
+        """No earlier event of any reporting rank can still arrive (its seqs below are all seen).
+
+        A rank emits its steps in order, so once every seq before its event for this
+        step is in, no earlier step from it is outstanding: releasing now gives the
+        same result as any other arrival order.
+        """
+        next_seq = self.dedup.next_seq
+        for rank, ev in p.by_rank.items():
+            tags = ev["tags"]
+            gen = tags.get("restart") if tags else None
+            if next_seq.get(rank if gen is None else (rank, gen), 0) <= ev["seq"]:
+                return False
+        return True
 
     def _absent_cover(self, p: PendingStep, n: int) -> bool:
         missing_absent = sum(1 for r in self.absent if r < p.world_size and r not in p.by_rank)

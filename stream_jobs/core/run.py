@@ -31,8 +31,8 @@ class RunState:
         self.rules = resolved.rules
         self.alignment = resolved.alignment
         self.world_size = world_size
-        self.aligner = Aligner(run_id, world_size, resolved.alignment)
         self.dedup = SeqDedup(resolved.alignment["dedup_window"])
+        self.aligner = Aligner(run_id, world_size, resolved.alignment, self.dedup)
         self.liveness = Liveness(world_size, ts, resolved.rules)
         self.loss = LossDetector(resolved.rules)
         self.grad = GradDetector(resolved.rules)
