@@ -26,7 +26,7 @@ def ev(rank: int, step: int, ts: float, seq: int, ws: int = 2, kind: str = "step
             "ts": ts,
             "seq": seq,
             "metrics": {k: v if math.isfinite(v) else str(v) for k, v in metrics.items()},
-        }  # fmt: skip
+        }
     )
 
 

@@ -199,8 +199,19 @@ def test_whole_job_stall_is_hung_for_all_ranks() -> None:
     last = events[-1]["ts"]
     for k in range(1, 121):  # heartbeats keep coming for 10 minutes, steps do not
         for r in range(2):
-            events.append({**events[0], "kind": "heartbeat", "rank": r, "step": 199, "seq": 10_000 + k,
-                           "ts": last + 5.0 * k, "metrics": {}, "tags": {}, "meta": {}})  # fmt: skip
+            events.append(
+                {
+                    **events[0],
+                    "kind": "heartbeat",
+                    "rank": r,
+                    "step": 199,
+                    "seq": 10_000 + k,
+                    "ts": last + 5.0 * k,
+                    "metrics": {},
+                    "tags": {},
+                    "meta": {},
+                }
+            )
     events = [e for e in events if e["kind"] != "run_end"]
     out, _ = replay(events)
     hung = [a for a in out.alerts if a["rule"] == "rank_hung"]

@@ -1,0 +1,86 @@
+"""ms-swift logging.jsonl and HF trainer_state.json into v1 events, then through the detectors."""
+
+from __future__ import annotations
+
+import json
+
+from rankstream.stream_jobs.core import Engine
+
+from rankstream.importers import import_hf_trainer_state, import_swift_jsonl, parse_duration, sniff_format
+from rankstream.schema import dumps, validate_event
+
+SWIFT = [
+    '{"loss": 2.1, "grad_norm": 1.9, "learning_rate": 9.9e-05, "memory(GiB)": 17.35, "train_speed(iter/s)": 0.21, '
+    '"epoch": 0.01, "global_step/max_steps": "1/500", "elapsed_time": "4s", "remaining_time": "35m 7s"}',
+    '{"loss": 2.0, "grad_norm": NaN, "learning_rate": 9.8e-05, "memory(GiB)": 17.4, "train_speed(s/it)": 4.5, '
+    '"epoch": 0.02, "global_step/max_steps": "2/500", "elapsed_time": "1m 5s"}',
+    "this is not json",
+    '{"eval_loss": 1.8, "eval_acc": 0.5, "global_step/max_steps": "2/500", "elapsed_time": "1m 9s"}',
+    "",
+]
+
+
+def test_swift_lines_become_valid_events() -> None:
+    result = import_swift_jsonl(SWIFT, run_id="sw", start_ts=1000.0)
+    assert result.errors == ["line 3: not valid JSON: Expecting value: line 1 column 1 (char 0)"]
+    events = [validate_event(json.loads(dumps(e))) for e in result.events]
+    assert [e["kind"] for e in events] == ["run_start", "step", "step", "eval", "run_end"]
+    assert [e["seq"] for e in events] == [0, 1, 2, 3, 4]
+    first = events[1]
+    assert first["step"] == 1 and first["ts"] == 1004.0 and first["rank"] == 0 and first["world_size"] == 1
+    assert first["metrics"]["lr"] == 9.9e-05 and first["metrics"]["mem_peak_mb"] == 17.35 * 1024
+    assert abs(first["metrics"]["step_time_s"] - 1 / 0.21) < 1e-9
+    assert events[2]["metrics"]["step_time_s"] == 4.5 and events[2]["ts"] == 1065.0
+    assert events[2]["metrics"]["grad_norm"] != events[2]["metrics"]["grad_norm"]  # NaN survives as NaN
+    assert events[3]["metrics"]["eval_loss"] == 1.8
+
+
+def test_swift_run_through_engine_flags_the_nan_grad() -> None:
+    events = [validate_event(e) for e in import_swift_jsonl(SWIFT, run_id="sw").events]
+    engine = Engine()
+    out = engine.process_many(events)
+    out.extend(engine.finish())
+    assert [s["step"] for s in out.steps] == [1, 2]
+    assert [(a["rule"], a["severity"]) for a in out.alerts] == [("nonfinite_grad", "critical")]
+
+
+def test_hf_trainer_state_log_history() -> None:
+    state = {
+        "global_step": 20,
+        "log_history": [
+            {"epoch": 0.5, "grad_norm": 1.5, "learning_rate": 1e-4, "loss": 2.5, "step": 10},
+            {"epoch": 1.0, "eval_loss": 2.2, "eval_runtime": 3.0, "step": 10},
+            {"epoch": 1.0, "grad_norm": 1.2, "learning_rate": 5e-5, "loss": 2.1, "step": 20},
+            {"epoch": 1.0, "step": 20, "total_flos": 1.0, "train_loss": 2.3, "train_runtime": 40.0},
+            {"loss": 1.0},
+        ],
+    }
+    result = import_hf_trainer_state(json.dumps(state), run_id="hf", start_ts=0.0)
+    assert result.errors == ["log_history[4]: missing or invalid 'step'"]
+    kinds = [(e["kind"], e["step"], e["ts"]) for e in result.events]
+    assert kinds == [
+        ("run_start", 0, 0.0),
+        ("step", 10, 20.0),
+        ("eval", 10, 20.0),
+        ("step", 20, 40.0),
+        ("run_end", 20, 41.0),
+    ]
+    assert result.events[1]["metrics"] == {"epoch": 0.5, "grad_norm": 1.5, "lr": 1e-4, "loss": 2.5}
+    for ev in result.events:
+        validate_event(ev)
+
+
+def test_hf_bad_inputs_are_one_line_errors() -> None:
+    assert import_hf_trainer_state("{", run_id="x").errors[0].startswith("trainer_state.json is not valid JSON")
+    assert import_hf_trainer_state("{}", run_id="x").errors == ["trainer_state.json has no 'log_history' list"]
+
+
+def test_durations_and_format_sniffing() -> None:
+    assert parse_duration("4s") == 4.0
+    assert parse_duration("35m 7s") == 2107.0
+    assert parse_duration("1h 2m 3s") == 3723.0
+    assert parse_duration("1:02:03") == 3723.0
+    assert parse_duration("soon") is None
+    assert sniff_format('{"log_history": []}') == "hf"
+    assert sniff_format(SWIFT[0]) == "swift"
+    assert sniff_format('{"v":1,"kind":"step","run_id":"r"}\n') == "events"
