@@ -1,0 +1,112 @@
+"""`rankstream replay` / `rankstream import` end to end through the real command line (no broker)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from rankstream.cli import app
+from rankstream.schema import dumps
+from rankstream.synthetic import Fault, generate_run
+
+runner = CliRunner()
+
+
+def _write(path: Path, events: list[dict], junk: dict[int, str] | None = None) -> Path:
+    lines = [dumps(e).decode() for e in events]
+    for index, text in sorted((junk or {}).items()):
+        lines.insert(index, text)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_replay_writes_alerts_steps_and_a_summary(tmp_path: Path) -> None:
+    events = generate_run("cli", 4, 200, faults=[Fault("nan_loss", 120, rank=2)])
+    src = _write(tmp_path / "ev.jsonl", events, junk={3: "{not json", 10: '{"v": 1, "kind": "step"}'})
+    steps_out = tmp_path / "steps.jsonl"
+    result = runner.invoke(app, ["replay", "--input", str(src), "--steps-out", str(steps_out)])
+    assert result.exit_code == 0, result.stderr
+    alerts = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(a["rule"], a["ranks"], a["step"]) for a in alerts] == [("nonfinite_loss", [2], 120)]
+    steps = [json.loads(line) for line in steps_out.read_text().splitlines()]
+    assert [s["step"] for s in steps] == list(range(200))
+    err = result.stderr.splitlines()
+    assert err[0].startswith("rankstream: skipped line 4: not valid JSON: unexpected character")
+    assert err[1] == "rankstream: skipped line 11: missing or empty field 'run_id'"
+    assert err[-1] == (
+        f"replay: {len(events)} events (0 duplicates, 0 late), 200 steps (0 partial), "
+        "1 alerts (nonfinite_loss=1), 2 malformed lines skipped"
+    )
+
+
+def test_malformed_lines_are_capped(tmp_path: Path) -> None:
+    src = tmp_path / "junk.jsonl"
+    src.write_text("garbage\n" * 30)
+    result = runner.invoke(app, ["replay", "--input", str(src), "--format", "events"])
+    assert result.exit_code == 0
+    err = result.stderr.splitlines()
+    assert len(err) == 22 and err[20] == "rankstream: ... and 10 more malformed lines"
+    assert err[-1].endswith("30 malformed lines skipped")
+
+
+def test_missing_input_and_bad_rules_exit_2_with_one_line(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["replay", "--input", str(tmp_path / "nope.jsonl")])
+    assert result.exit_code == 2 and result.stderr.strip().count("\n") == 0
+    assert "input file not found" in result.stderr
+    src = _write(tmp_path / "ev.jsonl", generate_run("x", 1, 5))
+    bad = tmp_path / "r.yaml"
+    bad.write_text("rules: {loss_spike: {sigma: [}\n")
+    result = runner.invoke(app, ["replay", "--input", str(src), "--rules", str(bad)])
+    assert result.exit_code == 2 and "invalid YAML" in result.stderr and result.stderr.count("\n") == 1
+    bad.write_text("rules: {loss_spike: {sigmaa: 3}}\n")
+    result = runner.invoke(app, ["replay", "--input", str(src), "--rules", str(bad)])
+    assert result.exit_code == 2 and "unknown key 'sigmaa'" in result.stderr
+    result = runner.invoke(app, ["replay", "--input", str(src), "--rules", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == 2 and "rules file not found" in result.stderr
+
+
+def test_rules_file_changes_what_fires(tmp_path: Path) -> None:
+    src = _write(tmp_path / "ev.jsonl", generate_run("r", 2, 200, faults=[Fault("nan_grad", 100)]))
+    rules = tmp_path / "r.yaml"
+    rules.write_text("rules:\n  nonfinite_grad: {enabled: false}\n")
+    result = runner.invoke(app, ["replay", "--input", str(src), "--rules", str(rules)])
+    assert result.exit_code == 0 and result.stdout == ""
+
+
+def test_replay_autodetects_swift_and_hf(tmp_path: Path) -> None:
+    swift = tmp_path / "logging.jsonl"
+    swift.write_text(
+        "\n".join(
+            json.dumps({"loss": 2.0 - i * 0.01, "grad_norm": 1.0 if i != 5 else float("inf"), "learning_rate": 1e-4,
+                        "global_step/max_steps": f"{i + 1}/10", "elapsed_time": f"{i * 3}s"})
+            for i in range(10)
+        )
+    )  # fmt: skip
+    result = runner.invoke(app, ["replay", "--input", str(swift)])
+    assert result.exit_code == 0, result.stderr
+    (alert,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert alert["rule"] == "nonfinite_grad" and alert["step"] == 6 and alert["run_id"] == "logging"
+    hf = tmp_path / "trainer_state.json"
+    hf.write_text(json.dumps({"log_history": [{"loss": float("nan"), "step": 1}, {"loss": 1.0, "step": 2}]}))
+    result = runner.invoke(app, ["replay", "--input", str(hf)])
+    assert result.exit_code == 0, result.stderr
+    assert [json.loads(line)["rule"] for line in result.stdout.splitlines()] == ["nonfinite_loss"]
+
+
+def test_import_then_replay_through_the_installed_command(tmp_path: Path) -> None:
+    hf = tmp_path / "trainer_state.json"
+    hf.write_text(json.dumps({"log_history": [{"loss": 2.0, "grad_norm": float("nan"), "step": s} for s in (1, 2)]}))
+    out = tmp_path / "events.jsonl"
+    cmd = [sys.executable, "-m", "rankstream.cli"]
+    done = subprocess.run([*cmd, "import", "--input", str(hf), "--output", str(out), "--run-id", "imp"],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "import: 4 events from hf file" in done.stderr
+    done = subprocess.run([*cmd, "replay", "--input", str(out)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and "Traceback" not in done.stderr
+    alerts = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(a["run_id"], a["rule"], a["step"]) for a in alerts] == [("imp", "nonfinite_grad", 1)]
