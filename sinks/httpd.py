@@ -208,12 +208,14 @@ class Request:
                 return
             query = f"{query}\n{body.decode('utf-8', 'replace')}"
         elif body:
+            # The statement may be followed by binary data (clickhouse-connect's Native inserts): split on bytes.
+            head, sep, rest = body.partition(b"\n")
+            match = _INSERT_DATA_RE.match(head.decode("utf-8", "replace"))
+            if sep and match and match.group(3).lower() != "values" and not match.group(4):
+                self.sql, self.insert_settings, self.insert_format = match.group(1), match.group(2), match.group(3)
+                self.data = rest
+                return
             query = body.decode("utf-8", "replace")
-        match = _INSERT_DATA_RE.match(query)
-        if match and match.group(4) is not None and match.group(4).strip() and match.group(3).lower() != "values":
-            self.sql, self.insert_settings, self.insert_format = match.group(1), match.group(2), match.group(3)
-            self.data = match.group(4).encode()
-            return
         if not query.strip():
             raise QueryError("Code: 62. DB::Exception: Empty query. (SYNTAX_ERROR)", 62)
         self.sql = query

@@ -159,6 +159,9 @@ class SinkWorker:
             fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=8 * 1024 * 1024,
             client_id=f"rankstream-sink-{self.group_id}",
+            # A crashed sink's partitions move to its restarted successor after 10 s, not the 45 s default.
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=2_000,
             **self.settings.kafka_python_kwargs(),
         )
         consumer.subscribe(list(self._topics()), listener=RevokeListener(self))
@@ -197,6 +200,8 @@ class SinkWorker:
             for tp, batch in records.items():
                 for record in batch:
                     self._accept(tp.topic, record)
+                    if self._pending.rows >= self.batch_rows:  # memory bound: one batch plus one message
+                        self._flush()
             pending = self._pending
             if pending.ranges and (
                 pending.rows >= self.batch_rows or time.monotonic() - pending.started >= self.batch_seconds
@@ -204,7 +209,12 @@ class SinkWorker:
                 self._flush()
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
         self._flush(deadline=deadline)
-        log.info("sink: stopped after %d batches, %d rows", self.stats.batches, self.stats.rows_written)
+        log.info(
+            "sink: stopped after %d batches, %d rows, at most %d rows buffered",
+            self.stats.batches,
+            self.stats.rows_written,
+            self.stats.max_buffered_rows,
+        )
 
     def _accept(self, topic: str, record: Any) -> None:
         """Decode one message into the pending batch, or queue it for the dead-letter topic."""

@@ -7,12 +7,15 @@ be flushed in time is simply dropped and read again, never lost.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from kafka import ConsumerRebalanceListener
 
 if TYPE_CHECKING:
     from rankstream.sinks.worker import SinkWorker
+
+log = logging.getLogger("rankstream.sink")
 
 
 class RevokeListener(ConsumerRebalanceListener):
@@ -24,4 +27,4 @@ class RevokeListener(ConsumerRebalanceListener):
             self.worker.flush_once()
 
     def on_partitions_assigned(self, assigned: Any) -> None:
-        return None
+        log.info("sink: assigned %d partition(s)", len(assigned))

@@ -1,0 +1,124 @@
+"""The sink under failure: SIGKILL mid-batch and restart, and a store that goes away for a while.
+
+Counts stay exact (the documented FINAL queries) and every ``seq`` of every
+rank arrives; during an outage consumption pauses (bounded memory), one log
+line marks each state change, and the sink recovers by itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rankstream.config import Settings
+from tests.integration.test_sink_support import (
+    SinkProcess,
+    count,
+    expected_counts,
+    generate_run,
+    http_client,
+    produce_events,
+    wait_until,
+)
+
+pytestmark = pytest.mark.kafka
+
+
+def _assert_complete(client, events: list[dict]) -> None:
+    exp = expected_counts(events)
+    assert count(client, "events") == exp["events"]
+    assert count(client, "metrics") == exp["metrics"]
+    per_rank: dict[tuple[str, int], int] = {}
+    for e in events:
+        per_rank[(e["run_id"], e["rank"])] = per_rank.get((e["run_id"], e["rank"]), 0) + 1
+    rows = client.query(
+        "SELECT run_id, rank, uniqExact(seq), max(seq) FROM rankstream.events GROUP BY run_id, rank"
+    ).result_rows
+    assert {(r, k): (n, hi + 1) for r, k, n, hi in rows} == {key: (n, n) for key, n in per_rank.items()}
+
+
+def test_sigkill_mid_batch_then_restart_keeps_counts_exact(kafka: Settings, tmp_path: Path) -> None:
+    events = [e for i in range(4) for e in generate_run(f"crash-{i}", 8, 250, team="vision", t0=1.75e9 + i * 1e4)]
+    produce_events(kafka, events)
+    store = tmp_path / "store"
+    args = ("--http-port", "0", "--batch-rows", "2000", "--batch-seconds", "0.2")
+    first = SinkProcess(kafka, f"chdb://{store}", tmp_path / "sink1.log", *args).start()
+    host, port = first.wait_ready(store)
+    client = http_client(host, port)
+    total = expected_counts(events)["metrics"]
+    seen = wait_until(lambda: int(client.command("SELECT count() FROM rankstream.metrics")), "first rows", 60, 0.02)
+    first.stop(signal.SIGKILL)
+    client.close()
+    assert 0 < seen < total  # killed part way through
+    second = SinkProcess(kafka, f"chdb://{store}", tmp_path / "sink2.log", *args).start()
+    host, port = second.wait_ready(store)
+    client = http_client(host, port)
+    wait_until(lambda: count(client, "metrics") == total, "all rows after restart")
+    _assert_complete(client, events)
+    client.close()
+    assert second.stop() == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_store(path: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    out = log.open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rankstream.sinks.httpd", "--path", str(path), "--port", str(port)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env={**os.environ},
+    )
+    out.close()
+    return proc
+
+
+def test_store_outage_pauses_then_recovers_without_loss(kafka: Settings, tmp_path: Path) -> None:
+    port = _free_port()
+    store_path = tmp_path / "server-store"
+    server = _start_store(store_path, port, tmp_path / "store.log")
+    sink = None
+    try:
+        client = wait_until(lambda: http_client("127.0.0.1", port), "the store server", 60)
+        batch_rows = 1000
+        sink = SinkProcess(
+            kafka, f"http://127.0.0.1:{port}", tmp_path / "sink.log", "--batch-rows", str(batch_rows),
+            "--batch-seconds", "0.2",
+        ).start()  # fmt: skip
+        before = generate_run("outage-a", 4, 100, team="nlp")
+        produce_events(kafka, before)
+        wait_until(lambda: count(client, "events") == len(before), "rows before the outage")
+        client.close()
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0
+        after = generate_run("outage-b", 4, 300, team="nlp", t0=1.7501e9)
+        produce_events(kafka, after)
+        sink.wait_log("unavailable")
+        assert sink.proc is not None and sink.proc.poll() is None  # still running, waiting
+        server = _start_store(store_path, port, tmp_path / "store.log")
+        client = wait_until(lambda: http_client("127.0.0.1", port), "the store server again", 60)
+        wait_until(lambda: count(client, "events") == len(before) + len(after), "all rows after the outage")
+        _assert_complete(client, before + after)
+        client.close()
+        assert sink.stop() == 0
+        log = sink.log()
+        assert len(re.findall(r"WARNING sink: store \(insert\) unavailable", log)) == 1, log[-3000:]
+        assert len(re.findall(r"store \(insert\) available again", log)) == 1, log[-3000:]
+        buffered = int(re.search(r"at most (\d+) rows buffered", log).group(1))
+        assert buffered < batch_rows + 10  # one batch plus one message, not the backlog
+    finally:
+        if sink is not None:
+            sink.stop()
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
