@@ -7,6 +7,7 @@ tests) accepts the same DSNs and fails with the same one-line reasons.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,7 @@ def open_store(dsn: str, **kwargs: Any) -> Any:
     except OSError as exc:
         raise StoreError(f"store {_redact(dsn)} unavailable: {exc}") from None
     except ClickHouseError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = _reason(exc)
         if parsed.embedded and ("lock" in first.lower() or "already" in first.lower() or "Unable to open" in first):
             raise StoreError(
                 f"embedded store {parsed.path} is in use by another process ({first[:200]}); "
@@ -82,6 +83,23 @@ def open_store(dsn: str, **kwargs: Any) -> Any:
         raise StoreError(f"store {_redact(dsn)} unavailable: {first[:300]}") from None
     except RuntimeError as exc:
         raise StoreError(f"store {_redact(dsn)} unavailable: {str(exc).splitlines()[0][:300]}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """The useful part of a client error: the OS error of a failed connection, else the first line."""
+    text = str(exc).strip()
+    match = re.search(r"\[Errno -?\d+\] ([^\"')]+)", text)
+    if match:
+        return match.group(1).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def quiet_client_logs() -> None:
+    """Keep clickhouse-connect's and urllib3's own warnings out of CLI output (errors are reported once, by us)."""
+    import logging
+
+    for name in ("clickhouse_connect", "urllib3"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _redact(dsn: str) -> str:

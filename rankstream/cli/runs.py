@@ -55,6 +55,9 @@ def runs(
     if fmt not in FORMATS:
         fail(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}", EXIT_CONFIG)
     settings = load_settings(store_dsn=dsn, state_dir=state_dir)
+    from rankstream.sinks.store import quiet_client_logs
+
+    quiet_client_logs()
     try:
         client, _how = connect_reader(settings.dsn)
     except StoreError as exc:

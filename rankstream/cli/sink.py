@@ -51,7 +51,8 @@ def sink(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
     )
-    logging.getLogger("kafka").setLevel(logging.WARNING if verbose else logging.ERROR)
+    for name in ("kafka", "clickhouse_connect", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING if verbose else logging.CRITICAL)
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: object) -> None:

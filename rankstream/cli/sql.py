@@ -93,6 +93,9 @@ def sql(
     if not query.strip():
         fail("empty SQL statement", EXIT_CONFIG)
     settings = load_settings(store_dsn=dsn, state_dir=state_dir)
+    from rankstream.sinks.store import quiet_client_logs
+
+    quiet_client_logs()
     try:
         client, _how = connect_reader(settings.dsn)
     except StoreError as exc:

@@ -37,6 +37,9 @@ def migrate_cmd(
     from rankstream.sinks.store import StoreError, open_store, parse_dsn
 
     settings = load_settings(store_dsn=dsn, state_dir=state_dir)
+    from rankstream.sinks.store import quiet_client_logs
+
+    quiet_client_logs()
     ttl_days = _parse_ttl(ttl or [])
     try:
         parsed = parse_dsn(settings.dsn)

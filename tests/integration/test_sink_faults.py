@@ -7,12 +7,8 @@ line marks each state change, and the sink recovers by itself.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,9 +18,11 @@ from tests.integration.test_sink_support import (
     SinkProcess,
     count,
     expected_counts,
+    free_port,
     generate_run,
     http_client,
     produce_events,
+    start_store,
     wait_until,
 )
 
@@ -66,28 +64,10 @@ def test_sigkill_mid_batch_then_restart_keeps_counts_exact(kafka: Settings, tmp_
     assert second.stop() == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_store(path: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    out = log.open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rankstream.sinks.httpd", "--path", str(path), "--port", str(port)],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        env={**os.environ},
-    )
-    out.close()
-    return proc
-
-
 def test_store_outage_pauses_then_recovers_without_loss(kafka: Settings, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     store_path = tmp_path / "server-store"
-    server = _start_store(store_path, port, tmp_path / "store.log")
+    server = start_store(store_path, port, tmp_path / "store.log")
     sink = None
     try:
         client = wait_until(lambda: http_client("127.0.0.1", port), "the store server", 60)
@@ -106,7 +86,7 @@ def test_store_outage_pauses_then_recovers_without_loss(kafka: Settings, tmp_pat
         produce_events(kafka, after)
         sink.wait_log("unavailable")
         assert sink.proc is not None and sink.proc.poll() is None  # still running, waiting
-        server = _start_store(store_path, port, tmp_path / "store.log")
+        server = start_store(store_path, port, tmp_path / "store.log")
         client = wait_until(lambda: http_client("127.0.0.1", port), "the store server again", 60)
         wait_until(lambda: count(client, "events") == len(before) + len(after), "all rows after the outage")
         _assert_complete(client, before + after)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -242,6 +243,24 @@ def http_client(host: str, port: int) -> Any:
 
 def count(client: Any, table: str, where: str = "") -> int:
     return int(client.command(f"SELECT count() FROM rankstream.{table} FINAL {where}"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_store(path: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    out = log.open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rankstream.sinks.httpd", "--path", str(path), "--port", str(port)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env={**os.environ},
+    )
+    out.close()
+    return proc
 
 
 COOKBOOK = Path(__file__).resolve().parents[2] / "docs" / "sql-cookbook.md"
