@@ -16,7 +16,6 @@ import os
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,8 @@ from rankstream.config import Settings
 
 log = logging.getLogger("rankstream.producer")
 
-_REPORTERS: weakref.WeakSet[Reporter] = weakref.WeakSet()
+# Strong references until close(): an unclosed reporter must still be flushed at exit.
+_REPORTERS: set[Reporter] = set()
 ATEXIT_TIMEOUT_S = 5.0
 
 
