@@ -10,7 +10,8 @@ Prints one JSON line (last line)::
 * ``baseline_us``: median time of 12 ``SummaryWriter.add_scalar`` calls per step, same process, same run.
 * ``outage_slowdown``: median step time of a fixed single-threaded CPU torch loop that reports 12 metrics
   per step through a reporter whose broker is unreachable (everything goes to the disk spool), divided by
-  the same loop without a reporter; the two are interleaved in rounds so machine noise hits both.
+  the same loop without a reporter: median over interleaved rounds of the per-round ratio of medians,
+  so load from other processes hits both halves of each pair.
 
 Targets: ours_us <= 5, ratio >= 10, outage_slowdown <= 1.02.
 Usage: python tests/benchmarks/bench_producer.py [--calls N] [--steps N] [--rounds N]
@@ -90,6 +91,7 @@ def _train_steps(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Te
 
 
 def bench_outage(steps: int, rounds: int, spool_dir: str) -> tuple[float, float, dict]:
+    """(median plain step s, median over rounds of with/without step-time ratio, reporter stats)."""
     torch.manual_seed(0)
     torch.set_num_threads(1)
     model = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512),
@@ -101,20 +103,21 @@ def bench_outage(steps: int, rounds: int, spool_dir: str) -> tuple[float, float,
                         queue_size=steps * rounds + 100, heartbeat_s=10.0)  # fmt: skip
     reporter.start()
     _train_steps(model, opt, x, y, 100, None, 0)  # warm-up
-    without: list[float] = []
-    with_reporter: list[float] = []
-    for r in range(rounds):
-        without += _train_steps(model, opt, x, y, steps, None, 0)
-        with_reporter += _train_steps(model, opt, x, y, steps, reporter, r * steps)
+    plain_medians, ratios = [], []
+    for r in range(rounds):  # adjacent pairs: load drift on a shared machine hits both halves of a pair
+        plain = statistics.median(_train_steps(model, opt, x, y, steps, None, 0))
+        reported = statistics.median(_train_steps(model, opt, x, y, steps, reporter, r * steps))
+        plain_medians.append(plain)
+        ratios.append(reported / plain)
     reporter.close(timeout=5)
-    return statistics.median(without), statistics.median(with_reporter), reporter.stats
+    return statistics.median(plain_medians), statistics.median(ratios), reporter.stats
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=20000, help="log calls measured (and add_scalar steps)")
-    parser.add_argument("--steps", type=int, default=300, help="training steps per round and configuration")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds without/with reporter")
+    parser.add_argument("--steps", type=int, default=200, help="training steps per round and configuration")
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds without/with reporter")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="rankstream-bench-") as tmp:
         settings = Settings(bootstrap_servers=DEAD_BROKER, state_dir=str(Path(tmp) / "log"), topic_prefix="bench")
@@ -125,14 +128,14 @@ def main() -> None:
         ours_us = bench_log(reporter, args.calls)
         reporter.close(timeout=5)
         baseline_us = bench_tensorboard(args.calls, str(Path(tmp) / "tb"))
-        plain_s, reported_s, stats = bench_outage(args.steps, args.rounds, str(Path(tmp) / "outage"))
+        plain_s, slowdown, stats = bench_outage(args.steps, args.rounds, str(Path(tmp) / "outage"))
     result = {
         "bench": "producer_log",
         "ours_us": round(ours_us, 3),
         "baseline": "tensorboard_add_scalar_x12",
         "baseline_us": round(baseline_us, 3),
         "ratio": round(baseline_us / ours_us, 2),
-        "outage_slowdown": round(reported_s / plain_s, 4),
+        "outage_slowdown": round(slowdown, 4),
         "outage_step_ms": round(plain_s * 1000, 3),
         "outage_events_spooled": stats["spooled"],
         "broker": "down (spooling to disk)",
