@@ -13,9 +13,8 @@ import heapq
 from dataclasses import dataclass
 from typing import Any
 
-from rankstream.stream_jobs.core.aggregate import Window, aggregate
-
 from rankstream.schema import SCHEMA_VERSION
+from rankstream.stream_jobs.core.aggregate import Window, aggregate
 
 
 class PendingStep:
@@ -44,16 +43,21 @@ class Released:
 class SeqDedup:
     """Seen (rank, seq) pairs in bounded memory: a contiguous floor plus a capped set above it."""
 
-    __slots__ = ("ahead", "cap", "next_seq")
+    __slots__ = ("ahead", "cap", "next_seq", "trust_first")
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, trust_first: bool = False) -> None:
         self.cap = cap
         self.next_seq: dict[Any, int] = {}
         self.ahead: dict[Any, set[int]] = {}
+        # In a log consumer that resumes from a committed offset, a rank's first
+        # seq seen is its floor: earlier seqs were handled before the restart.
+        self.trust_first = trust_first
 
     def seen(self, key: Any, seq: int) -> bool:
         """True if (key, seq) was seen before; records it otherwise."""
-        nxt = self.next_seq.get(key, 0)
+        nxt = self.next_seq.get(key)
+        if nxt is None:
+            nxt = seq if self.trust_first else 0
         if seq == nxt:
             nxt += 1
             above = self.ahead.get(key)

@@ -51,8 +51,12 @@ class Output:
 class Engine:
     """Aligns, aggregates and detects over many runs at once; one instance per worker / replay."""
 
-    def __init__(self, rules: RulesConfig | None = None) -> None:
+    def __init__(self, rules: RulesConfig | None = None, *, trust_first_seq: bool = False) -> None:
+        """``trust_first_seq``: for a consumer resuming mid-log (the stream worker), a rank's
+        first seq seen is its floor instead of waiting for earlier seqs that were consumed
+        before the restart. Replay reads from the start and keeps the default."""
         self.rules = rules if rules is not None else RulesConfig()
+        self.trust_first_seq = trust_first_seq
         self._runs: dict[str, RunState] = {}
         self._evicted: OrderedDict[str, None] = OrderedDict()
         self.stats: dict[str, int] = dict.fromkeys(STAT_NAMES, 0)
@@ -82,7 +86,7 @@ class Engine:
             if run_id in self._evicted:
                 stats["after_eviction"] += 1
                 return
-            run = RunState(run_id, ev["world_size"], ev["ts"], self.rules, stats)
+            run = RunState(run_id, ev["world_size"], ev["ts"], self.rules, stats, self.trust_first_seq)
             self._runs[run_id] = run
         n_alerts = len(alerts)
         run.process(ev, steps, alerts)
@@ -152,7 +156,7 @@ class Engine:
         if run is None:
             ws = int(state["aligner"]["world_size"])
             first = float(state["liveness"]["first_ts"])
-            run = RunState(run_id, ws, first, self.rules, self.stats)
+            run = RunState(run_id, ws, first, self.rules, self.stats, self.trust_first_seq)
             self._runs[run_id] = run
             self._evicted.pop(run_id, None)
         run.load_state(state)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from rankstream.schema import META_FIELDS
 from rankstream.stream_jobs.core.alerts import Alerter
 from rankstream.stream_jobs.core.align import Aligner, Released, SeqDedup
 from rankstream.stream_jobs.core.detect_ranks import RankDetector
@@ -12,15 +13,21 @@ from rankstream.stream_jobs.core.detect_run import GradDetector, LossDetector
 from rankstream.stream_jobs.core.liveness import Liveness
 from rankstream.stream_jobs.core.rules import RulesConfig
 
-from rankstream.schema import META_FIELDS
-
 #: Event-time seconds between two liveness checks of a run (silent / hung).
 LIVENESS_CHECK_S = 1.0
 _MAX_RESTART_TAGS = 16
 
 
 class RunState:
-    def __init__(self, run_id: str, world_size: int, ts: float, config: RulesConfig, stats: dict[str, int]) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        world_size: int,
+        ts: float,
+        config: RulesConfig,
+        stats: dict[str, int],
+        trust_first_seq: bool = False,
+    ) -> None:
         self.run_id = run_id
         self.config = config
         self.stats = stats
@@ -31,7 +38,7 @@ class RunState:
         self.rules = resolved.rules
         self.alignment = resolved.alignment
         self.world_size = world_size
-        self.dedup = SeqDedup(resolved.alignment["dedup_window"])
+        self.dedup = SeqDedup(resolved.alignment["dedup_window"], trust_first_seq)
         self.aligner = Aligner(run_id, world_size, resolved.alignment, self.dedup)
         self.liveness = Liveness(world_size, ts, resolved.rules)
         self.loss = LossDetector(resolved.rules)

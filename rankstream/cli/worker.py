@@ -1,0 +1,59 @@
+"""``rankstream worker``: the Faust stream job (align, aggregate, detect, alert)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rankstream.cli.common import EXIT_CONFIG, EXIT_SERVICE, BootstrapOpt, PrefixOpt, StateDirOpt, fail, load_settings
+
+
+def worker(
+    bootstrap: BootstrapOpt = None,
+    prefix: PrefixOpt = None,
+    state_dir: StateDirOpt = None,
+    rules: Annotated[Path | None, typer.Option(help="Rules YAML (defaults + per-team/run overrides)")] = None,
+    group: Annotated[str | None, typer.Option(help="Consumer group id [default <prefix>-stream]")] = None,
+    session_timeout: Annotated[
+        float, typer.Option(help="Seconds before a dead worker's partitions move to another worker")
+    ] = 15.0,
+    loglevel: Annotated[str, typer.Option(help="Faust log level")] = "warning",
+) -> None:
+    """Consume <prefix>.events, publish <prefix>.steps and <prefix>.alerts (invalid input -> <prefix>.dlq).
+
+    Several workers with the same group split the partitions; a crashed worker's
+    partitions are re-read from the last committed offset by the others.
+    """
+    import faust
+
+    from rankstream.stack import broker_ready
+    from rankstream.stream_jobs.app import create_app, ensure_state_topic
+    from rankstream.stream_jobs.core import RulesError, load_rules
+
+    settings = load_settings(bootstrap_servers=bootstrap, topic_prefix=prefix, state_dir=state_dir)
+    try:
+        rules_config = load_rules(rules)
+    except RulesError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    first = settings.bootstrap_servers.split(",")[0]
+    if settings.security_protocol == "PLAINTEXT" and not broker_ready(first, timeout_s=10.0):
+        fail(f"cannot reach Kafka at {settings.bootstrap_servers}", EXIT_SERVICE)
+    try:
+        ensure_state_topic(settings)
+    except RuntimeError as exc:
+        fail(str(exc), EXIT_SERVICE)
+    app = create_app(settings, rules_config, group_id=group)
+    app.conf.broker_session_timeout = session_timeout
+    app.conf.broker_heartbeat_interval = min(3.0, session_timeout / 4)
+    typer.echo(
+        f"rankstream worker: {settings.topics.events} -> {settings.topics.steps}, {settings.topics.alerts} "
+        f"(group {app.conf.id}, kafka {settings.bootstrap_servers})",
+        err=True,
+    )
+    faust.Worker(app, loglevel=loglevel.upper(), quiet=True, redirect_stdouts=False).execute_from_commandline()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("worker")(worker)

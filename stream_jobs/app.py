@@ -1,0 +1,237 @@
+"""The Faust app: a thin shell that feeds ``<prefix>.events`` to the pipeline and
+publishes aligned steps, alerts and dead letters, acking input only afterwards.
+
+Design choices (see docs/stream.md):
+- ``noack_take`` batches and manual acks: Faust commits the highest contiguous
+  acked offset, so holding a message until its step is produced keeps the
+  committed offset behind every pending step.
+- Detector state that spans long windows is persisted once per batch per run to
+  a compacted topic ``<prefix>.stream-state`` (same partition as the run's
+  events) and loaded when a partition is assigned. A Faust Table was not used:
+  its changelog partition follows the *current* event, which inside a batch is
+  not the run's partition, and writes are refused from timers.
+- No Faust windows (they expire on wall-clock time) and no exactly_once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from rankstream.config import Settings
+from rankstream.schema import dumps, loads, step_key
+from rankstream.stream_jobs.core import RulesConfig
+from rankstream.stream_jobs.pipeline import Item, Pipeline, Result
+
+log = logging.getLogger("rankstream.worker")
+
+BATCH_MAX = 4000
+BATCH_WITHIN_S = 0.05
+TICK_S = 1.0
+STATS_EVERY_S = 10.0
+
+
+def state_topic(settings: Settings) -> str:
+    return f"{settings.topic_prefix}.stream-state"
+
+
+def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """Kafka security settings from the shared config, in Faust's terms."""
+    context = settings.ssl_context()
+    if settings.security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password,
+            ssl_context=context,
+            mechanism=settings.sasl_mechanism,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+@dataclass
+class Runtime:
+    """Mutable state of one worker process, shared by the agent, the timer and the signals."""
+
+    settings: Settings
+    pipeline: Pipeline
+    saved_state: dict[tuple[int, str], dict] = field(default_factory=dict)
+    stream: Any = None
+    produced: int = 0
+    last_stats: float = field(default_factory=time.monotonic)
+    send_failures: int = 0
+
+
+def create_app(settings: Settings, rules: RulesConfig | None = None, *, group_id: str | None = None) -> faust.App:
+    """Build the worker's Faust app for ``settings`` (one consumer group per topic prefix)."""
+    topics = settings.topics
+    (settings.state_path / "faust").mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        group_id or f"{settings.topic_prefix}-stream",
+        broker=[f"kafka://{host}" for host in settings.bootstrap_servers.split(",")],
+        broker_credentials=broker_credentials(settings),
+        datadir=str(settings.state_path / "faust"),
+        web_enabled=False,
+        topic_disable_leader=True,
+        topic_allow_declare=False,
+        consumer_auto_offset_reset="earliest",
+        stream_buffer_maxsize=BATCH_MAX * 4,
+        broker_max_poll_records=BATCH_MAX,
+        broker_commit_interval=1.0,
+        producer_linger=0.005,
+        producer_max_batch_size=512 * 1024,
+        producer_acks=-1,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    runtime = Runtime(settings, Pipeline(rules, source_topic=topics.events))
+    runtime.pipeline._state_lookup = lambda p, run_id: runtime.saved_state.pop((p, run_id), None)
+    app.rankstream = runtime  # type: ignore[attr-defined]
+    events_topic = app.topic(topics.events, key_serializer="raw", value_serializer="raw")
+
+    @app.agent(events_topic, name="align")
+    async def align(stream: faust.StreamT) -> None:
+        runtime.stream = stream
+        async for batch in stream.noack_take(BATCH_MAX, within=BATCH_WITHIN_S):
+            items = [Item(e.message.partition, e.message.offset, e.message.key, e.message.value, e) for e in batch]
+            await _publish(app, runtime, runtime.pipeline.process(items))
+
+    @app.timer(TICK_S)
+    async def wall_clock_fallback() -> None:
+        if runtime.stream is not None:
+            await _publish(app, runtime, runtime.pipeline.advance())
+        now = time.monotonic()
+        if now - runtime.last_stats >= STATS_EVERY_S:
+            runtime.last_stats = now
+            s = runtime.pipeline.stats
+            log.warning(
+                "rankstream worker: events=%d steps=%d alerts=%d invalid=%d held=%d",
+                s["events"],
+                s["steps"],
+                s["alerts"],
+                s["invalid"],
+                runtime.pipeline.held_count(),
+            )
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: faust.App, revoked: set[Any], **_: Any) -> None:
+        runtime.pipeline.revoke(tp.partition for tp in revoked if tp.topic == topics.events)
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender: faust.App, assigned: set[Any], **_: Any) -> None:
+        partitions = sorted(tp.partition for tp in assigned if tp.topic == topics.events)
+        if partitions:
+            loaded = await load_state(settings, partitions)
+            runtime.saved_state.update(loaded)
+            log.warning("rankstream worker: assigned partitions %s, detector state of %d runs", partitions, len(loaded))
+
+    return app
+
+
+async def _publish(app: faust.App, runtime: Runtime, result: Result) -> None:
+    """Produce the batch's outputs, wait for Kafka's acks, then ack the input messages."""
+    if result.empty():
+        return
+    topics = runtime.settings.topics
+    records: list[tuple[str, bytes | None, bytes, int | None]] = []
+    for step in result.steps:
+        records.append((topics.steps, step["run_id"].encode(), dumps(step), None))
+    for alert in result.alerts:
+        records.append((topics.alerts, alert["run_id"].encode(), dumps(alert), None))
+    for key, value in result.dlq:
+        records.append((topics.dlq, key, value, None))
+    for (partition, run_id), state in result.state.items():
+        records.append((state_topic(runtime.settings), run_id.encode(), dumps(state), partition))
+    delay = 0.5
+    while True:
+        try:
+            futures = [
+                await app.producer.send(topic, key, value, partition=partition, timestamp=None, headers=None)
+                for topic, key, value, partition in records
+            ]
+            await asyncio.gather(*futures)
+            break
+        except Exception as exc:
+            runtime.send_failures += 1
+            log.warning(
+                "rankstream worker: producing %d records failed (%s); retrying in %.1fs", len(records), exc, delay
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+    runtime.produced += len(records)
+    stream = runtime.stream
+    for handle in result.ackable:
+        if handle is not None:
+            await stream.ack(handle)
+
+
+async def load_state(settings: Settings, partitions: list[int]) -> dict[tuple[int, str], dict]:
+    """Read the compacted state topic's partitions to their end: the latest state per run."""
+    topic = state_topic(settings)
+    consumer = AIOKafkaConsumer(enable_auto_commit=False, **settings.aiokafka_kwargs())
+    await consumer.start()
+    states: dict[tuple[int, str], dict] = {}
+    try:
+        # ensure_state_topic gave the state topic the events topic's partition count
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        remaining = {tp for tp in tps if end[tp] > 0}
+        while remaining:
+            batch = await consumer.getmany(*remaining, timeout_ms=1000)
+            for tp, records in batch.items():
+                for record in records:
+                    if record.key is not None and record.value is not None:
+                        states[(tp.partition, record.key.decode())] = loads(record.value)
+                    if record.offset + 1 >= end[tp]:
+                        remaining.discard(tp)
+            if not batch:
+                for tp in list(remaining):
+                    if await consumer.position(tp) >= end[tp]:
+                        remaining.discard(tp)
+    finally:
+        await consumer.stop()
+    return states
+
+
+def ensure_state_topic(settings: Settings) -> None:
+    """Create the compacted state topic with as many partitions as the events topic."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(client_id="rankstream-worker", request_timeout_ms=15000, **settings.kafka_python_kwargs())
+    try:
+        existing = set(admin.list_topics())
+        if state_topic(settings) in existing:
+            return
+        if settings.topics.events not in existing:
+            raise RuntimeError(f"topic {settings.topics.events} does not exist: run `rankstream topics create`")
+        described = admin.describe_topics([settings.topics.events])
+        partitions = len(described[0]["partitions"])
+        try:
+            admin.create_topics(
+                [
+                    NewTopic(
+                        state_topic(settings),
+                        num_partitions=partitions,
+                        replication_factor=min(3, len(admin.describe_cluster()["brokers"])),
+                        topic_configs={"cleanup.policy": "compact", "segment.ms": "600000"},
+                    )
+                ]
+            )
+        except TopicAlreadyExistsError:
+            pass
+    finally:
+        admin.close()
+
+
+__all__ = ["create_app", "ensure_state_topic", "load_state", "state_topic", "step_key"]

@@ -1,0 +1,205 @@
+"""The stream job's bookkeeping around the pure core, with no Faust and no Kafka I/O.
+
+One :class:`~rankstream.stream_jobs.core.Engine` per input partition (a run's
+events all live in one partition, keyed by run_id), so a revoked partition is
+dropped whole and rebuilt by whoever takes it over.
+
+Offsets follow the data: every consumed message is held (its opaque ``handle``)
+until everything it contributed to has been produced. A step event is held
+until its aligned step is released; other events until the batch's outputs are
+produced. The shell acks the returned handles only after Kafka acknowledged the
+outputs, so the committed offset never passes an event whose step is pending,
+and a restarted worker re-reads and rebuilds pending alignment from the log.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rankstream.schema import InvalidEvent, decode_event, dlq_record
+from rankstream.stream_jobs.core import Engine, Output, RulesConfig
+
+#: A held message older than this (wall seconds) is released even if the core
+#: never released its step (e.g. the run was evicted), so offsets cannot stall.
+DEFAULT_MAX_HOLD_S = 900.0
+#: How many released step numbers are remembered per run to recognise late events.
+RELEASED_MEMORY = 4096
+
+
+@dataclass(slots=True)
+class Item:
+    """One consumed message: where it came from, its bytes and the shell's ack handle."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    handle: Any = None
+
+
+@dataclass
+class Result:
+    """What the shell must produce, then which handles it may ack afterwards."""
+
+    steps: list[dict] = field(default_factory=list)
+    alerts: list[dict] = field(default_factory=list)
+    dlq: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    state: dict[tuple[int, str], dict] = field(default_factory=dict)  # (partition, run_id) -> detector state
+    ackable: list[Any] = field(default_factory=list)
+
+    def empty(self) -> bool:
+        return not (self.steps or self.alerts or self.dlq or self.state or self.ackable)
+
+
+@dataclass
+class _PartitionState:
+    engine: Engine
+    held: dict[tuple[str, int], list[tuple[float, Any]]] = field(default_factory=dict)
+    released: dict[str, set[int]] = field(default_factory=dict)
+    max_ts: float = 0.0
+    wall_at_max_ts: float = 0.0
+    known_runs: set[str] = field(default_factory=set)
+
+
+class Pipeline:
+    """Decode, route to the partition's engine, hold messages until their outputs exist."""
+
+    def __init__(
+        self,
+        rules: RulesConfig | None = None,
+        *,
+        source_topic: str = "",
+        state_lookup: Callable[[int, str], dict | None] | None = None,
+        max_hold_s: float = DEFAULT_MAX_HOLD_S,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._rules = rules
+        self._source_topic = source_topic
+        self._state_lookup = state_lookup
+        self._max_hold_s = max_hold_s
+        self._wall = wall_clock
+        self._partitions: dict[int, _PartitionState] = {}
+        self.stats: dict[str, int] = {"events": 0, "invalid": 0, "steps": 0, "alerts": 0, "forced_acks": 0}
+
+    # ----------------------------------------------------------------- partitions
+
+    def _partition(self, partition: int) -> _PartitionState:
+        state = self._partitions.get(partition)
+        if state is None:
+            state = self._partitions[partition] = _PartitionState(Engine(self._rules, trust_first_seq=True))
+        return state
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        """Forget revoked partitions: their held messages stay uncommitted for the next owner."""
+        for p in partitions:
+            self._partitions.pop(p, None)
+
+    def held_count(self) -> int:
+        return sum(len(v) for ps in self._partitions.values() for v in ps.held.values())
+
+    def engine_stats(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for ps in self._partitions.values():
+            for k, v in ps.engine.stats.items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+    # ------------------------------------------------------------------- processing
+
+    def process(self, items: Iterable[Item]) -> Result:
+        """Run a batch of consumed messages through the core."""
+        result = Result()
+        now_wall = self._wall()
+        dirty: set[tuple[int, str]] = set()
+        for item in items:
+            try:
+                event = decode_event(item.value)
+            except InvalidEvent as exc:
+                self.stats["invalid"] += 1
+                result.dlq.append(
+                    (item.key, dlq_record(item.value, exc.reason, self._source_topic, item.partition, item.offset))
+                )
+                result.ackable.append(item.handle)
+                continue
+            self.stats["events"] += 1
+            ps = self._partition(item.partition)
+            run_id = event["run_id"]
+            if run_id not in ps.known_runs:
+                ps.known_runs.add(run_id)
+                self._restore(item.partition, ps, run_id)
+            if event["ts"] > ps.max_ts:
+                ps.max_ts = event["ts"]
+                ps.wall_at_max_ts = now_wall
+            out = ps.engine.process(event)
+            if event["kind"] == "step":
+                step = event["step"]
+                if step in ps.released.get(run_id, ()):
+                    result.ackable.append(item.handle)  # late or duplicate: nothing pending depends on it
+                else:
+                    ps.held.setdefault((run_id, step), []).append((now_wall, item.handle))
+            else:
+                result.ackable.append(item.handle)
+            self._collect(item.partition, ps, out, result, dirty)
+        self._finish(result, dirty)
+        return result
+
+    def advance(self) -> Result:
+        """Wall-clock fallback: move each partition's event time on by the wall time since its
+        newest event, so partial steps are released and silent/hung rules fire even when every
+        rank of a run stopped sending. Per-partition offsets keep producer clock skew out."""
+        result = Result()
+        now_wall = self._wall()
+        dirty: set[tuple[int, str]] = set()
+        for partition, ps in self._partitions.items():
+            if not ps.max_ts:
+                continue
+            now_event = ps.max_ts + max(0.0, now_wall - ps.wall_at_max_ts)
+            out = ps.engine.advance(now_event)
+            self._collect(partition, ps, out, result, dirty)
+            self._force_old(ps, now_wall, result)
+        self._finish(result, dirty)
+        return result
+
+    # -------------------------------------------------------------------- helpers
+
+    def _restore(self, partition: int, ps: _PartitionState, run_id: str) -> None:
+        if self._state_lookup is None:
+            return
+        saved = self._state_lookup(partition, run_id)
+        if saved:
+            ps.engine.import_state(run_id, saved)
+
+    def _collect(
+        self, partition: int, ps: _PartitionState, out: Output, result: Result, dirty: set[tuple[int, str]]
+    ) -> None:
+        for step in out.steps:
+            run_id, number = step["run_id"], step["step"]
+            released = ps.released.setdefault(run_id, set())
+            released.add(number)
+            if len(released) > RELEASED_MEMORY:
+                released.discard(min(released))
+            for _, handle in ps.held.pop((run_id, number), ()):
+                result.ackable.append(handle)
+            dirty.add((partition, run_id))
+        result.steps.extend(out.steps)
+        result.alerts.extend(out.alerts)
+        for alert in out.alerts:
+            dirty.add((partition, alert["run_id"]))
+
+    def _force_old(self, ps: _PartitionState, now_wall: float, result: Result) -> None:
+        cutoff = now_wall - self._max_hold_s
+        for key in [k for k, v in ps.held.items() if v and v[0][0] < cutoff]:
+            for _, handle in ps.held.pop(key):
+                result.ackable.append(handle)
+                self.stats["forced_acks"] += 1
+
+    def _finish(self, result: Result, dirty: set[tuple[int, str]]) -> None:
+        for partition, run_id in dirty:
+            ps = self._partitions.get(partition)
+            if ps is not None and run_id in ps.engine.run_ids():
+                result.state[(partition, run_id)] = ps.engine.export_state(run_id)
+        self.stats["steps"] += len(result.steps)
+        self.stats["alerts"] += len(result.alerts)

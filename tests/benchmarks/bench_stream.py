@@ -1,0 +1,196 @@
+"""Stream job throughput and alert latency against a plain consumer floor, same run, same broker.
+
+1. Loads a 64-rank run (~N events) into a fresh events topic.
+2. Floor: a plain aiokafka consumer that only reads and json-decodes every message.
+3. Ours: one `rankstream worker` subprocess over the same topic; throughput is events
+   divided by the span between its first and last aligned step on `.steps`
+   (broker append times), so process start-up and group join are not counted.
+4. Latency: a paced producer sends a live 64-rank run at ~5k events/s with
+   injected anomalies; latency = arrival on `.alerts` - produce time of the event
+   that completed the trigger step.
+
+Prints one JSON line: {"bench":"stream","events_per_s":..,"baseline":"consumer_decode_floor",
+"baseline_events_per_s":..,"ratio":..,"alert_latency_p50_s":..,"alert_latency_p99_s":..}
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
+
+from rankstream.config import Settings  # noqa: E402
+from rankstream.schema import dumps  # noqa: E402
+from rankstream.stack import broker_status, ensure_topics, start_broker, stop_broker  # noqa: E402
+from rankstream.synthetic import Fault, generate_run  # noqa: E402
+from tests.integration.streamkit import WorkerProcess  # noqa: E402
+
+BENCH_PORT = 19392
+
+
+def _settings(base: Settings, partitions: int) -> Settings:
+    s = base.with_overrides(topic_prefix=f"bench{uuid.uuid4().hex[:8]}", partitions=partitions)
+    ensure_topics(s)
+    return s
+
+
+def _produce_all(settings: Settings, events: list[dict]) -> None:
+    producer = KafkaProducer(linger_ms=20, batch_size=512 * 1024, **settings.kafka_python_kwargs())
+    for e in events:
+        producer.send(settings.topics.events, key=e["run_id"].encode(), value=dumps(e))
+    producer.flush(120)
+    producer.close()
+
+
+def _floor(settings: Settings, total: int) -> float:
+    from aiokafka import AIOKafkaConsumer
+
+    async def run() -> float:
+        consumer = AIOKafkaConsumer(
+            settings.topics.events,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            max_poll_records=5000,
+            **settings.aiokafka_kwargs(),
+        )
+        await consumer.start()
+        seen, first = 0, 0.0
+        try:
+            while seen < total:
+                batch = await consumer.getmany(timeout_ms=1000)
+                for records in batch.values():
+                    if not first:
+                        first = time.perf_counter()
+                    for r in records:
+                        json.loads(r.value)
+                    seen += len(records)
+        finally:
+            await consumer.stop()
+        return seen / (time.perf_counter() - first)
+
+    return asyncio.run(run())
+
+
+def _steps_span(settings: Settings, expected_steps: int, timeout_s: float) -> tuple[int, float]:
+    consumer = KafkaConsumer(settings.topics.steps, auto_offset_reset="earliest", **settings.kafka_python_kwargs())
+    stamps: list[int] = []
+    deadline = time.monotonic() + timeout_s
+    while len(stamps) < expected_steps and time.monotonic() < deadline:
+        for batch in consumer.poll(timeout_ms=500).values():
+            stamps.extend(r.timestamp for r in batch)
+    consumer.close()
+    if len(stamps) < 2:
+        return len(stamps), float("nan")
+    return len(stamps), (max(stamps) - min(stamps)) / 1000.0
+
+
+def _latency(base: Settings, tmp: Path, rate: float, seconds: float) -> list[float]:
+    settings = _settings(base, 3)
+    ranks = 64
+    step_time = ranks / rate
+    steps = int(seconds / step_time)
+    faults = [Fault("loss_spike", step=s) for s in range(60, steps, 90)] + [
+        Fault("nan_loss", step=s) for s in range(105, steps, 90)
+    ]
+    worker = WorkerProcess(settings, tmp / "latency-worker.log")
+    time.sleep(8)  # group join
+    start = time.time() + 1.0
+    events = generate_run(
+        "lat-run", world_size=ranks, steps=steps, faults=faults, seed=5, start_ts=start, step_time_s=step_time
+    )
+    completed_at: dict[int, float] = {}
+    arrivals: dict[str, tuple[float, int]] = {}
+    stop = threading.Event()
+
+    def consume() -> None:
+        consumer = KafkaConsumer(settings.topics.alerts, auto_offset_reset="earliest", **settings.kafka_python_kwargs())
+        while not stop.is_set():
+            for batch in consumer.poll(timeout_ms=200).values():
+                now = time.time()
+                for r in batch:
+                    alert = json.loads(r.value)
+                    arrivals.setdefault(alert["alert_id"], (now, alert["step"]))
+        consumer.close()
+
+    reader = threading.Thread(target=consume, daemon=True)
+    reader.start()
+    producer = KafkaProducer(linger_ms=2, **settings.kafka_python_kwargs())
+    for e in events:
+        delay = e["ts"] - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        producer.send(settings.topics.events, key=e["run_id"].encode(), value=dumps(e))
+        if e["kind"] == "step":
+            completed_at[e["step"]] = time.time()
+    producer.flush(60)
+    time.sleep(5)
+    stop.set()
+    reader.join(10)
+    worker.stop()
+    return [t - completed_at[step] for t, step in arrivals.values() if step in completed_at]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=1200, help="steps of the 64-rank throughput run")
+    parser.add_argument("--rate", type=float, default=5000.0, help="events/s for the latency phase")
+    parser.add_argument("--latency-seconds", type=float, default=30.0)
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="rankstream-bench-stream-"))
+    base = Settings(
+        state_dir=str(ROOT / ".rankstream" / "bench"),
+        kafka_port=BENCH_PORT,
+        bootstrap_servers=f"127.0.0.1:{BENCH_PORT}",
+    )
+    started = not broker_status(base).ready
+    start_broker(base)
+    try:
+        settings = _settings(base, 6)
+        events = generate_run(
+            "tput-run", world_size=64, steps=args.steps, seed=1, faults=[Fault("loss_spike", step=300)]
+        )
+        step_count = sum(1 for e in events if e["kind"] == "step") // 64
+        _produce_all(settings, events)
+        floor = _floor(settings, len(events))
+        worker = WorkerProcess(settings.with_overrides(state_dir=str(tmp / "w")), tmp / "tput-worker.log")
+        got, span = _steps_span(settings, step_count, timeout_s=600)
+        worker.stop()
+        ours = len(events) / span if span == span and span > 0 else 0.0
+        latencies = sorted(_latency(base, tmp, args.rate, args.latency_seconds))
+    finally:
+        if started:
+            stop_broker(base)
+    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else float("nan")
+    print(
+        json.dumps(
+            {
+                "bench": "stream",
+                "events": len(events),
+                "steps_out": got,
+                "events_per_s": round(ours, 1),
+                "baseline": "consumer_decode_floor",
+                "baseline_events_per_s": round(floor, 1),
+                "ratio": round(ours / floor, 3) if floor else None,
+                "alerts_measured": len(latencies),
+                "alert_latency_p50_s": round(statistics.median(latencies), 3) if latencies else None,
+                "alert_latency_p99_s": round(p99, 3) if latencies else None,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""The Faust worker on the real broker: equal to replay, crash-safe, scale-out, dead letters."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from rankstream.config import Settings
+from rankstream.schema import dumps, loads
+from rankstream.synthetic import Fault, generate_run
+from tests.integration.streamkit import WorkerProcess, collect, produce, replay, step_keys
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+
+def _wait_for_progress(settings: Settings, minimum: int, timeout_s: float = 90.0) -> None:
+    got = collect(settings, settings.topics.steps, lambda r: len(r) >= minimum, timeout_s)
+    assert len(got) >= minimum, f"worker produced only {len(got)} steps"
+
+
+def test_worker_output_equals_replay(kafka: Settings, tmp_path: Path) -> None:
+    faults = [
+        Fault("loss_spike", step=60),
+        Fault("straggler", step=40, rank=3, duration=40),
+        Fault("nan_loss", step=100),
+    ]
+    events = generate_run("run-eq", world_size=8, steps=140, faults=faults, seed=7)
+    expected = replay(events)
+    assert expected.alerts, "the scenario must raise alerts"
+    produce(kafka, events)
+    worker = WorkerProcess(kafka, tmp_path / "worker.log")
+    try:
+        steps = collect(kafka, kafka.topics.steps, lambda r: step_keys(r) >= step_keys(expected.steps))
+        want_ids = {a["alert_id"] for a in expected.alerts}
+        alerts = collect(kafka, kafka.topics.alerts, lambda r: {a["alert_id"] for a in r} >= want_ids, 60)
+    finally:
+        assert worker.stop() == 0, worker.log()
+    assert step_keys(steps) == step_keys(expected.steps), worker.log()
+    by_key = {(s["run_id"], s["step"]): s for s in steps}
+    for step in expected.steps:
+        got = by_key[(step["run_id"], step["step"])]
+        assert got["complete"] == step["complete"]
+        assert got["metrics"]["loss"]["mean"] == pytest.approx(step["metrics"]["loss"]["mean"])
+    assert {a["alert_id"] for a in alerts} == {a["alert_id"] for a in expected.alerts}
+    assert {a["rule"] for a in alerts} >= {"loss_spike", "straggler", "nonfinite_loss"}
+
+
+def test_sigkill_and_restart_loses_no_step_and_keeps_detector_state(kafka: Settings, tmp_path: Path) -> None:
+    """Kill -9 after the first half; the spike in the second half is only detectable with the
+    loss window built from the first half, so it proves detector state survived the crash."""
+    runs = [
+        generate_run(f"run-k{i}", world_size=8, steps=300, faults=[Fault("loss_spike", step=160)], seed=i)
+        for i in range(3)
+    ]
+    events = [e for run in runs for e in run]
+    expected = replay(events)
+    assert {a["rule"] for a in expected.alerts} >= {"loss_spike"}
+    first_half = [e for e in events if e["kind"] == "run_start" or 0 <= e["step"] < 150]
+    second_half = [e for e in events if not (e["kind"] == "run_start" or 0 <= e["step"] < 150)]
+    produce(kafka, first_half)
+    first = WorkerProcess(kafka, tmp_path / "w1.log")
+    half_keys = {k for k in step_keys(expected.steps) if k[1] < 149}
+    collect(kafka, kafka.topics.steps, lambda r: step_keys(r) >= half_keys, 90)
+    time.sleep(2.5)  # past one commit interval, so the restart resumes mid-stream, not from zero
+    first.kill()
+    produce(kafka, second_half)
+    second = WorkerProcess(kafka, tmp_path / "w2.log")
+    try:
+        steps = collect(kafka, kafka.topics.steps, lambda r: step_keys(r) >= step_keys(expected.steps), 150)
+        want_ids = {a["alert_id"] for a in expected.alerts}
+        alerts = collect(kafka, kafka.topics.alerts, lambda r: {a["alert_id"] for a in r} >= want_ids, 60)
+    finally:
+        assert second.stop() == 0, second.log()
+    assert step_keys(steps) == step_keys(expected.steps), second.log()
+    unique = {a["alert_id"]: a for a in alerts}
+    assert set(unique) == {a["alert_id"] for a in expected.alerts}
+    assert sorted(a["rule"] for a in unique.values()) == sorted(a["rule"] for a in expected.alerts)
+    # the restarted worker resumed from committed offsets instead of re-reading everything
+    assert len(steps) < 2 * len(expected.steps)
+
+
+def test_two_workers_one_killed_other_takes_over(kafka: Settings, tmp_path: Path) -> None:
+    group = f"{kafka.topic_prefix}-pair"
+    runs = [generate_run(f"run-p{i}", world_size=4, steps=200, seed=10 + i) for i in range(6)]
+    half = [e for run in runs for e in run[: len(run) // 2]]
+    rest = [e for run in runs for e in run[len(run) // 2 :]]
+    expected = replay([e for run in runs for e in run])
+    a = WorkerProcess(kafka, tmp_path / "a.log", group=group)
+    b = WorkerProcess(kafka, tmp_path / "b.log", group=group)
+    try:
+        time.sleep(8)  # both join the group and split the 3 partitions
+        produce(kafka, half)
+        _wait_for_progress(kafka, 100)
+        a.kill()
+        produce(kafka, rest)
+        steps = collect(kafka, kafka.topics.steps, lambda r: step_keys(r) >= step_keys(expected.steps), 150)
+    finally:
+        assert b.stop() == 0, b.log()
+    missing = step_keys(expected.steps) - step_keys(steps)
+    assert not missing, f"{len(missing)} steps lost, e.g. {sorted(missing)[:5]}\n{b.log()}"
+
+
+def test_malformed_messages_go_to_dlq_with_reasons(kafka: Settings, tmp_path: Path) -> None:
+    good = generate_run("run-good", world_size=4, steps=60, seed=3)
+    template = dict(next(e for e in good if e["kind"] == "step"))
+    bad: list[bytes] = []
+    kinds = {
+        "not valid JSON": lambda i: b"{not json " + str(i).encode(),
+        "must be an integer": lambda i: dumps({**template, "rank": "zero", "seq": i}),
+        "out of range": lambda i: dumps({**template, "rank": 4 + i % 3, "seq": i}),
+        "missing field": lambda i: dumps({k: v for k, v in template.items() if k != "seq"}),
+        "too large": lambda i: b'{"v":1,"pad":"' + b"x" * 300_000 + b'"}',
+    }
+    for i in range(1000):
+        bad.append(list(kinds.values())[i % len(kinds)](i))
+    mixed: list[dict | bytes] = []
+    for i, event in enumerate(good):
+        mixed.append(event)
+        if i < len(bad):
+            mixed.append(bad[i])
+    mixed.extend(bad[len(good) :])
+    produce(kafka, mixed, key=b"run-good")
+    expected = replay(good)
+    worker = WorkerProcess(kafka, tmp_path / "worker.log")
+    try:
+        dlq = collect(kafka, kafka.topics.dlq, lambda r: len(r) >= 1000, 120)
+        steps = collect(kafka, kafka.topics.steps, lambda r: step_keys(r) >= step_keys(expected.steps), 60)
+    finally:
+        assert worker.stop() == 0, worker.log()
+    assert len(dlq) == 1000
+    for reason in kinds:
+        assert sum(reason in d["reason"] for d in dlq) == 200, reason
+    assert all(d["original"] for d in dlq)
+    out_of_range = next(d for d in dlq if "out of range" in d["reason"])
+    assert loads(out_of_range["original"].encode("latin-1"))["rank"] >= 4
+    assert step_keys(steps) == step_keys(expected.steps)
+    assert all(s["complete"] for s in steps)
