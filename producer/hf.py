@@ -18,9 +18,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
+
 from rankstream.producer.reporter import Reporter
 from rankstream.producer.torchstats import cuda_memory, grad_norms, is_adapter_param
-from transformers import TrainerCallback
 
 _clock = time.perf_counter
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch.callbacks import Callback
+
 from rankstream.producer.reporter import Reporter
 from rankstream.producer.torchstats import cuda_memory, grad_norms, is_adapter_param
 

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from rankstream.config import Settings
 from rankstream.producer.events import EventEncoder
 from rankstream.producer.kafka_io import (
     BOOTSTRAP_TIMEOUT_MS,
@@ -34,8 +35,6 @@ from rankstream.producer.kafka_io import (
     make_producer,
 )
 from rankstream.producer.spool import Spool, message_key, orphan_spools
-
-from rankstream.config import Settings
 
 log = logging.getLogger("rankstream.producer")
 

@@ -20,13 +20,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from rankstream.config import Settings
 from rankstream.producer.events import EventEncoder
 from rankstream.producer.identity import RunIdentity, detect_identity
 from rankstream.producer.pipeline import Pipeline
 from rankstream.producer.redact import redact_meta
 from rankstream.producer.spool import Spool, rank_dir
-
-from rankstream.config import Settings
 
 log = logging.getLogger("rankstream.producer")
 

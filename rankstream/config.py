@@ -53,12 +53,13 @@ class Settings:
 
     def __post_init__(self) -> None:
         if self.security_protocol not in SECURITY_PROTOCOLS:
-            raise ConfigError(
-                f"RANKSTREAM_SECURITY_PROTOCOL={self.security_protocol!r}: expected one of {', '.join(SECURITY_PROTOCOLS)}"
-            )
+            allowed = ", ".join(SECURITY_PROTOCOLS)
+            raise ConfigError(f"RANKSTREAM_SECURITY_PROTOCOL={self.security_protocol!r}: expected one of {allowed}")
         if self.security_protocol.startswith("SASL") and self.sasl_mechanism not in SASL_MECHANISMS:
+            allowed = ", ".join(SASL_MECHANISMS)
             raise ConfigError(
-                f"RANKSTREAM_SASL_MECHANISM={self.sasl_mechanism!r}: with {self.security_protocol} expected one of {', '.join(SASL_MECHANISMS)}"
+                f"RANKSTREAM_SASL_MECHANISM={self.sasl_mechanism!r}: "
+                f"with {self.security_protocol} expected one of {allowed}"
             )
         if not self.topic_prefix or any(c in self.topic_prefix for c in " /\\:"):
             raise ConfigError(f"RANKSTREAM_TOPIC_PREFIX={self.topic_prefix!r}: must be a non-empty Kafka name")

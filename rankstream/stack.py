@@ -241,9 +241,7 @@ def start_broker(settings: Settings, ready_timeout_s: float = READY_TIMEOUT_S) -
         "kafka.Kafka",
         str(kdir / "server.properties"),
     ]
-    proc = subprocess.Popen(
-        cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-    )
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     log.close()
     _pid_file(settings).write_text(str(proc.pid))
     started = time.monotonic()

@@ -12,9 +12,8 @@ import math
 from collections import OrderedDict
 from typing import Any
 
-from rankstream.sinks.tables import COLUMNS, column_names
-
 from rankstream.schema import InvalidEvent, dumps
+from rankstream.sinks.tables import COLUMNS, column_names
 
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 _STEP_FIELDS = frozenset(

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from rankstream.config import Settings
+from rankstream.schema import InvalidEvent, decode_event, dlq_record, loads
 from rankstream.sinks.records import (
     Batch,
     RunCache,
@@ -30,9 +32,6 @@ from rankstream.sinks.records import (
 )
 from rankstream.sinks.store import StoreError, open_store, parse_dsn
 from rankstream.sinks.writer import batch_token, insert_batch, lookup_runs
-
-from rankstream.config import Settings
-from rankstream.schema import InvalidEvent, decode_event, dlq_record, loads
 
 log = logging.getLogger("rankstream.sink")
 

@@ -23,7 +23,9 @@ StateDirOpt = Annotated[
 ]
 DsnOpt = Annotated[
     str | None,
-    typer.Option("--dsn", help="Store DSN: chdb:///abs/path or http(s)://user:pass@host:port/db [env RANKSTREAM_STORE_DSN]"),
+    typer.Option(
+        "--dsn", help="Store DSN: chdb:///abs/path or http(s)://user:pass@host:port/db [env RANKSTREAM_STORE_DSN]"
+    ),
 ]
 
 

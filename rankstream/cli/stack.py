@@ -51,8 +51,6 @@ def status(state_dir: StateDirOpt = None) -> None:
         fail("kafka is not ready", EXIT_SERVICE)
 
 
-
-
 topics_app = typer.Typer(help="Manage the contract topics on the configured Kafka cluster.", no_args_is_help=True)
 
 

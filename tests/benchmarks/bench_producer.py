@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 
 import torch
-from rankstream.producer import Reporter
 
 from rankstream.config import Settings
+from rankstream.producer import Reporter
 
 DEAD_BROKER = "127.0.0.1:9"  # nothing listens on the discard port: every event is spooled
 NAMES = ["loss", "lr", "grad_norm", "grad_norm_adapter", "grad_norm_backbone", "step_time_s", "data_time_s",

@@ -16,10 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from rankstream.stream_jobs.core import Engine
-
 from rankstream.cli.replay import replay_lines
 from rankstream.schema import dumps
+from rankstream.stream_jobs.core import Engine
 from rankstream.synthetic import Fault, generate_run
 
 WORLD_SIZE = 64

@@ -79,10 +79,10 @@ def _sink_rate(settings: Settings, total_rows: int) -> tuple[float, float]:
 
 def _floor_rate(client, events: list[dict], team: str) -> float:
     import pandas as pd
-    from rankstream.sinks.records import Batch
-    from rankstream.sinks.tables import column_names
 
     from rankstream.schema import decode_event
+    from rankstream.sinks.records import Batch
+    from rankstream.sinks.tables import column_names
 
     batch = Batch()
     for raw in events:
@@ -157,7 +157,6 @@ def main() -> None:
             sink_rate, sink_s = _sink_rate(settings, total_rows)
 
             from rankstream.sinks.store import open_store
-
             from tests.integration.test_sink_support import cookbook_queries
 
             client = open_store(settings.dsn)

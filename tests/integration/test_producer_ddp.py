@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from rankstream.producer import Reporter
-from rankstream.producer.loop import StepTimer
 
 from rankstream.config import Settings
+from rankstream.producer import Reporter
+from rankstream.producer.loop import StepTimer
 from tests.integration.test_producer_kafka import consume, finished, seq_problems
 
 pytestmark = pytest.mark.kafka

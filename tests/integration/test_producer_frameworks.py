@@ -38,8 +38,9 @@ class TokenDataset(torch.utils.data.Dataset):
 
 
 def test_hf_trainer_callback(kafka: Settings, tmp_path: Path) -> None:
-    from rankstream.producer.hf import RankstreamCallback
     from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
+
+    from rankstream.producer.hf import RankstreamCallback
 
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=1, n_head=2)
@@ -93,6 +94,7 @@ def test_hf_trainer_callback(kafka: Settings, tmp_path: Path) -> None:
 
 def test_lightning_callback(kafka: Settings, tmp_path: Path) -> None:
     import lightning as L
+
     from rankstream.producer.lightning import RankstreamLightningCallback
 
     class Tiny(L.LightningModule):

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from rankstream.producer import Reporter
 from torch.utils.data import DataLoader, Dataset
 
 from rankstream.config import Settings
+from rankstream.producer import Reporter
 from rankstream.schema import decode_event
 
 pytestmark = pytest.mark.kafka

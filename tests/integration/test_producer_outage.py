@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from rankstream.producer import Reporter
 
 from rankstream.config import Settings
+from rankstream.producer import Reporter
 from rankstream.stack import ensure_topics, start_broker, stop_broker
 from tests.integration.test_producer_kafka import consume, finished, seq_problems
 

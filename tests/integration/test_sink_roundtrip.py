@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rankstream.sinks import portfile
 
 from rankstream.config import Settings
+from rankstream.sinks import portfile
 from rankstream.stack import ensure_topics
 from tests.integration.test_sink_support import (
     RANKSTREAM,

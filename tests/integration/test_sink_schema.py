@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from rankstream.sinks.migrations import migrate, split_statements
 from rankstream.sinks.tables import COLUMNS
-
 from tests.integration.test_sink_support import RANKSTREAM, free_port, http_client, start_store, wait_until
 
 RBAC = Path(__file__).resolve().parents[2] / "infra" / "clickhouse" / "rbac.sql"

@@ -20,10 +20,10 @@ from typing import Any
 
 import clickhouse_connect
 from kafka import KafkaConsumer, KafkaProducer
-from rankstream.sinks import portfile
 
 from rankstream.config import Settings
 from rankstream.schema import alert_id, dumps, encode_event
+from rankstream.sinks import portfile
 
 RANKSTREAM = str(Path(sys.executable).parent / "rankstream")
 METRICS = ("loss", "lr", "grad_norm", "step_time_s", "data_time_s")

@@ -7,10 +7,10 @@ import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from rankstream.stream_jobs.core import Engine, RulesConfig
-from rankstream.stream_jobs.core.aggregate import aggregate
 
 from rankstream.schema import dumps, loads, validate_event
+from rankstream.stream_jobs.core import Engine, RulesConfig
+from rankstream.stream_jobs.core.aggregate import aggregate
 from rankstream.synthetic import Fault, generate_run
 
 

@@ -6,9 +6,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from rankstream.stream_jobs.core import Engine, Output, RulesConfig, RulesError, load_rules
 
 from rankstream.schema import RULES, alert_id, dumps, validate_event
+from rankstream.stream_jobs.core import Engine, Output, RulesConfig, RulesError, load_rules
 from rankstream.synthetic import Fault, expected_rules, generate_run
 
 SERIOUS = ("warning", "critical")

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 
-from rankstream.stream_jobs.core import Engine
-
 from rankstream.importers import import_hf_trainer_state, import_swift_jsonl, parse_duration, sniff_format
 from rankstream.schema import dumps, validate_event
+from rankstream.stream_jobs.core import Engine
 
 SWIFT = [
     '{"loss": 2.1, "grad_norm": 1.9, "learning_rate": 9.9e-05, "memory(GiB)": 17.35, "train_speed(iter/s)": 0.21, '

@@ -7,7 +7,12 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-MAPPING = {"rankstream": "rankstream", "producer": "rankstream.producer", "stream_jobs": "rankstream.stream_jobs", "sinks": "rankstream.sinks"}
+MAPPING = {
+    "rankstream": "rankstream",
+    "producer": "rankstream.producer",
+    "stream_jobs": "rankstream.stream_jobs",
+    "sinks": "rankstream.sinks",
+}
 
 
 def _package_dirs() -> set[str]:
@@ -35,6 +40,9 @@ def test_producer_import_pulls_no_stream_or_store_clients() -> None:
     import subprocess
     import sys
 
-    code = "import sys, rankstream.producer; bad=[m for m in ('faust','aiokafka','chdb','clickhouse_connect') if m in sys.modules]; print(bad)"
+    code = (
+        "import sys, rankstream.producer; "
+        "print([m for m in ('faust', 'aiokafka', 'chdb', 'clickhouse_connect') if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"

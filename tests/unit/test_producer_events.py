@@ -7,8 +7,8 @@ from decimal import Decimal
 
 import numpy as np
 import torch
-from rankstream.producer.events import MAX_NAME_CHARS, EventEncoder, to_float
 
+from rankstream.producer.events import MAX_NAME_CHARS, EventEncoder, to_float
 from rankstream.schema import MAX_EVENT_BYTES, MAX_TAG_CHARS, decode_event
 
 

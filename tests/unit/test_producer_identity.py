@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from rankstream.producer.identity import detect_identity, detect_ranks, detect_run_id
 
 

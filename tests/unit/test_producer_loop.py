@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from rankstream.producer.loop import StepTimer
 from rankstream.producer.torchstats import grad_norms, is_adapter_param
 

@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
+
 import rankstream.producer.kafka_io as kafka_io
+from rankstream.config import Settings
 from rankstream.producer import Reporter
 from rankstream.producer.spool import rank_dir
-
-from rankstream.config import Settings
 from rankstream.schema import decode_event
 
 

@@ -6,6 +6,10 @@ import json
 import math
 
 import pytest
+
+from rankstream.cli.runs import parse_since
+from rankstream.cli.sql import render
+from rankstream.schema import decode_event, encode_event
 from rankstream.sinks.httpd import QueryError, Request
 from rankstream.sinks.migrations import migration_files, split_statements
 from rankstream.sinks.query import error_line, statement_kind
@@ -21,10 +25,6 @@ from rankstream.sinks.records import (
 from rankstream.sinks.store import StoreError, parse_dsn
 from rankstream.sinks.tables import COLUMNS, column_names
 from rankstream.sinks.writer import batch_token
-
-from rankstream.cli.runs import parse_since
-from rankstream.cli.sql import render
-from rankstream.schema import decode_event, encode_event
 
 
 def _event(**over: object) -> dict:
