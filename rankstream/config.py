@@ -115,31 +115,31 @@ class Settings:
     def spool_dir(self) -> Path:
         return self.state_path / "spool"
 
+    def _sasl_kwargs(self) -> dict[str, Any]:
+        """SASL settings; kafka-python and aiokafka use the same argument names."""
+        if not self.security_protocol.startswith("SASL"):
+            return {}
+        return {
+            "sasl_mechanism": self.sasl_mechanism,
+            "sasl_plain_username": self.sasl_username,
+            "sasl_plain_password": self.sasl_password,
+        }
+
     def kafka_python_kwargs(self) -> dict[str, Any]:
         """Connection and security settings for kafka-python clients."""
         kwargs: dict[str, Any] = {
             "bootstrap_servers": self.bootstrap_servers.split(","),
             "security_protocol": self.security_protocol,
+            **self._sasl_kwargs(),
         }
-        if self.security_protocol.startswith("SASL"):
-            kwargs.update(
-                sasl_mechanism=self.sasl_mechanism,
-                sasl_plain_username=self.sasl_username,
-                sasl_plain_password=self.sasl_password,
-            )
         if self.security_protocol in ("SSL", "SASL_SSL"):
-            kwargs.update(
-                {
-                    k: v
-                    for k, v in {
-                        "ssl_cafile": self.ssl_cafile,
-                        "ssl_certfile": self.ssl_certfile,
-                        "ssl_keyfile": self.ssl_keyfile,
-                        "ssl_password": self.ssl_password,
-                    }.items()
-                    if v
-                }
-            )
+            files = {
+                "ssl_cafile": self.ssl_cafile,
+                "ssl_certfile": self.ssl_certfile,
+                "ssl_keyfile": self.ssl_keyfile,
+                "ssl_password": self.ssl_password,
+            }
+            kwargs.update({k: v for k, v in files.items() if v})
         return kwargs
 
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -156,13 +156,8 @@ class Settings:
         kwargs: dict[str, Any] = {
             "bootstrap_servers": self.bootstrap_servers,
             "security_protocol": self.security_protocol,
+            **self._sasl_kwargs(),
         }
-        if self.security_protocol.startswith("SASL"):
-            kwargs.update(
-                sasl_mechanism=self.sasl_mechanism,
-                sasl_plain_username=self.sasl_username,
-                sasl_plain_password=self.sasl_password,
-            )
         context = self.ssl_context()
         if context is not None:
             kwargs["ssl_context"] = context

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from rankstream.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_SERVICE, DsnOpt, StateDirOpt, fail, load_settings
+from rankstream.cli.common import EXIT_CONFIG, DsnOpt, StateDirOpt, fail
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
@@ -42,33 +42,16 @@ def runs(
     state_dir: StateDirOpt = None,
 ) -> None:
     """List runs (latest status per run) with their last step."""
-    from clickhouse_connect.driver.exceptions import ClickHouseError
-
-    from rankstream.cli.sql import FORMATS, render
-    from rankstream.sinks.query import connect_reader, error_line
-    from rankstream.sinks.store import StoreError
+    from rankstream.cli.sql import check_format, render, store_reader
 
     try:
         seconds = parse_since(since)
     except ValueError as exc:
         fail(str(exc), EXIT_CONFIG)
-    if fmt not in FORMATS:
-        fail(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}", EXIT_CONFIG)
-    settings = load_settings(store_dsn=dsn, state_dir=state_dir)
-    from rankstream.sinks.store import quiet_client_logs
-
-    quiet_client_logs()
-    try:
-        client, _how = connect_reader(settings.dsn)
-    except StoreError as exc:
-        fail(str(exc), EXIT_SERVICE)
-    try:
+    check_format(fmt)
+    with store_reader(dsn, state_dir) as client:
         result = client.query(RUNS_SQL, parameters={"since": seconds, "team": team or ""})
         typer.echo(render(result.column_names, result.result_rows, fmt))
-    except ClickHouseError as exc:
-        fail(error_line(exc), EXIT_FAILURE)
-    finally:
-        client.close()
 
 
 def register(app: typer.Typer) -> None:

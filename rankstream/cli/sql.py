@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Annotated, Any
 
 import typer
@@ -74,6 +75,33 @@ def run_sql(client: Any, sql: str, fmt: str) -> str:
     return "ok"
 
 
+@contextlib.contextmanager
+def store_reader(dsn: str | None, state_dir: str | None) -> Iterator[Any]:
+    """A read client for the configured store; store and query errors become one-line exits."""
+    from clickhouse_connect.driver.exceptions import ClickHouseError
+
+    from rankstream.sinks.query import connect_reader, error_line
+    from rankstream.sinks.store import StoreError, quiet_client_logs
+
+    settings = load_settings(store_dsn=dsn, state_dir=state_dir)
+    quiet_client_logs()
+    try:
+        client, _how = connect_reader(settings.dsn)
+    except StoreError as exc:
+        fail(str(exc), EXIT_SERVICE)
+    try:
+        yield client
+    except ClickHouseError as exc:
+        fail(error_line(exc), EXIT_FAILURE)
+    finally:
+        client.close()
+
+
+def check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        fail(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}", EXIT_CONFIG)
+
+
 def sql(
     query: Annotated[str, typer.Argument(help="SQL statement (use '-' to read it from stdin)")],
     fmt: Annotated[str, typer.Option("--format", "-f", help="table, json or csv")] = "table",
@@ -81,31 +109,13 @@ def sql(
     state_dir: StateDirOpt = None,
 ) -> None:
     """Run a SQL statement against the store and print the result."""
-    from clickhouse_connect.driver.exceptions import ClickHouseError
-
-    from rankstream.sinks.query import connect_reader, error_line
-    from rankstream.sinks.store import StoreError
-
-    if fmt not in FORMATS:
-        fail(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}", EXIT_CONFIG)
+    check_format(fmt)
     if query == "-":
         query = sys.stdin.read()
     if not query.strip():
         fail("empty SQL statement", EXIT_CONFIG)
-    settings = load_settings(store_dsn=dsn, state_dir=state_dir)
-    from rankstream.sinks.store import quiet_client_logs
-
-    quiet_client_logs()
-    try:
-        client, _how = connect_reader(settings.dsn)
-    except StoreError as exc:
-        fail(str(exc), EXIT_SERVICE)
-    try:
+    with store_reader(dsn, state_dir) as client:
         typer.echo(run_sql(client, query, fmt))
-    except ClickHouseError as exc:
-        fail(error_line(exc), EXIT_FAILURE)
-    finally:
-        client.close()
 
 
 def register(app: typer.Typer) -> None:
