@@ -88,6 +88,9 @@ def create_app(settings: Settings, rules: RulesConfig | None = None, *, group_id
         producer_linger=0.005,
         producer_max_batch_size=512 * 1024,
         producer_acks=-1,
+        # Held (unacked) messages belong to pending steps: on shutdown they stay
+        # uncommitted and the next owner re-reads them, so do not wait for them.
+        stream_wait_empty=False,
         key_serializer="raw",
         value_serializer="raw",
     )
