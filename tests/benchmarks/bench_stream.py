@@ -106,10 +106,12 @@ def _latency(base: Settings, tmp: Path, rate: float, seconds: float) -> list[flo
     ]
     worker = WorkerProcess(settings, tmp / "latency-worker.log")
     time.sleep(8)  # group join
-    start = time.time() + 1.0
     events = generate_run(
-        "lat-run", world_size=ranks, steps=steps, faults=faults, seed=5, start_ts=start, step_time_s=step_time
+        "lat-run", world_size=ranks, steps=steps, faults=faults, seed=5, start_ts=0.0, step_time_s=step_time
     )
+    start = time.time() + 1.0  # after generating, so the paced producer starts on schedule
+    for e in events:
+        e["ts"] += start
     completed_at: dict[int, float] = {}
     arrivals: dict[str, tuple[float, int]] = {}
     stop = threading.Event()
