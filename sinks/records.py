@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Sequence
+from itertools import chain, repeat
+from operator import itemgetter
 from typing import Any
 
 from rankstream.schema import InvalidEvent, dumps
@@ -36,6 +39,11 @@ _META_COLUMNS = ("run_name", "project", "task_type", "model_name", "model_archit
 
 class InvalidRecord(InvalidEvent):
     """A step or alert record that breaks the contract (same shape as InvalidEvent)."""
+
+
+_EVENT_FIELDS = tuple(
+    map(itemgetter, ("run_id", "rank", "seq", "kind", "step", "host", "local_rank", "world_size", "metrics", "tags"))
+)
 
 
 def _micros(ts: float) -> int:
@@ -79,6 +87,42 @@ class Batch:
         cols[9].extend([host] * n)
         cols[10].extend([world_size] * n)
         self.rows += n
+
+    def add_events(self, events: Sequence[dict[str, Any]], teams: Sequence[str]) -> None:
+        """``add_event(events[i], teams[i])`` for every ``i``, built column by column (the batch's hot path).
+
+        Same rows in the same order as the row-by-row method, without per-row
+        Python calls: fields are picked with ``itemgetter`` and the per-event
+        constants of the ``metrics`` rows are repeated with ``itertools``.
+        """
+        if not events:
+            return
+        run_ids, ranks, seqs, kinds, steps, hosts, local_ranks, world_sizes, metrics, tags = (
+            list(map(getter, events)) for getter in _EVENT_FIELDS
+        )
+        ts = [round(event["ts"] * 1_000_000) for event in events]
+        counts = list(map(len, metrics))
+        for column, values in zip(
+            self.columns["events"],
+            (teams, run_ids, ranks, seqs, kinds, steps, ts, hosts, local_ranks, world_sizes, counts, tags),
+            strict=True,
+        ):
+            column.extend(values)
+        cols = self.columns["metrics"]
+        # Column order: team, run_id, metric, kind, step, rank, seq, ts, value, host, world_size
+        total = sum(counts)
+        for index, values in (
+            (0, teams), (1, run_ids), (3, kinds), (4, steps), (5, ranks), (6, seqs), (7, ts), (9, hosts),
+            (10, world_sizes),
+        ):  # fmt: skip
+            first = values[0]
+            if values.count(first) == len(values):  # the same in every event (team, host, ...): no per-row work
+                cols[index].extend([first] * total)
+            else:
+                cols[index].extend(chain.from_iterable(map(repeat, values, counts)))
+        cols[2].extend(chain.from_iterable(metrics))
+        cols[8].extend(chain.from_iterable(map(dict.values, metrics)))
+        self.rows += len(events) + total
 
     def add_step(self, record: dict[str, Any], team: str) -> None:
         """A validated aligned step: one ``steps`` row and one ``step_metrics`` row per metric."""

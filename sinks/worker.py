@@ -3,13 +3,23 @@
 Thin shell around :mod:`rankstream.sinks.records` (pure conversion) and
 :mod:`rankstream.sinks.writer` (inserts). Guarantees:
 
-* offsets are committed only after the batch's insert (and its dead letters) succeeded;
+* offsets are committed only after the batch's insert (and its dead letters) succeeded,
+  batch after batch in consumption order;
 * a batch retried after a failed-looking insert carries the same dedup token, and
   every table is a ReplacingMergeTree on natural keys, so replays never show as
   duplicates in the documented (FINAL) queries;
-* while the store is down or slow, consumption pauses (memory stays bounded by one
-  batch), the insert is retried with backoff, and one log line marks each change;
+* while the store is down or slow, consumption pauses (memory stays bounded by two
+  batches: the one being inserted and the one being filled), the insert is retried
+  with backoff, and one log line marks each change;
 * with a ``chdb://`` DSN this process owns the store and serves its HTTP interface.
+
+Pipelining: a full batch's insert runs on one background thread while the
+consumer thread fetches and converts the next batch. The consumer, the
+dead-letter producer and the commits stay on the consumer thread, and a batch
+is handed over only after the previous one was inserted and committed, so at
+most one insert is in flight and commits keep their order. A failed background
+attempt is retried on the consumer thread by the usual loop (pause, backoff,
+one log line per state change), with the same dedup token.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +42,7 @@ from rankstream.sinks.records import (
     validate_step,
 )
 from rankstream.sinks.store import StoreError, open_store, parse_dsn
-from rankstream.sinks.writer import batch_token, insert_batch, lookup_runs
+from rankstream.sinks.writer import batch_token, insert_batch, lookup_runs, prepare_client
 
 log = logging.getLogger("rankstream.sink")
 
@@ -66,6 +77,17 @@ class _Pending:
     started: float = 0.0
 
 
+@dataclass
+class _InFlight:
+    """A batch handed to the insert thread, not yet committed."""
+
+    pending: _Pending
+    ranges: dict[tuple[str, int], tuple[int, int]]
+    token: str
+    batch: Batch
+    future: Future[int]
+
+
 class SinkWorker:
     """Consume ``.events``, ``.steps`` and ``.alerts`` and persist them; ``run()`` blocks until stopped."""
 
@@ -97,6 +119,9 @@ class SinkWorker:
         self._runs = RunCache()
         self._unknown_runs: dict[str, float] = {}
         self._pending = _Pending()
+        self._inflight: _InFlight | None = None
+        self._flushing = False  # inside _flush/_finish_inflight (whose store retries poll the consumer)
+        self._inserter: ThreadPoolExecutor | None = None
         self._client: Any = None
         self._consumer: Any = None
         self._producer: Any = None
@@ -141,6 +166,7 @@ class SinkWorker:
         applied = migrate(client)
         if applied:
             log.info("sink: applied migrations %s", ", ".join(applied))
+        prepare_client(client)
         return client
 
     def _topics(self) -> tuple[str, str, str]:
@@ -175,6 +201,9 @@ class SinkWorker:
     def _close(self, server: Any) -> None:
         from rankstream.sinks import portfile
 
+        if self._inserter is not None:
+            self._inserter.shutdown(wait=True, cancel_futures=True)  # an insert in flight is left to finish
+            self._inserter = None
         if self._consumer is not None:
             try:
                 self._consumer.close(autocommit=False)
@@ -201,7 +230,9 @@ class SinkWorker:
     def _loop(self) -> None:
         consumer = self._consumer
         while not self._stop.is_set():
-            records = consumer.poll(timeout_ms=100)
+            self._settle()
+            # While an insert runs, poll briefly so its offsets are committed soon after it lands.
+            records = consumer.poll(timeout_ms=100 if self._inflight is None else 10)
             for tp, batch in records.items():
                 for record in batch:
                     self._accept(tp.topic, record)
@@ -213,9 +244,9 @@ class SinkWorker:
             ):
                 self._flush()
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
-        self._flush(deadline=deadline)
+        self._flush(deadline=deadline, wait=True)
         log.info(
-            "sink: stopped after %d batches, %d rows, at most %d rows buffered",
+            "sink: stopped after %d batches, %d rows, at most %d rows buffered (plus the batch being inserted)",
             self.stats.batches,
             self.stats.rows_written,
             self.stats.max_buffered_rows,
@@ -260,24 +291,76 @@ class SinkWorker:
 
     # ------------------------------------------------------------------ flushing
 
-    def _flush(self, deadline: float | None = None) -> None:
-        """Insert the pending batch, dead-letter its bad messages, then commit its offsets."""
+    def _flush(self, deadline: float | None = None, *, wait: bool = False) -> None:
+        """Hand the pending batch to the insert thread once the previous batch is inserted and committed.
+
+        With ``wait`` the call returns only after this batch, too, is inserted,
+        dead-lettered and committed (shutdown, rebalance).
+        """
+        if self._flushing:
+            return
+        self._flushing = True
+        try:
+            self._handover(deadline, wait)
+        finally:
+            self._flushing = False
+
+    def _settle(self) -> None:
+        """Commit the batch in flight if its insert attempt has finished (called between polls)."""
+        inflight = self._inflight
+        if inflight is None or not inflight.future.done() or self._flushing:
+            return
+        self._flushing = True
+        try:
+            self._finish_inflight()
+        finally:
+            self._flushing = False
+
+    def _handover(self, deadline: float | None, wait: bool) -> None:
         pending = self._pending
         if not pending.ranges:
+            if wait:
+                self._finish_inflight(deadline)
             return
         # Detach first: records polled while waiting for the store belong to the next batch.
         self._pending = _Pending()
         ranges = {k: (v[0], v[1]) for k, v in pending.ranges.items()}
         token = batch_token(ranges)
-        self._with_store(lambda: self._resolve_runs(pending.items), "run lookup", deadline=deadline)
-        batch = self._build(pending.items)
-        self._with_store(lambda: insert_batch(self._client, batch, token), "insert", deadline=deadline)
-        if pending.dlq:
-            self._send_dlq(pending.dlq, deadline)
-        self._commit(ranges)
+        unknown = self._unknown_runs_of(pending.items)
+        if unknown:
+            self._finish_inflight(deadline)  # one store call at a time (an HTTP session serves one query)
+            self._with_store(lambda: self._resolve_runs(unknown), "run lookup", deadline=deadline)
+        batch = self._build(pending.items)  # while the previous batch is being inserted
+        self._finish_inflight(deadline)
+        if self._inserter is None:
+            self._inserter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rankstream-sink-insert")
+        future = self._inserter.submit(insert_batch, self._client, batch, token)
+        self._inflight = _InFlight(pending, ranges, token, batch, future)
+        if wait:
+            self._finish_inflight(deadline)
+
+    def _finish_inflight(self, deadline: float | None = None) -> None:
+        """Wait for the batch in flight; retry it here if its attempt failed; then dead letters and commit."""
+        job = self._inflight
+        if job is None:
+            return
+        try:
+            first: list[Future[int]] = [job.future]
+
+            def attempt() -> int:
+                if first:  # the background attempt counts as the first one (its failure is logged as usual)
+                    return first.pop().result()
+                return insert_batch(self._client, job.batch, job.token)
+
+            self._with_store(attempt, "insert", deadline=deadline)
+            if job.pending.dlq:
+                self._send_dlq(job.pending.dlq, deadline)
+            self._commit(job.ranges)
+        finally:
+            self._inflight = None  # inserted and committed, or dropped to be re-read
         self.stats.batches += 1
-        self.stats.rows_written += batch.rows
-        self.stats.dlq += len(pending.dlq)
+        self.stats.rows_written += job.batch.rows
+        self.stats.dlq += len(job.pending.dlq)
 
     def discard_pending(self) -> None:
         """Forget the uncommitted batch (after a rebalance its messages are re-read from the committed offsets)."""
@@ -285,30 +368,38 @@ class SinkWorker:
 
     def flush_once(self) -> bool:
         """One insert attempt without retries (used while partitions are being revoked)."""
+        if self._flushing:
+            # Called from the keep-alive poll of a store retry: committing a later batch first could skip
+            # the one being retried, so the pending batch is dropped and re-read instead.
+            log.warning("sink: partitions revoked while waiting for the store; the pending batch will be re-read")
+            self.discard_pending()
+            return False
         try:
-            self._flush(deadline=time.monotonic())
+            self._flush(deadline=time.monotonic(), wait=True)
             return True
         except (_Stopped, Exception) as exc:
             log.warning("sink: could not flush before rebalance (%s); the batch will be re-read", _one_line(exc))
             self.discard_pending()
             return False
 
-    def _resolve_runs(self, items: list[tuple[str, dict[str, Any]]]) -> None:
-        """Make the run cache know the team of every run in ``items`` (one store query per batch at most)."""
+    def _unknown_runs_of(self, items: list[tuple[str, dict[str, Any]]]) -> list[str]:
+        """Runs of ``items`` whose team the run cache does not know (and that were not looked up lately)."""
         starts = {rec["run_id"] for kind, rec in items if kind == "event" and rec["kind"] == "run_start"}
         now = time.monotonic()
-        unknown = sorted(
+        runs, negative = self._runs, self._unknown_runs
+        return sorted(
             {
-                rec["run_id"]
-                for kind, rec in items
-                if kind != "alert"
-                and rec["run_id"] not in self._runs
-                and rec["run_id"] not in starts
-                and now - self._unknown_runs.get(rec["run_id"], -1e9) > NEGATIVE_LOOKUP_S
+                run_id
+                for run_id in {rec["run_id"] for kind, rec in items if kind != "alert"}
+                if run_id not in runs and run_id not in starts and now - negative.get(run_id, -1e9) > NEGATIVE_LOOKUP_S
             }
         )
+
+    def _resolve_runs(self, unknown: list[str]) -> None:
+        """Make the run cache know the team of the ``unknown`` runs (one store query)."""
         if not unknown:
             return
+        now = time.monotonic()
         found = lookup_runs(self._client, unknown)
         for run_id in unknown:
             if run_id in found:
@@ -322,20 +413,33 @@ class SinkWorker:
     def _build(self, items: list[tuple[str, dict[str, Any]]]) -> Batch:
         """Rows of every table for the pending items; run_start metadata applies to the whole batch."""
         runs = self._runs
+        events: list[dict[str, Any]] = []
+        lifecycle: list[dict[str, Any]] = []
+        others: list[tuple[str, dict[str, Any]]] = []
         for kind, rec in items:
-            if kind == "event" and rec["kind"] == "run_start":
+            if kind != "event":
+                others.append((kind, rec))
+                continue
+            events.append(rec)
+            if rec["kind"] == "run_start":
                 runs.put(_merge_run(runs.get(rec["run_id"]), run_row_from_start(rec)))
+                lifecycle.append(rec)
+            elif rec["kind"] == "run_end":
+                lifecycle.append(rec)
         batch = Batch()
-        for kind, rec in items:
-            if kind == "event":
-                batch.add_event(rec, runs.team(rec["run_id"]))
-                if rec["kind"] == "run_start":
-                    batch.add_run(runs.get(rec["run_id"]) or run_row_from_start(rec))
-                elif rec["kind"] == "run_end":
-                    row = run_row_from_end(runs.get(rec["run_id"]), rec)
-                    runs.put(row)
-                    batch.add_run(row)
-            elif kind == "step":
+        if events:
+            # A run's team is fixed once the batch's run_start events are merged (run_end keeps it).
+            team = {run_id: runs.team(run_id) for run_id in {rec["run_id"] for rec in events}}
+            batch.add_events(events, [team[rec["run_id"]] for rec in events])
+        for rec in lifecycle:
+            if rec["kind"] == "run_start":
+                batch.add_run(runs.get(rec["run_id"]) or run_row_from_start(rec))
+            else:
+                row = run_row_from_end(runs.get(rec["run_id"]), rec)
+                runs.put(row)
+                batch.add_run(row)
+        for kind, rec in others:
+            if kind == "step":
                 batch.add_step(rec, runs.team(rec["run_id"]))
             else:
                 batch.add_alert(rec)

@@ -1,9 +1,12 @@
 """Column-oriented, deduplicated inserts of a :class:`~rankstream.sinks.records.Batch`.
 
 Column names and types go with every insert, so clickhouse-connect skips its
-per-insert DESCRIBE. Each table insert carries an ``insert_deduplication_token``
-derived from the Kafka offset ranges of the batch: retrying a batch whose
-insert actually landed (timeout, connection reset) is dropped by the store
+per-insert DESCRIBE. ``LowCardinality(String)`` columns are sent as plain
+``String`` (the Native input format converts them on the server, in C++):
+clickhouse-connect would otherwise build each column's dictionary with a
+Python loop over every value, the costliest step of an insert. Each table
+insert carries an ``insert_deduplication_token`` derived from the Kafka offset
+ranges of the batch: retrying a batch whose insert actually landed (timeout, connection reset) is dropped by the store
 instead of duplicated (the tables set ``non_replicated_deduplication_window``).
 """
 
@@ -18,6 +21,28 @@ from rankstream.sinks.store import DATABASE
 from rankstream.sinks.tables import TABLE_ORDER, column_names, column_types, qualified
 
 RUN_LOOKUP_COLUMNS = column_names("runs")
+_LC_STRING = "LowCardinality(String)"
+
+
+def wire_types(table: str) -> list[str]:
+    """The types ``table``'s columns are sent as: the DDL types with ``LowCardinality(String)`` as ``String``."""
+    return [type_name.replace(_LC_STRING, "String") for type_name in column_types(table)]
+
+
+_WIRE_TYPES = {table: wire_types(table) for table in TABLE_ORDER}
+_COLUMN_NAMES = {table: column_names(table) for table in TABLE_ORDER}
+
+
+def prepare_client(client: Any) -> None:
+    """Do the client's one-time lazy imports now rather than inside the first batch's insert.
+
+    clickhouse-connect imports pandas and numpy (when installed) the first time
+    it inserts, to check whether the data is a DataFrame or an array.
+    """
+    from clickhouse_connect.driver import options
+
+    getattr(options, "pd", None)
+    getattr(options, "np", None)
 
 
 def batch_token(ranges: Mapping[tuple[str, int], tuple[int, int]]) -> str:
@@ -36,8 +61,8 @@ def insert_batch(client: Any, batch: Batch, token: str) -> int:
         client.insert(
             qualified(table),
             batch.columns[table],
-            column_names=column_names(table),
-            column_type_names=column_types(table),
+            column_names=_COLUMN_NAMES[table],
+            column_type_names=_WIRE_TYPES[table],
             column_oriented=True,
             settings={"insert_deduplication_token": f"{token}:{table}"},
         )

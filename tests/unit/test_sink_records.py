@@ -182,3 +182,25 @@ def test_migrations_are_ordered_and_split() -> None:
     assert statements[0] == "CREATE DATABASE IF NOT EXISTS rankstream"
     assert all("IF NOT EXISTS" in s for s in statements)
     assert sum(s.startswith("CREATE TABLE") for s in statements) == len(COLUMNS)
+
+
+def test_bulk_events_match_row_by_row_events() -> None:
+    events = [
+        _event(),
+        _event(run_id="r2", rank=0, seq=8, metrics={"loss": 2.0}),
+        _event(kind="heartbeat", metrics={}, tags={}),
+        _event(kind="run_start", step=-1, host="h2", metrics={}),
+        _event(step=4, ts=101.25, metrics={"lr": 0.1, "loss": "inf", "x": 3}),
+    ]
+    teams = ["vision", "nlp", "vision", "", "vision"]
+    row_by_row, bulk = Batch(), Batch()
+    for event, team in zip(events, teams, strict=True):
+        row_by_row.add_event(event, team)
+    bulk.add_events(events, teams)
+    assert bulk.rows == row_by_row.rows == 5 + 2 + 1 + 3
+    for table in COLUMNS:
+        for a, b in zip(bulk.columns[table], row_by_row.columns[table], strict=True):
+            assert [str(x) for x in a] == [str(x) for x in b]  # str: nan == nan
+    same = Batch()
+    same.add_events(events[:1] * 3, ["t"] * 3)  # constant columns take the fast path
+    assert same.columns["metrics"][0] == ["t"] * 6 and same.rows == 9
