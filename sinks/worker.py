@@ -13,6 +13,13 @@ Thin shell around :mod:`rankstream.sinks.records` (pure conversion) and
   with backoff, and one log line marks each change;
 * with a ``chdb://`` DSN this process owns the store and serves its HTTP interface.
 
+A batch is flushed when it holds ``batch_rows`` rows, when its first message is
+``batch_seconds`` old, or when the consumer has caught up (a poll returned
+nothing and the batch ends at the high watermark of each of its partitions)
+while the batch is at least ``caught_up_rows`` (default: half of ``batch_rows``)
+large: at the end of a backlog the last rows do not wait for the timer, and a
+trickle of messages still goes out in time-based batches.
+
 Pipelining: a full batch's insert runs on one background thread while the
 consumer thread fetches and converts the next batch. The consumer, the
 dead-letter producer and the commits stay on the consumer thread, and a batch
@@ -101,11 +108,13 @@ class SinkWorker:
         group_id: str | None = None,
         http_port: int | None = None,
         max_poll_records: int = 5000,
+        caught_up_rows: int | None = None,
     ) -> None:
         self.settings = settings
         self.dsn = parse_dsn(settings.dsn)
         self.batch_rows = max(1, batch_rows)
         self.batch_seconds = batch_seconds
+        self.caught_up_rows = max(1, self.batch_rows // 2 if caught_up_rows is None else caught_up_rows)
         self.serve_http = self.dsn.embedded if serve_http is None else serve_http
         if self.serve_http and not self.dsn.embedded:
             raise StoreError("the HTTP interface is served only for an embedded chdb:// store")
@@ -240,7 +249,9 @@ class SinkWorker:
                         self._flush()
             pending = self._pending
             if pending.ranges and (
-                pending.rows >= self.batch_rows or time.monotonic() - pending.started >= self.batch_seconds
+                pending.rows >= self.batch_rows
+                or time.monotonic() - pending.started >= self.batch_seconds
+                or (not records and pending.rows >= self.caught_up_rows and self._caught_up(pending))
             ):
                 self._flush()
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
@@ -251,6 +262,20 @@ class SinkWorker:
             self.stats.rows_written,
             self.stats.max_buffered_rows,
         )
+
+    def _caught_up(self, pending: _Pending) -> bool:
+        """True when ``pending`` ends at the last known high watermark of every partition it holds."""
+        from kafka.errors import IllegalStateError
+        from kafka.structs import TopicPartition
+
+        for (topic, part), (_, last) in pending.ranges.items():
+            try:
+                highwater = self._consumer.highwater(TopicPartition(topic, part))
+            except IllegalStateError:  # no longer assigned
+                return False
+            if highwater is None or last + 1 < highwater:
+                return False
+        return True
 
     def _accept(self, topic: str, record: Any) -> None:
         """Decode one message into the pending batch, or queue it for the dead-letter topic."""
