@@ -8,8 +8,9 @@ thread) and decides where each event goes:
   (unacked in-flight events too, so nothing is lost; at worst they arrive twice);
 * once connected again: the spool is replayed in order, then leftovers of dead reporters.
 
-A failed send (including the idempotent producer's fatal UnknownProducerId /
-OutOfOrderSequence after a broker restart) closes the producer; the next
+A failed send (including the idempotent producer's OutOfOrderSequenceNumber /
+UnknownProducerId after a broker restart lost its producer state: kafka-python
+fails the batch's future and bumps its epoch) closes the producer; the next
 connect creates a fresh one and the spooled events are resent.
 """
 
@@ -71,7 +72,15 @@ class Pipeline:
         self.queue: deque[Item] = deque()
         self.queue_size = queue_size
         self.client_id = client_id
-        self.counts = {"sent": 0, "spooled": 0, "replayed": 0, "overflow": 0, "connects": 0, "send_failures": 0}
+        self.counts = {
+            "sent": 0,
+            "spooled": 0,
+            "replayed": 0,
+            "overflow": 0,
+            "connects": 0,
+            "send_failures": 0,
+            "producer_recreated": 0,
+        }
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._producer: Any = None
@@ -253,6 +262,8 @@ class Pipeline:
                 self._connect_failed_while_closing = True
             self._schedule_retry(self.last_error)
             return
+        if self.counts["connects"]:
+            self.counts["producer_recreated"] += 1  # an earlier producer failed and was closed
         self.counts["connects"] += 1
         self._backoff = BACKOFF_MIN_S
         if self._outage:

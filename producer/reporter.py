@@ -273,6 +273,7 @@ class Reporter:
             "spool_pending": self.spool.pending,
             "connects": p["connects"],
             "send_failures": p["send_failures"],
+            "producer_recreated": p["producer_recreated"],
         }
 
     # ------------------------------------------------------------------ fork / exit
