@@ -24,7 +24,7 @@ def demo(
     try:
         code = run_demo(settings, keep=keep, steps=steps, ranks=ranks)
     except DemoError as exc:
-        fail(str(exc), EXIT_SERVICE if "Kafka" in str(exc) or "Java" in str(exc) else EXIT_FAILURE)
+        fail(str(exc), EXIT_SERVICE if exc.service else EXIT_FAILURE)
     raise typer.Exit(code)
 
 

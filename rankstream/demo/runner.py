@@ -33,7 +33,11 @@ SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 
 
 class DemoError(RuntimeError):
-    """A demo failure with a one-line explanation."""
+    """A demo failure with a one-line explanation; ``service`` marks a missing or broken service (exit 3)."""
+
+    def __init__(self, message: str, *, service: bool = False) -> None:
+        super().__init__(message)
+        self.service = service
 
 
 @dataclass
@@ -118,7 +122,9 @@ class Demo:
 
         t0 = time.monotonic()
         if shutil.which("java") is None:
-            raise DemoError("Java 17+ is needed for the local Kafka broker: install openjdk-17-jre-headless")
+            raise DemoError(
+                "Java 17+ is needed for the local Kafka broker: install openjdk-17-jre-headless", service=True
+            )
         try:
             already = broker_status(self.settings).ready
             with self.console.status("starting Kafka (KRaft, 127.0.0.1)..."):
@@ -130,7 +136,7 @@ class Demo:
             result = self._run_job()
             self._show_sql()
         except StackError as exc:
-            raise DemoError(str(exc)) from None
+            raise DemoError(str(exc), service=True) from None
         finally:
             self.stop_consuming.set()
             if not self.keep:
