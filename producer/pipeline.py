@@ -249,7 +249,9 @@ class Pipeline:
         if not self._outage:
             self._outage = True
             log.warning(
-                "rankstream: Kafka unavailable (%s): spooling events to %s until it is back", reason, self.spool.dir
+                "rankstream: cannot deliver to Kafka (%s): spooling events to %s and reconnecting",
+                reason,
+                self.spool.dir,
             )
 
     def _connect(self) -> None:
@@ -267,7 +269,7 @@ class Pipeline:
         self.counts["connects"] += 1
         self._backoff = BACKOFF_MIN_S
         if self._outage:
-            log.warning("rankstream: Kafka reachable again: replaying %d spooled events", self.spool.pending)
+            log.warning("rankstream: Kafka producer ready again: replaying %d spooled events", self.spool.pending)
             self._outage = False
 
     def _may_connect(self) -> bool:
