@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from rankstream.config import Settings
-from rankstream.schema import dumps, loads, step_key
+from rankstream.schema import dumps, loads
 from rankstream.stream_jobs.core import RulesConfig
 from rankstream.stream_jobs.pipeline import Item, Pipeline, Result
 
@@ -113,8 +113,9 @@ def create_app(settings: Settings, rules: RulesConfig | None = None, *, group_id
         key_serializer="raw",
         value_serializer="raw",
     )
-    runtime = Runtime(settings, Pipeline(rules, source_topic=topics.events))
-    runtime.pipeline._state_lookup = lambda p, run_id: runtime.saved_state.pop((p, run_id), None)
+    saved: dict[tuple[int, str], dict] = {}  # filled on partition assignment, consumed per run
+    pipeline = Pipeline(rules, source_topic=topics.events, state_lookup=lambda p, run_id: saved.pop((p, run_id), None))
+    runtime = Runtime(settings, pipeline, saved_state=saved)
     app.rankstream = runtime  # type: ignore[attr-defined]
     events_topic = app.topic(topics.events, key_serializer="raw", value_serializer="raw")
 
@@ -134,12 +135,14 @@ def create_app(settings: Settings, rules: RulesConfig | None = None, *, group_id
             runtime.last_stats = now
             s = runtime.pipeline.stats
             log.warning(
-                "rankstream worker: events=%d steps=%d alerts=%d invalid=%d held=%d",
+                "rankstream worker: events=%d steps=%d alerts=%d invalid=%d held=%d produced=%d send_retries=%d",
                 s["events"],
                 s["steps"],
                 s["alerts"],
                 s["invalid"],
                 runtime.pipeline.held_count(),
+                runtime.produced,
+                runtime.send_failures,
             )
 
     @app.on_partitions_revoked.connect
@@ -256,4 +259,4 @@ def ensure_state_topic(settings: Settings) -> None:
         admin.close()
 
 
-__all__ = ["create_app", "ensure_state_topic", "load_state", "state_topic", "step_key"]
+__all__ = ["create_app", "ensure_state_topic", "load_state", "state_topic"]
