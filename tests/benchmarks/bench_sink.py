@@ -7,7 +7,8 @@ latency of the cookbook's loss-curve query for one run in a store holding
 >= 10M metric rows (generated inside chDB with INSERT ... SELECT FROM numbers()).
 
 Run: ``.venv/bin/python tests/benchmarks/bench_sink.py [--ranks 8 --steps 5000 --query-rows 10000000]``.
-Needs Java for the local broker (started on 127.0.0.1:19092 if not running, stopped afterwards).
+Needs Java for the local broker (the benchmark broker on 127.0.0.1:19392, started if not running and
+stopped afterwards; it never touches the test broker).
 """
 
 from __future__ import annotations
@@ -130,11 +131,11 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--query-rows", type=int, default=10_000_000)
-    parser.add_argument("--port", type=int, default=19092)
+    parser.add_argument("--port", type=int, default=19392, help="benchmark broker port (shared with bench_stream)")
     args = parser.parse_args()
 
     broker = Settings(
-        state_dir=str(REPO / ".rankstream" / "test"),
+        state_dir=str(REPO / ".rankstream" / "bench"),
         kafka_port=args.port,
         kafka_controller_port=args.port + 1,
         bootstrap_servers=f"127.0.0.1:{args.port}",
