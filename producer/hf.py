@@ -21,7 +21,7 @@ import torch
 from transformers import TrainerCallback
 
 from rankstream.producer.reporter import Reporter
-from rankstream.producer.torchstats import cuda_memory, grad_norms, is_adapter_param
+from rankstream.producer.torchstats import CallbackState, cuda_memory, grad_norms, is_adapter_param
 
 _clock = time.perf_counter
 
@@ -54,7 +54,7 @@ def _model_meta(args: Any, model: Any) -> dict[str, Any]:
     return {k: v for k, v in meta.items() if v not in (None, "")}
 
 
-class RankstreamCallback(TrainerCallback):
+class RankstreamCallback(CallbackState, TrainerCallback):
     """Publishes every rank's per-step events from a Hugging Face Trainer."""
 
     def __init__(
@@ -66,19 +66,10 @@ class RankstreamCallback(TrainerCallback):
         adapter_filter: Callable[[str], bool] = is_adapter_param,
         **reporter_kwargs: Any,
     ) -> None:
-        self.reporter = reporter
-        self._user_meta = dict(meta or {})
-        self._want_grad_norms = grad_norms
-        self._adapter_filter = adapter_filter
-        self._reporter_kwargs = reporter_kwargs
+        CallbackState.__init__(self, reporter, meta, grad_norms, adapter_filter, reporter_kwargs)
         self._hook: Any = None
-        self._losses: list[Any] = []
         self._loss_normalized_by_items = False
-        self._pending: dict[str, Any] = {}
-        self._t_begin: float | None = None
-        self._t_end: float | None = None
         self._warmup_steps = 0
-        self._precision = "fp32"
         self._loss_multiplier = 1
 
     # ------------------------------------------------------------------ setup

@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from rankstream.producer.reporter import Reporter
-from rankstream.producer.torchstats import cuda_memory, grad_norms, is_adapter_param
+from rankstream.producer.torchstats import CallbackState, cuda_memory, grad_norms, is_adapter_param
 
 _clock = time.perf_counter
 
@@ -46,7 +46,7 @@ def _loss_of(outputs: Any) -> Any:
     return None
 
 
-class RankstreamLightningCallback(Callback):
+class RankstreamLightningCallback(CallbackState, Callback):
     """Publishes every rank's per-step events from a Lightning Trainer."""
 
     def __init__(
@@ -58,17 +58,8 @@ class RankstreamLightningCallback(Callback):
         adapter_filter: Callable[[str], bool] = is_adapter_param,
         **reporter_kwargs: Any,
     ) -> None:
-        self.reporter = reporter
-        self._user_meta = dict(meta or {})
-        self._want_grad_norms = grad_norms
-        self._adapter_filter = adapter_filter
-        self._reporter_kwargs = reporter_kwargs
-        self._losses: list[Any] = []
-        self._pending: dict[str, Any] = {}
-        self._t_begin: float | None = None
-        self._t_end: float | None = None
+        CallbackState.__init__(self, reporter, meta, grad_norms, adapter_filter, reporter_kwargs)
         self._last_global_step = 0
-        self._precision = "fp32"
 
     # ------------------------------------------------------------------ setup
 

@@ -19,6 +19,29 @@ ADAPTER_PATTERN = re.compile(
 )
 
 
+class CallbackState:
+    """State both framework callbacks keep (HF and Lightning differ only in their hooks)."""
+
+    def __init__(
+        self,
+        reporter: Any,
+        meta: Any,
+        grad_norms: bool,
+        adapter_filter: Callable[[str], bool],
+        reporter_kwargs: dict[str, Any],
+    ) -> None:
+        self.reporter = reporter
+        self._user_meta = dict(meta or {})
+        self._want_grad_norms = grad_norms
+        self._adapter_filter = adapter_filter
+        self._reporter_kwargs = reporter_kwargs
+        self._losses: list[Any] = []  # this rank's micro-batch losses of the current optimizer step
+        self._pending: dict[str, Any] = {}  # metrics gathered for the step being reported
+        self._t_begin: float | None = None
+        self._t_end: float | None = None
+        self._precision = "fp32"
+
+
 def is_adapter_param(name: str) -> bool:
     """True for parameters that belong to an adapter (LoRA/PEFT) rather than the backbone."""
     return bool(ADAPTER_PATTERN.search(name))
