@@ -13,22 +13,13 @@ import torch
 
 from rankstream.config import Settings
 from tests.integration.streamkit import WorkerProcess
+from tests.integration.test_producer_frameworks import TokenDataset
 from tests.integration.test_sink_support import SinkProcess, http_client, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 WORLD_SIZE = 2
 MAX_STEPS = 6
-
-
-class _Tokens(torch.utils.data.Dataset):
-    def __len__(self) -> int:
-        return 64
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        g = torch.Generator().manual_seed(i)
-        ids = torch.randint(0, 64, (16,), generator=g)
-        return {"input_ids": ids, "labels": ids.clone()}
 
 
 def _train_rank(rank: int, settings: Settings, run_id: str, port: int, out_dir: str) -> None:
@@ -63,7 +54,7 @@ def _train_rank(rank: int, settings: Settings, run_id: str, port: int, out_dir: 
     callback = RankstreamCallback(
         run_id=run_id, settings=settings, meta={"team": "nlp", "run_name": "hf-e2e"}, heartbeat_s=0
     )
-    Trainer(model=model, args=args, train_dataset=_Tokens(), callbacks=[callback]).train()
+    Trainer(model=model, args=args, train_dataset=TokenDataset(), callbacks=[callback]).train()
 
 
 def _free_port() -> int:
