@@ -339,6 +339,40 @@ def broker_status(settings: Settings) -> BrokerStatus:
 # --------------------------------------------------------------------- topics
 
 
+def wait_for_topics(admin: object, names: list[str], timeout_s: float = 15.0) -> set[str]:
+    """Topics the cluster lists, polled until ``names`` all show up with partition leaders or the timeout passes.
+
+    A topic just created (by us or by ``rankstream topics create`` a moment ago)
+    can be missing from metadata for a short while; callers that act on it next
+    (producers, the worker) must not race that.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        existing = set(admin.list_topics())  # type: ignore[attr-defined]
+        if set(names) <= existing and _have_leaders(admin, names):
+            return existing
+        if time.monotonic() >= deadline:
+            return existing
+        time.sleep(0.2)
+
+
+def _have_leaders(admin: object, names: list[str]) -> bool:
+    """Every partition of ``names`` has a leader: consumers joining now get assignments.
+
+    (A consumer group that joins while a new topic has no partition leaders yet is
+    assigned nothing and only notices at its next metadata refresh.)
+    """
+    if not names:
+        return True
+    for topic in admin.describe_topics(names):  # type: ignore[attr-defined]
+        partitions = topic.get("partitions") or []
+        if topic.get("error_code", 0) or not partitions:
+            return False
+        if any(p.get("leader_id", -1) < 0 or p.get("error_code", 0) for p in partitions):
+            return False
+    return True
+
+
 def ensure_topics(settings: Settings, partitions: int | None = None, bootstrap: str | None = None) -> list[str]:
     """Create the contract topics that do not exist yet; returns the ones created."""
     from kafka import KafkaAdminClient
@@ -360,6 +394,9 @@ def ensure_topics(settings: Settings, partitions: int | None = None, bootstrap: 
                 created.append(name)
             except TopicAlreadyExistsError:
                 pass
+        missing = set(settings.topics.all()) - wait_for_topics(admin, list(settings.topics.all()))
+        if missing:
+            raise StackError(f"topics not visible after creation: {', '.join(sorted(missing))}")
         return created
     finally:
         admin.close()

@@ -202,6 +202,9 @@ class SinkWorker:
             # A crashed sink's partitions move to its restarted successor after 10 s, not the 45 s default.
             session_timeout_ms=10_000,
             heartbeat_interval_ms=2_000,
+            # Topics created after the sink joined (e.g. the compose `topics` service racing it) are
+            # picked up within 30 s instead of kafka-python's 5 min metadata refresh.
+            metadata_max_age_ms=30_000,
             **self.settings.kafka_python_kwargs(),
         )
         consumer.subscribe(list(self._topics()), listener=RevokeListener(self))

@@ -233,9 +233,11 @@ def ensure_state_topic(settings: Settings) -> None:
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
+    from rankstream.stack import wait_for_topics
+
     admin = KafkaAdminClient(client_id="rankstream-worker", request_timeout_ms=15000, **settings.kafka_python_kwargs())
     try:
-        existing = set(admin.list_topics())
+        existing = wait_for_topics(admin, [settings.topics.events], timeout_s=10.0)
         if state_topic(settings) in existing:
             return
         if settings.topics.events not in existing:
