@@ -156,13 +156,22 @@ def _server_properties(settings: Settings, data_dir: Path) -> str:
     )
 
 
+def _new_cluster_id() -> str:
+    """A KRaft cluster id: url-safe base64 of a random UUID, never starting with '-' (the
+    storage tool would read it as an option; Kafka's own Uuid.randomUuid skips those too)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def _format_storage(settings: Settings, lib: Path) -> None:
     kdir = _kafka_dir(settings)
     data = kdir / "data"
     if (data / "meta.properties").exists():
         return
     data.mkdir(parents=True, exist_ok=True)
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    cluster_id = _new_cluster_id()
     cmd = [
         "java",
         "-cp",
