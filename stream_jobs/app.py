@@ -161,19 +161,40 @@ def create_app(settings: Settings, rules: RulesConfig | None = None, *, group_id
 
 
 async def _publish(app: faust.App, runtime: Runtime, result: Result) -> None:
-    """Produce the batch's outputs, wait for Kafka's acks, then ack the input messages."""
+    """Produce the batch's outputs, wait for Kafka's acks, then ack the input messages.
+
+    Two phases: aligned steps, alerts and dead letters first, the detector state
+    only once those are acknowledged. A state record claims "released up to step
+    S"; written before the steps themselves, a crash in between would make the
+    next owner skip steps that never reached Kafka.
+    """
     if result.empty():
         return
     topics = runtime.settings.topics
-    records: list[tuple[str, bytes | None, bytes, int | None]] = []
+    outputs: list[tuple[str, bytes | None, bytes, int | None]] = []
     for step in result.steps:
-        records.append((topics.steps, step["run_id"].encode(), dumps(step), None))
+        outputs.append((topics.steps, step["run_id"].encode(), dumps(step), None))
     for alert in result.alerts:
-        records.append((topics.alerts, alert["run_id"].encode(), dumps(alert), None))
+        outputs.append((topics.alerts, alert["run_id"].encode(), dumps(alert), None))
     for key, value in result.dlq:
-        records.append((topics.dlq, key, value, None))
-    for (partition, run_id), state in result.state.items():
-        records.append((state_topic(runtime.settings), run_id.encode(), dumps(state), partition))
+        outputs.append((topics.dlq, key, value, None))
+    states = [
+        (state_topic(runtime.settings), run_id.encode(), dumps(state), partition)
+        for (partition, run_id), state in result.state.items()
+    ]
+    for records in (outputs, states):
+        if records:
+            await _produce_acked(app, runtime, records)
+    stream = runtime.stream
+    for handle in result.ackable:
+        if handle is not None:
+            await stream.ack(handle)
+
+
+async def _produce_acked(
+    app: faust.App, runtime: Runtime, records: list[tuple[str, bytes | None, bytes, int | None]]
+) -> None:
+    """Send ``records`` and wait until Kafka acknowledged all of them, retrying with backoff."""
     delay = 0.5
     while True:
         try:
@@ -183,7 +204,7 @@ async def _publish(app: faust.App, runtime: Runtime, result: Result) -> None:
             ]
             await asyncio.gather(*futures)
             break
-        except Exception as exc:
+        except Exception as exc:  # any send failure: inputs stay unacked, retry
             runtime.send_failures += 1
             log.warning(
                 "rankstream worker: producing %d records failed (%s); retrying in %.1fs", len(records), exc, delay
@@ -191,10 +212,6 @@ async def _publish(app: faust.App, runtime: Runtime, result: Result) -> None:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
     runtime.produced += len(records)
-    stream = runtime.stream
-    for handle in result.ackable:
-        if handle is not None:
-            await stream.ack(handle)
 
 
 async def load_state(settings: Settings, partitions: list[int]) -> dict[tuple[int, str], dict]:

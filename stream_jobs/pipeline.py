@@ -29,6 +29,11 @@ DEFAULT_MAX_HOLD_S = 900.0
 RELEASED_MEMORY = 4096
 
 
+def _not_pending(engine_stats: dict[str, int]) -> int:
+    """How many events the engine took in without adding them to a pending step."""
+    return engine_stats["duplicates"] + engine_stats["late_events"] + engine_stats["after_eviction"]
+
+
 @dataclass(slots=True)
 class Item:
     """One consumed message: where it came from, its bytes and the shell's ack handle."""
@@ -133,11 +138,15 @@ class Pipeline:
             if event["ts"] > ps.max_ts:
                 ps.max_ts = event["ts"]
                 ps.wall_at_max_ts = now_wall
+            engine_stats = ps.engine.stats
+            not_pending_before = _not_pending(engine_stats)
             out = ps.engine.process(event)
             if event["kind"] == "step":
                 step = event["step"]
-                if step in ps.released.get(run_id, ()):
-                    result.ackable.append(item.handle)  # late or duplicate: nothing pending depends on it
+                if _not_pending(engine_stats) > not_pending_before or step in ps.released.get(run_id, ()):
+                    # a duplicate, or late for a step released earlier (possibly by the partition's
+                    # previous owner, whose saved state says so): nothing pending depends on it
+                    result.ackable.append(item.handle)
                 else:
                     ps.held.setdefault((run_id, step), []).append((now_wall, item.handle))
             else:

@@ -93,3 +93,19 @@ def test_revoked_partition_is_forgotten() -> None:
     assert pipeline.held_count() == 1
     pipeline.revoke([1])
     assert pipeline.held_count() == 0
+
+
+def test_events_of_steps_the_previous_owner_released_are_not_held() -> None:
+    """After a takeover the log is re-read from the committed offset, which can lie before
+    steps the previous owner already released; its saved state says so, and those events
+    must be acked, not held forever."""
+    events = generate_run("r", world_size=4, steps=200, seed=6)
+    first = [e for e in events if e["kind"] == "run_start" or 0 <= e["step"] < 150]
+    before = Pipeline()
+    saved = before.process(_items(first)).state
+    reread = [e for e in first if e["kind"] == "step" and e["step"] >= 140]
+    taker = Pipeline(state_lookup=lambda p, run_id: saved.get((p, run_id)))
+    out = taker.process(_items(reread, start=10_000))
+    assert out.steps == []  # already downstream
+    assert sorted(out.ackable) == list(range(10_000, 10_000 + len(reread)))
+    assert taker.held_count() == 0
