@@ -56,6 +56,8 @@ log = logging.getLogger("rankstream.sink")
 MAX_BACKOFF_S = 5.0
 NEGATIVE_LOOKUP_S = 10.0
 SHUTDOWN_GRACE_S = 15.0
+UNASSIGNED_REJOIN_S = 10.0  # see SinkWorker._rejoin_if_unassigned
+MAX_REJOINS = 3
 
 
 class _Stopped(Exception):
@@ -128,6 +130,7 @@ class SinkWorker:
         self._runs = RunCache()
         self._unknown_runs: dict[str, float] = {}
         self._pending = _Pending()
+        self._rejoins = 0  # see _rejoin_if_unassigned
         self._inflight: _InFlight | None = None
         self._flushing = False  # inside _flush/_finish_inflight (whose store retries poll the consumer)
         self._inserter: ThreadPoolExecutor | None = None
@@ -239,9 +242,35 @@ class SinkWorker:
 
     # ------------------------------------------------------------------ main loop
 
+    def _rejoin_if_unassigned(self, unassigned_since: float | None) -> float | None:
+        """Re-subscribe when the group gave this sink no partition for a while although the
+        topics have some: kafka-python 3 can join with metadata that lacks just-created topics,
+        get an empty assignment and never rejoin (seen in CI: minutes of silence). A sink that
+        is idle on purpose (more sinks than partitions) stops trying after a few attempts."""
+        consumer = self._consumer
+        if consumer.assignment():
+            self._rejoins = 0
+            return None
+        now = time.monotonic()
+        if unassigned_since is None:
+            return now
+        wait = UNASSIGNED_REJOIN_S * 2**self._rejoins
+        if self._rejoins >= MAX_REJOINS or now - unassigned_since < wait:
+            return unassigned_since
+        if any(consumer.partitions_for_topic(t) for t in self._topics()):
+            from rankstream.sinks.worker_rebalance import RevokeListener
+
+            self._rejoins += 1
+            log.warning("sink: no partitions assigned for %.0fs although the topics exist; rejoining", wait)
+            consumer.unsubscribe()
+            consumer.subscribe(list(self._topics()), listener=RevokeListener(self))
+        return now
+
     def _loop(self) -> None:
         consumer = self._consumer
+        unassigned_since: float | None = None
         while not self._stop.is_set():
+            unassigned_since = self._rejoin_if_unassigned(unassigned_since)
             self._settle()
             # While an insert runs, poll briefly so its offsets are committed soon after it lands.
             records = consumer.poll(timeout_ms=100 if self._inflight is None else 10)
