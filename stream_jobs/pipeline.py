@@ -4,10 +4,10 @@ One :class:`~rankstream.stream_jobs.core.Engine` per input partition (a run's
 events all live in one partition, keyed by run_id), so a revoked partition is
 dropped whole and rebuilt by whoever takes it over.
 
-Offsets follow the data: every consumed message is held (its opaque ``handle``)
-until everything it contributed to has been produced. A step event is held
+Offsets follow the data: every consumed message is held (its partition and
+offset) until everything it contributed to has been produced. A step event is held
 until its aligned step is released; other events until the batch's outputs are
-produced. The shell acks the returned handles only after Kafka acknowledged the
+produced. The shell acks the returned offsets only after Kafka acknowledged the
 outputs, so the committed offset never passes an event whose step is pending,
 and a restarted worker re-reads and rebuilds pending alignment from the log.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
 from rankstream.schema import InvalidEvent, decode_event, dlq_record
 from rankstream.stream_jobs.core import Engine, Output, RulesConfig
@@ -34,26 +34,42 @@ def _not_pending(engine_stats: dict[str, int]) -> int:
     return engine_stats["duplicates"] + engine_stats["late_events"] + engine_stats["after_eviction"]
 
 
+class Consumed(Protocol):
+    """One consumed message (aiokafka's ``ConsumerRecord`` is one): where it came from, its bytes."""
+
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes: ...
+
+
 @dataclass(slots=True)
 class Item:
-    """One consumed message: where it came from, its bytes and the shell's ack handle."""
+    """A :class:`Consumed` message built by hand (tests, tools)."""
 
     partition: int
     offset: int
     key: bytes | None
     value: bytes
-    handle: Any = None
+
+
+#: A message the shell may acknowledge: (partition, offset).
+Ack = tuple[int, int]
 
 
 @dataclass
 class Result:
-    """What the shell must produce, then which handles it may ack afterwards."""
+    """What the shell must produce, then which (partition, offset) pairs it may ack afterwards."""
 
     steps: list[dict] = field(default_factory=list)
     alerts: list[dict] = field(default_factory=list)
     dlq: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     state: dict[tuple[int, str], dict] = field(default_factory=dict)  # (partition, run_id) -> detector state
-    ackable: list[Any] = field(default_factory=list)
+    ackable: list[Ack] = field(default_factory=list)
 
     def empty(self) -> bool:
         return not (self.steps or self.alerts or self.dlq or self.state or self.ackable)
@@ -62,7 +78,7 @@ class Result:
 @dataclass
 class _PartitionState:
     engine: Engine
-    held: dict[tuple[str, int], list[tuple[float, Any]]] = field(default_factory=dict)
+    held: dict[tuple[str, int], list[tuple[float, Ack]]] = field(default_factory=dict)
     released: dict[str, set[int]] = field(default_factory=dict)
     max_ts: float = 0.0
     wall_at_max_ts: float = 0.0
@@ -114,7 +130,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------- processing
 
-    def process(self, items: Iterable[Item]) -> Result:
+    def process(self, items: Iterable[Consumed]) -> Result:
         """Run a batch of consumed messages through the core."""
         result = Result()
         now_wall = self._wall()
@@ -127,7 +143,7 @@ class Pipeline:
                 result.dlq.append(
                     (item.key, dlq_record(item.value, exc.reason, self._source_topic, item.partition, item.offset))
                 )
-                result.ackable.append(item.handle)
+                result.ackable.append((item.partition, item.offset))
                 continue
             self.stats["events"] += 1
             ps = self._partition(item.partition)
@@ -146,11 +162,11 @@ class Pipeline:
                 if _not_pending(engine_stats) > not_pending_before or step in ps.released.get(run_id, ()):
                     # a duplicate, or late for a step released earlier (possibly by the partition's
                     # previous owner, whose saved state says so): nothing pending depends on it
-                    result.ackable.append(item.handle)
+                    result.ackable.append((item.partition, item.offset))
                 else:
-                    ps.held.setdefault((run_id, step), []).append((now_wall, item.handle))
+                    ps.held.setdefault((run_id, step), []).append((now_wall, (item.partition, item.offset)))
             else:
-                result.ackable.append(item.handle)
+                result.ackable.append((item.partition, item.offset))
             self._collect(item.partition, ps, out, result, dirty)
         self._finish(result, dirty)
         return result
@@ -190,8 +206,8 @@ class Pipeline:
             released.add(number)
             if len(released) > RELEASED_MEMORY:
                 released.discard(min(released))
-            for _, handle in ps.held.pop((run_id, number), ()):
-                result.ackable.append(handle)
+            for _, ack in ps.held.pop((run_id, number), ()):
+                result.ackable.append(ack)
             dirty.add((partition, run_id))
         result.steps.extend(out.steps)
         result.alerts.extend(out.alerts)
@@ -201,8 +217,8 @@ class Pipeline:
     def _force_old(self, ps: _PartitionState, now_wall: float, result: Result) -> None:
         cutoff = now_wall - self._max_hold_s
         for key in [k for k, v in ps.held.items() if v and v[0][0] < cutoff]:
-            for _, handle in ps.held.pop(key):
-                result.ackable.append(handle)
+            for _, ack in ps.held.pop(key):
+                result.ackable.append(ack)
                 self.stats["forced_acks"] += 1
 
     def _finish(self, result: Result, dirty: set[tuple[int, str]]) -> None:
