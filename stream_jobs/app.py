@@ -31,10 +31,11 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from rankstream.config import Settings
-from rankstream.schema import dumps, loads
+from rankstream.schema import loads
 from rankstream.stream_jobs import batch_drain
 from rankstream.stream_jobs.core import RulesConfig
-from rankstream.stream_jobs.pipeline import Pipeline, Result
+from rankstream.stream_jobs.pipeline import Pipeline
+from rankstream.stream_jobs.publisher import Publisher
 
 log = logging.getLogger("rankstream.worker")
 
@@ -42,6 +43,9 @@ log = logging.getLogger("rankstream.worker")
 BATCH_MAX = 2000
 TICK_S = 1.0
 STATS_EVERY_S = 10.0
+#: How long a revocation waits for queued results to be published (Kafka down: give up, the
+#: inputs stay uncommitted and the partitions' next owner recomputes them).
+REVOKE_FLUSH_S = 5.0
 #: Allocations between young-generation collections (CPython's default is 700), see _calm_gc.
 GC_GEN0_THRESHOLD = 50_000
 #: Faust hard-codes fetch_max_wait_ms=1500 for its consumer. With one fetch in flight per
@@ -92,9 +96,8 @@ class Runtime:
     #: Partitions whose saved detector state has been read since they were assigned.
     state_loaded: set[int] = field(default_factory=set)
     state_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    produced: int = 0
     last_stats: float = field(default_factory=time.monotonic)
-    send_failures: int = 0
+    publisher: Publisher | None = None
 
 
 def create_app(settings: Settings, rules: RulesConfig | None = None, *, group_id: str | None = None) -> faust.App:
@@ -127,35 +130,55 @@ def create_app(settings: Settings, rules: RulesConfig | None = None, *, group_id
     runtime = Runtime(settings, pipeline, saved_state=saved)
     app.rankstream = runtime  # type: ignore[attr-defined]
 
+    async def send(topic: str, key: bytes | None, value: bytes, partition: int | None) -> Any:
+        return await app.producer.send(topic, key, value, partition=partition, timestamp=None, headers=None)
+
+    def ack(partition: int, offsets: Any) -> None:
+        batch_drain.ack_offsets(app.consumer, TP(topics.events, partition), offsets)
+
+    publisher = runtime.publisher = Publisher(
+        topics, state_topic(settings), send, ack, is_assigned=runtime.state_loaded.__contains__
+    )
+
     async def on_batch(tp: Any, records: list[Any]) -> None:
         if tp.partition not in runtime.state_loaded:
             # Faust may resume fetching before the assignment signal below ran to its end
             await _load_saved_state(runtime, [tp.partition])
-        await _publish(app, runtime, runtime.pipeline.process(records))
+        await publisher.submit(runtime.pipeline.process(records))
 
     batch_drain.install(app, batch_drain.BatchRoute(topics.events, on_batch))
 
+    @app.task
+    async def publish_results() -> None:
+        await publisher.run()
+
     @app.timer(TICK_S)
     async def wall_clock_fallback() -> None:
-        await _publish(app, runtime, runtime.pipeline.advance())
+        await publisher.submit(runtime.pipeline.advance())
         now = time.monotonic()
         if now - runtime.last_stats >= STATS_EVERY_S:
             runtime.last_stats = now
             s = runtime.pipeline.stats
             log.warning(
-                "rankstream worker: events=%d steps=%d alerts=%d invalid=%d held=%d produced=%d send_retries=%d",
+                "rankstream worker: events=%d steps=%d alerts=%d invalid=%d held=%d produced=%d send_retries=%d "
+                "publishing=%d",
                 s["events"],
                 s["steps"],
                 s["alerts"],
                 s["invalid"],
                 runtime.pipeline.held_count(),
-                runtime.produced,
-                runtime.send_failures,
+                publisher.stats.produced,
+                publisher.stats.send_retries,
+                publisher.pending(),
             )
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: faust.App, revoked: set[Any], **_: Any) -> None:
         partitions = {tp.partition for tp in revoked if tp.topic == topics.events}
+        try:  # what is computed goes out before the partitions' next owner reads their state
+            await asyncio.wait_for(publisher.join(), timeout=REVOKE_FLUSH_S)
+        except TimeoutError:
+            log.warning("rankstream worker: %d results still unpublished at revocation", publisher.pending())
         runtime.pipeline.revoke(partitions)
         runtime.state_loaded -= partitions
         for key in [k for k in runtime.saved_state if k[0] in partitions]:
@@ -196,61 +219,6 @@ def _calm_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
-
-
-async def _publish(app: faust.App, runtime: Runtime, result: Result) -> None:
-    """Produce the batch's outputs, wait for Kafka's acks, then ack the input messages.
-
-    Two phases: aligned steps, alerts and dead letters first, the detector state
-    only once those are acknowledged. A state record claims "released up to step
-    S"; written before the steps themselves, a crash in between would make the
-    next owner skip steps that never reached Kafka.
-    """
-    if result.empty():
-        return
-    topics = runtime.settings.topics
-    outputs: list[tuple[str, bytes | None, bytes, int | None]] = []
-    for step in result.steps:
-        outputs.append((topics.steps, step["run_id"].encode(), dumps(step), None))
-    for alert in result.alerts:
-        outputs.append((topics.alerts, alert["run_id"].encode(), dumps(alert), None))
-    for key, value in result.dlq:
-        outputs.append((topics.dlq, key, value, None))
-    states = [
-        (state_topic(runtime.settings), run_id.encode(), dumps(state), partition)
-        for (partition, run_id), state in result.state.items()
-    ]
-    for records in (outputs, states):
-        if records:
-            await _produce_acked(app, runtime, records)
-    by_partition: dict[int, list[int]] = {}
-    for partition, offset in result.ackable:
-        by_partition.setdefault(partition, []).append(offset)
-    for partition, offsets in by_partition.items():
-        batch_drain.ack_offsets(app.consumer, TP(topics.events, partition), offsets)
-
-
-async def _produce_acked(
-    app: faust.App, runtime: Runtime, records: list[tuple[str, bytes | None, bytes, int | None]]
-) -> None:
-    """Send ``records`` and wait until Kafka acknowledged all of them, retrying with backoff."""
-    delay = 0.5
-    while True:
-        try:
-            futures = [
-                await app.producer.send(topic, key, value, partition=partition, timestamp=None, headers=None)
-                for topic, key, value, partition in records
-            ]
-            await asyncio.gather(*futures)
-            break
-        except Exception as exc:  # any send failure: inputs stay unacked, retry
-            runtime.send_failures += 1
-            log.warning(
-                "rankstream worker: producing %d records failed (%s); retrying in %.1fs", len(records), exc, delay
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
-    runtime.produced += len(records)
 
 
 async def load_state(settings: Settings, partitions: list[int]) -> dict[tuple[int, str], dict]:

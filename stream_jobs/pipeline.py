@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from rankstream.schema import InvalidEvent, decode_event, dlq_record
-from rankstream.stream_jobs.core import Engine, Output, RulesConfig
+from rankstream.stream_jobs.core import Engine, RulesConfig
 
 #: A held message older than this (wall seconds) is released even if the core
 #: never released its step (e.g. the run was evicted), so offsets cannot stall.
@@ -133,6 +133,7 @@ class Pipeline:
     def process(self, items: Iterable[Consumed]) -> Result:
         """Run a batch of consumed messages through the core."""
         result = Result()
+        steps, alerts = result.steps, result.alerts
         now_wall = self._wall()
         dirty: set[tuple[int, str]] = set()
         for item in items:
@@ -156,18 +157,21 @@ class Pipeline:
                 ps.wall_at_max_ts = now_wall
             engine_stats = ps.engine.stats
             not_pending_before = _not_pending(engine_stats)
-            out = ps.engine.process(event)
+            n_steps, n_alerts = len(steps), len(alerts)
+            ps.engine.process_into(event, steps, alerts)
+            ack = (item.partition, item.offset)
             if event["kind"] == "step":
                 step = event["step"]
                 if _not_pending(engine_stats) > not_pending_before or step in ps.released.get(run_id, ()):
                     # a duplicate, or late for a step released earlier (possibly by the partition's
                     # previous owner, whose saved state says so): nothing pending depends on it
-                    result.ackable.append((item.partition, item.offset))
+                    result.ackable.append(ack)
                 else:
-                    ps.held.setdefault((run_id, step), []).append((now_wall, (item.partition, item.offset)))
+                    ps.held.setdefault((run_id, step), []).append((now_wall, ack))
             else:
-                result.ackable.append((item.partition, item.offset))
-            self._collect(item.partition, ps, out, result, dirty)
+                result.ackable.append(ack)
+            if len(steps) > n_steps or len(alerts) > n_alerts:
+                self._collect(item.partition, ps, steps[n_steps:], alerts[n_alerts:], result, dirty)
         self._finish(result, dirty)
         return result
 
@@ -183,7 +187,9 @@ class Pipeline:
                 continue
             now_event = ps.max_ts + max(0.0, now_wall - ps.wall_at_max_ts)
             out = ps.engine.advance(now_event)
-            self._collect(partition, ps, out, result, dirty)
+            result.steps.extend(out.steps)
+            result.alerts.extend(out.alerts)
+            self._collect(partition, ps, out.steps, out.alerts, result, dirty)
             self._force_old(ps, now_wall, result)
         self._finish(result, dirty)
         return result
@@ -198,9 +204,16 @@ class Pipeline:
             ps.engine.import_state(run_id, saved)
 
     def _collect(
-        self, partition: int, ps: _PartitionState, out: Output, result: Result, dirty: set[tuple[int, str]]
+        self,
+        partition: int,
+        ps: _PartitionState,
+        steps: list[dict],
+        alerts: list[dict],
+        result: Result,
+        dirty: set[tuple[int, str]],
     ) -> None:
-        for step in out.steps:
+        """Release the messages held for ``steps`` (already in ``result``) and mark their runs dirty."""
+        for step in steps:
             run_id, number = step["run_id"], step["step"]
             released = ps.released.setdefault(run_id, set())
             released.add(number)
@@ -209,9 +222,7 @@ class Pipeline:
             for _, ack in ps.held.pop((run_id, number), ()):
                 result.ackable.append(ack)
             dirty.add((partition, run_id))
-        result.steps.extend(out.steps)
-        result.alerts.extend(out.alerts)
-        for alert in out.alerts:
+        for alert in alerts:
             dirty.add((partition, alert["run_id"]))
 
     def _force_old(self, ps: _PartitionState, now_wall: float, result: Result) -> None:

@@ -67,17 +67,18 @@ class Engine:
 
     def process(self, event: dict[str, Any]) -> Output:
         out = Output()
-        self._process(event, out.steps, out.alerts)
+        self.process_into(event, out.steps, out.alerts)
         return out
 
     def process_many(self, events: Iterable[dict[str, Any]]) -> Output:
         out = Output()
         steps, alerts = out.steps, out.alerts
         for event in events:
-            self._process(event, steps, alerts)
+            self.process_into(event, steps, alerts)
         return out
 
-    def _process(self, ev: dict[str, Any], steps: list[dict], alerts: list[dict]) -> None:
+    def process_into(self, ev: dict[str, Any], steps: list[dict], alerts: list[dict]) -> None:
+        """:meth:`process`, appending to the caller's lists: no ``Output`` per event in hot loops."""
         stats = self.stats
         stats["events"] += 1
         run_id = ev["run_id"]
