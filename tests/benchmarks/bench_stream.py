@@ -146,7 +146,7 @@ def _latency(base: Settings, tmp: Path, rate: float, seconds: float) -> list[flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1200, help="steps of the 64-rank throughput run")
+    parser.add_argument("--steps", type=int, default=3000, help="steps of the 64-rank throughput run")
     parser.add_argument("--rate", type=float, default=5000.0, help="events/s for the latency phase")
     parser.add_argument("--latency-seconds", type=float, default=30.0)
     args = parser.parse_args()
