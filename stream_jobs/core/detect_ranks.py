@@ -69,7 +69,7 @@ class RankDetector:
                 own = [m.get("compute_time_s", 0.0) + m.get("data_time_s", 0.0) for m in rel.metrics]
                 own = [v if v - v == 0.0 else 0.0 for v in own]
                 med = median(own)
-                min_extra = p["min_extra_frac"] * median_step
+                min_extra = max(p["min_extra_frac"] * median_step, p["min_extra_s"])
                 for rank, v, m in zip(rel.ranks, own, rel.metrics, strict=True):
                     if v > 0 and med / v < p["score_threshold"] and v - med >= min_extra:
                         flagged[rank] = {

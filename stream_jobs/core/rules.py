@@ -108,6 +108,7 @@ RULE_DEFAULTS: dict[str, dict[str, Any]] = {
     "straggler": {
         "score_threshold": 0.75,
         "min_extra_frac": 0.05,
+        "min_extra_s": 0.005,
         "skew_frac": 0.25,
         "persist_steps": 5,
         "severity": "warning",

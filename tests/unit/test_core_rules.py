@@ -302,3 +302,15 @@ def test_disabled_rule_is_quiet() -> None:
     cfg = RulesConfig.from_dict({"rules": {"nonfinite_loss": {"enabled": False}}})
     out, _ = replay(generate_run("off", 2, 200, faults=[Fault("nan_loss", 100)]), cfg)
     assert "nonfinite_loss" not in {a["rule"] for a in out.alerts}
+
+
+def test_millisecond_jitter_of_tiny_steps_is_not_a_straggler() -> None:
+    """Steps of a few ms on a busy CPU (the demo): a rank 1 ms slower is noise, not a straggler."""
+    events = generate_run("tiny", 4, 300, step_time_s=0.004, faults=[Fault("straggler", 100, rank=2)])
+    for ev in events:
+        for name in ("compute_time_s", "data_time_s", "step_time_s"):
+            if name in ev["metrics"]:
+                ev["metrics"][name] /= 100.0
+    assert "straggler" not in serious(replay(events)[0])
+    sensitive = RulesConfig.from_dict({"rules": {"straggler": {"min_extra_s": 0.0}}})
+    assert serious(replay(events, sensitive)[0])["straggler"] == 1
