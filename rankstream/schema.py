@@ -76,6 +76,10 @@ MAX_ID_CHARS: Final = 256
 MAX_METRICS: Final = 512
 MAX_TAGS: Final = 128
 MAX_TAG_CHARS: Final = 1024
+#: More ranks than any job runs; bounds what a forged world_size can make the aligner allocate.
+MAX_WORLD_SIZE: Final = 1 << 20
+#: step and seq are stored as 64-bit integers.
+MAX_INT64: Final = (1 << 63) - 1
 
 _NONFINITE_DECODE: Final = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
@@ -132,7 +136,7 @@ def _is_number(value: Any) -> bool:
     return t is float or t is int
 
 
-def _require_int(obj: Mapping[str, Any], key: str, minimum: int) -> int:
+def _require_int(obj: Mapping[str, Any], key: str, minimum: int, maximum: int = MAX_INT64) -> int:
     value = obj.get(key)
     if not _is_int(value):
         if value is None:
@@ -140,6 +144,8 @@ def _require_int(obj: Mapping[str, Any], key: str, minimum: int) -> int:
         raise InvalidEvent(f"field {key!r} must be an integer, got {type(value).__name__}")
     if value < minimum:
         raise InvalidEvent(f"field {key!r} must be >= {minimum}, got {value}")
+    if value > maximum:
+        raise InvalidEvent(f"field {key!r} must be <= {maximum}, got {str(value)[:40]}")
     return value
 
 
@@ -206,15 +212,15 @@ def validate_event(obj: Any) -> dict[str, Any]:
     if len(run_id) > MAX_ID_CHARS:
         raise InvalidEvent(f"run_id longer than {MAX_ID_CHARS} characters")
     world_size = get("world_size")
-    if type(world_size) is not int or world_size < 1:
-        world_size = _require_int(obj, "world_size", 1)
+    if type(world_size) is not int or world_size < 1 or world_size > MAX_WORLD_SIZE:
+        world_size = _require_int(obj, "world_size", 1, MAX_WORLD_SIZE)
     rank = get("rank")
     if type(rank) is not int or rank < 0:
         rank = _require_int(obj, "rank", 0)
     if rank >= world_size:
         raise InvalidEvent(f"rank {rank} out of range for world_size {world_size}")
     seq = get("seq")
-    if type(seq) is not int or seq < 0:
+    if type(seq) is not int or seq < 0 or seq > MAX_INT64:
         seq = _require_int(obj, "seq", 0)
     ts = get("ts")
     t = type(ts)
@@ -227,13 +233,15 @@ def validate_event(obj: Any) -> dict[str, Any]:
         raise InvalidEvent(f"field 'ts' must be a finite number, got {ts!r:.40}")
     step = get("step", -1)
     if kind == "step" or kind == "heartbeat" or kind == "eval":
-        if type(step) is not int or step < 0:
+        if type(step) is not int or step < 0 or step > MAX_INT64:
             step = _require_int(obj, "step", 0)
     elif type(step) is not int:
         raise InvalidEvent(f"field 'step' must be an integer, got {type(step).__name__}")
+    elif step < -MAX_INT64 or step > MAX_INT64:
+        raise InvalidEvent("field 'step' is out of the 64-bit range")
     local_rank = get("local_rank", rank)
-    if type(local_rank) is not int or local_rank < 0:
-        raise InvalidEvent("field 'local_rank' must be a non-negative integer")
+    if type(local_rank) is not int or local_rank < 0 or local_rank >= MAX_WORLD_SIZE:
+        raise InvalidEvent(f"field 'local_rank' must be an integer in [0, {MAX_WORLD_SIZE})")
     host = get("host", "")
     if type(host) is not str:
         raise InvalidEvent("field 'host' must be a string")

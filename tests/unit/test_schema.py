@@ -72,6 +72,12 @@ def test_undecodable(raw: bytes, reason: str) -> None:
         ({"metrics": {"loss": "high"}}, "metric 'loss'"),
         ({"metrics": [1]}, "'metrics' must be an object"),
         ({"tags": {"a": 1}}, "tag 'a' must be a string"),
+        # out of what the store's columns hold, or what the aligner should allocate for
+        ({"world_size": 2**31, "rank": 0}, "'world_size' must be <= 1048576"),
+        ({"step": 2**63}, "'step' must be <= "),
+        ({"seq": 2**64}, "'seq' must be <= "),
+        ({"kind": "run_start", "step": -(2**70)}, "'step' is out of the 64-bit range"),
+        ({"local_rank": 2**40}, "'local_rank' must be an integer in"),
     ],
 )
 def test_invalid_fields_give_one_line_reasons(over: dict, reason: str) -> None:
