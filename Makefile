@@ -13,6 +13,7 @@ PYTEST_ARGS ?=
 setup: $(STAMP) ## create .venv and install rankstream with all extras
 
 $(STAMP): pyproject.toml
+	@test -f $(BIN)/python || $(PYTHON) infra/preflight_disk.py .
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[all]'
