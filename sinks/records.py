@@ -15,7 +15,7 @@ from itertools import chain, repeat
 from operator import itemgetter
 from typing import Any
 
-from rankstream.schema import InvalidEvent, dumps
+from rankstream.schema import MAX_INT64, MAX_WORLD_SIZE, InvalidEvent, dumps
 from rankstream.sinks.tables import COLUMNS, column_names
 
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
@@ -265,12 +265,15 @@ class RunCache:
 # ------------------------------------------------------------------ validation
 
 
-def _int(obj: dict[str, Any], key: str, minimum: int | None = None) -> int:
+def _int(obj: dict[str, Any], key: str, minimum: int = -MAX_INT64, maximum: int = MAX_INT64) -> int:
+    """An integer in [minimum, maximum]: out-of-range values would fail the insert forever, not just once."""
     value = obj.get(key)
     if type(value) is not int:
         raise InvalidRecord(f"field {key!r} must be an integer, got {type(value).__name__}")
-    if minimum is not None and value < minimum:
-        raise InvalidRecord(f"field {key!r} must be >= {minimum}, got {value}")
+    if value < minimum:
+        raise InvalidRecord(f"field {key!r} must be >= {minimum}, got {str(value)[:40]}")
+    if value > maximum:
+        raise InvalidRecord(f"field {key!r} must be <= {maximum}, got {str(value)[:40]}")
     return value
 
 
@@ -298,8 +301,8 @@ def _str(obj: dict[str, Any], key: str, *, required: bool = True) -> str:
 
 def _ranks(obj: dict[str, Any], key: str) -> list[int]:
     value = obj.get(key, [])
-    if not isinstance(value, list) or any(type(r) is not int or r < 0 for r in value):
-        raise InvalidRecord(f"field {key!r} must be a list of non-negative integers")
+    if not isinstance(value, list) or any(type(r) is not int or r < 0 or r >= MAX_WORLD_SIZE for r in value):
+        raise InvalidRecord(f"field {key!r} must be a list of ranks (integers in [0, {MAX_WORLD_SIZE}))")
     return value
 
 
@@ -316,8 +319,8 @@ def validate_step(obj: Any) -> dict[str, Any]:
     rec = dict(_version(obj, "aligned step"))
     _str(rec, "run_id")
     _int(rec, "step", 0)
-    _int(rec, "world_size", 1)
-    _int(rec, "ranks_reported", 0)
+    _int(rec, "world_size", 1, MAX_WORLD_SIZE)
+    _int(rec, "ranks_reported", 0, MAX_WORLD_SIZE)
     rec["missing_ranks"] = _ranks(rec, "missing_ranks")
     complete = rec.get("complete")
     if type(complete) is not bool:
@@ -334,10 +337,10 @@ def validate_step(obj: Any) -> dict[str, Any]:
         out: dict[str, Any] = {field: _float(agg, field) for field in _AGG_FIELDS}
         for field in ("argmin", "argmax"):
             value = agg.get(field, -1)
-            out[field] = value if type(value) is int else -1
+            out[field] = value if type(value) is int and 0 <= value < MAX_WORLD_SIZE else -1
         n = agg.get("n", 0)
-        if type(n) is not int or n < 0:
-            raise InvalidRecord(f"metric {name!r}: 'n' must be a non-negative integer")
+        if type(n) is not int or n < 0 or n > MAX_WORLD_SIZE:
+            raise InvalidRecord(f"metric {name!r}: 'n' must be an integer in [0, {MAX_WORLD_SIZE}]")
         out["n"] = n
         clean[name] = out
     rec["metrics"] = clean

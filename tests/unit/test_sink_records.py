@@ -80,6 +80,11 @@ def test_step_record_keeps_unknown_fields_and_non_finite_aggregates() -> None:
         ({"ts_first": "nan"}, "'ts_first'"),
         ({"metrics": {"loss": 3}}, "aggregates"),
         ({"run_id": ""}, "run_id"),
+        # values the store's columns cannot hold: rejected (DLQ), not retried forever
+        ({"step": 2**63}, "'step' must be <= "),
+        ({"world_size": 2**32}, "'world_size' must be <= 1048576"),
+        ({"missing_ranks": [2**32]}, "missing_ranks"),
+        ({"metrics": {"loss": {"mean": 1.0, "n": 2**33}}}, "'n' must be an integer in"),
     ],
 )
 def test_invalid_steps_have_one_line_reasons(change: dict, reason: str) -> None:
@@ -101,6 +106,10 @@ def test_alert_validation() -> None:
         validate_alert({**alert, "alert_id": None})
     with pytest.raises(InvalidRecord, match="evidence"):
         validate_alert({**alert, "evidence": [1]})
+    with pytest.raises(InvalidRecord, match="'step' must be <= "):
+        validate_alert({**alert, "step": 2**64})
+    with pytest.raises(InvalidRecord, match="ranks"):
+        validate_alert({**alert, "ranks": [2**40]})
 
 
 def test_runs_rows_keep_metadata_through_run_end() -> None:
