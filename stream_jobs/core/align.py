@@ -43,7 +43,7 @@ class Released:
 class SeqDedup:
     """Seen (rank, seq) pairs in bounded memory: a contiguous floor plus a capped set above it."""
 
-    __slots__ = ("ahead", "cap", "next_seq", "trust_first")
+    __slots__ = ("ahead", "cap", "handled", "next_seq", "trust_first")
 
     def __init__(self, cap: int, trust_first: bool = False) -> None:
         self.cap = cap
@@ -52,12 +52,18 @@ class SeqDedup:
         # In a log consumer that resumes from a committed offset, a rank's first
         # seq seen is its floor: earlier seqs were handled before the restart.
         self.trust_first = trust_first
+        #: Restored from saved state: seqs up to this were handled by a previous owner. Only a
+        #: duplicate test, not a floor: seqs just above it may be committed heartbeats never re-read.
+        self.handled: dict[Any, int] = {}
 
     def seen(self, key: Any, seq: int) -> bool:
         """True if (key, seq) was seen before; records it otherwise."""
         nxt = self.next_seq.get(key)
         if nxt is None:
-            nxt = seq if self.trust_first else 0
+            done = self.handled.get(key)
+            if done is not None and seq <= done:
+                return True
+            nxt = seq if self.trust_first else (0 if done is None else done + 1)
         if seq == nxt:
             nxt += 1
             above = self.ahead.get(key)
@@ -104,6 +110,10 @@ class Aligner:
         self._prev_release: tuple[int, float] | None = None
         self.released_count = 0
         self.partial_count = 0
+        #: dedup key -> highest seq of that rank's events consumed by released steps (or counted late).
+        #: Saved with the state: a log consumer that takes the run over re-reads those events from
+        #: its committed offset and must see them as already handled, not as late arrivals.
+        self.released_seq: dict[Any, int] = {}
 
     # -------------------------------------------------------------- watermark inputs
 
@@ -220,6 +230,13 @@ class Aligner:
             "nonfinite": nonfinite,
             "restart": self.restart,
         }
+        consumed = self.released_seq
+        for e in events:
+            tags = e["tags"]
+            gen = tags.get("restart") if tags else None
+            key = e["rank"] if gen is None else (e["rank"], gen)
+            if consumed.get(key, -1) < e["seq"]:
+                consumed[key] = e["seq"]
         self.last_released = p.step
         self.released_count += 1
         if not complete:
@@ -264,6 +281,10 @@ class Aligner:
             "clock": self.clock,
             "restart": self.restart,
             "step_times": self.step_times.to_list(),
+            "released_seq": [
+                [key, None, seq] if type(key) is int else [key[0], key[1], seq]
+                for key, seq in self.released_seq.items()
+            ],
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -275,3 +296,8 @@ class Aligner:
         self.step_times = Window(self.cfg["median_window"], state.get("step_times", []))
         self._median = self.step_times.median() if len(self.step_times) else 0.0
         self._grace = self.grace_s()
+        for rank, gen, seq in state.get("released_seq", []):
+            key = rank if gen is None else (rank, gen)
+            self.released_seq[key] = max(seq, self.released_seq.get(key, -1))
+            # what the previous owner consumed is handled: re-read from the log, it is a duplicate
+            self.dedup.handled[key] = max(seq, self.dedup.handled.get(key, -1))

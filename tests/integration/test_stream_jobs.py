@@ -102,6 +102,46 @@ def test_two_workers_one_killed_other_takes_over(kafka: Settings, tmp_path: Path
     assert not missing, f"{len(missing)} steps lost, e.g. {sorted(missing)[:5]}\n{b.log()}"
 
 
+def test_workers_joining_and_leaving_under_load_lose_no_step_and_no_detector_state(
+    kafka: Settings, tmp_path: Path
+) -> None:
+    """Two rebalances while events flow: a second worker joins (the first is revoked mid-batch,
+    with results still being published), then the first leaves with SIGTERM. Every step appears,
+    and the loss spikes at step 300, detectable only with windows built before the moves, are
+    each found exactly once after dedup."""
+    group = f"{kafka.topic_prefix}-churn"
+    runs = [
+        generate_run(f"run-c{i}", world_size=8, steps=400, faults=[Fault("loss_spike", step=300)], seed=30 + i)
+        for i in range(6)
+    ]
+    events = sorted((e for run in runs for e in run), key=lambda e: e["ts"])
+    expected = replay(events)
+    assert {a["rule"] for a in expected.alerts} == {"loss_spike"}
+    chunks = [events[i : i + 1000] for i in range(0, len(events), 1000)]
+    a = WorkerProcess(kafka, tmp_path / "a.log", group=group)
+    b: WorkerProcess | None = None
+    try:
+        time.sleep(8)  # a owns every partition
+        for i, chunk in enumerate(chunks):
+            produce(kafka, chunk)
+            time.sleep(0.4)
+            if i == len(chunks) // 3:
+                b = WorkerProcess(kafka, tmp_path / "b.log", group=group)
+            if i == 2 * len(chunks) // 3:
+                assert a.stop() == 0, a.log()
+        steps = collect(kafka, kafka.topics.steps, lambda r: step_keys(r) >= step_keys(expected.steps), 150)
+        want_ids = {x["alert_id"] for x in expected.alerts}
+        alerts = collect(kafka, kafka.topics.alerts, lambda r: {x["alert_id"] for x in r} >= want_ids, 60)
+    finally:
+        a.stop()
+        if b is not None:
+            assert b.stop() == 0, b.log()
+    missing = step_keys(expected.steps) - step_keys(steps)
+    assert not missing, f"{len(missing)} steps lost, e.g. {sorted(missing)[:5]}\n{b.log() if b else ''}"
+    extra = [(x["rule"], x["run_id"], x["step"], x.get("ranks")) for x in alerts if x["alert_id"] not in want_ids]
+    assert not extra, extra
+
+
 def test_malformed_messages_go_to_dlq_with_reasons(kafka: Settings, tmp_path: Path) -> None:
     good = generate_run("run-good", world_size=4, steps=60, seed=3)
     template = dict(next(e for e in good if e["kind"] == "step"))

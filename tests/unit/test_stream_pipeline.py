@@ -114,3 +114,26 @@ def test_events_of_steps_the_previous_owner_released_are_not_held() -> None:
     assert out.steps == []  # already downstream
     assert _offsets(out.ackable) == list(range(10_000, 10_000 + len(reread)))
     assert taker.held_count() == 0
+    # they are duplicates of what the previous owner handled, not late arrivals: a rank whose
+    # events keep arriving after their step closed is what rank_lagging reports
+    assert out.alerts == []
+    assert taker.engine_stats()["late_events"] == 0
+    assert taker.engine_stats()["duplicates"] == len(reread)
+
+
+def test_takeover_after_committed_heartbeats_still_aligns_at_once() -> None:
+    """Heartbeats sent after a rank's last released step but before the first held event are
+    committed and never re-read: the new owner must not wait for their seqs to release steps."""
+    events = generate_run("r", world_size=4, steps=60, seed=8, heartbeat_every_s=0.2)
+    first_held = next(i for i, e in enumerate(events) if e["kind"] == "step" and e["step"] >= 30)
+    before = Pipeline()
+    saved = before.process(_items(events[:first_held])).state
+    last_released_seq = {e["rank"]: e["seq"] for e in events[:first_held] if e["kind"] == "step"}
+    assert any(e["kind"] == "heartbeat" and e["seq"] > last_released_seq[e["rank"]] for e in events[:first_held]), (
+        "the scenario needs a committed heartbeat above a rank's released seqs"
+    )
+    taker = Pipeline(state_lookup=lambda p, run_id: saved.get((p, run_id)))
+    out = taker.process(_items(events[first_held:], start=5_000))
+    assert [s["step"] for s in out.steps] == list(range(30, 60))
+    assert all(s["complete"] for s in out.steps)
+    assert taker.engine_stats()["late_events"] == 0
