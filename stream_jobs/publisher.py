@@ -13,6 +13,8 @@ keeps the order that makes a crash safe:
 
 and results are published one after another, so a run's state records land in
 the order they were computed (the state topic is compacted: the last one wins).
+State records and acks of a partition revoked meanwhile are dropped: its new
+owner re-reads those inputs, and its state must not be overwritten by an older one.
 The queue is bounded: when Kafka is down the publisher retries with backoff,
 the queue fills and the drain stops taking batches, so memory stays bounded
 and nothing is acked that was not delivered.
@@ -47,6 +49,7 @@ class PublisherStats:
     produced: int = 0
     send_retries: int = 0
     dropped_acks: int = 0
+    dropped_states: int = 0
 
 
 class Publisher:
@@ -95,13 +98,18 @@ class Publisher:
         outputs: list[Record] = [(topics.steps, s["run_id"].encode(), dumps(s), None) for s in result.steps]
         outputs += [(topics.alerts, a["run_id"].encode(), dumps(a), None) for a in result.alerts]
         outputs += [(topics.dlq, key, value, None) for key, value in result.dlq]
-        states: list[Record] = [
-            (self._state_topic, run_id.encode(), dumps(state), partition)
-            for (partition, run_id), state in result.state.items()
-        ]
-        for records in (outputs, states):
-            if records:
-                await self._produce_acked(records)
+        if outputs:
+            await self._produce_acked(outputs)
+        # Checked after the outputs are out: a partition revoked meanwhile belongs to its new owner,
+        # whose state must not be overwritten by this older one (the compacted topic keeps the last).
+        states: list[Record] = []
+        for (partition, run_id), state in result.state.items():
+            if self._is_assigned(partition):
+                states.append((self._state_topic, run_id.encode(), dumps(state), partition))
+            else:
+                self.stats.dropped_states += 1
+        if states:
+            await self._produce_acked(states)
         by_partition: dict[int, list[int]] = {}
         for partition, offset in result.ackable:
             by_partition.setdefault(partition, []).append(offset)

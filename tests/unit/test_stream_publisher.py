@@ -82,12 +82,12 @@ def test_failed_sends_are_retried_and_nothing_is_acked_before_they_succeed() -> 
     assert publisher.stats.produced == 3
 
 
-def test_offsets_of_a_revoked_partition_are_not_acked() -> None:
+def test_state_and_offsets_of_a_revoked_partition_are_dropped() -> None:
     journal = Journal()
     journal.assigned.discard(1)
     publisher = asyncio.run(_publish_all(journal, [_result("r", 1, [(1, 5), (1, 6)])]))
-    assert not [e for e in journal.entries if e[0] == "ack"]
-    assert publisher.stats.dropped_acks == 2
+    assert journal.entries == [("sent", TOPICS.steps, b"r"), ("sent", TOPICS.alerts, b"r")]
+    assert publisher.stats.dropped_acks == 2 and publisher.stats.dropped_states == 1
 
 
 def test_empty_results_are_not_queued() -> None:
