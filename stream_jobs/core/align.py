@@ -110,10 +110,6 @@ class Aligner:
         self._prev_release: tuple[int, float] | None = None
         self.released_count = 0
         self.partial_count = 0
-        #: dedup key -> highest seq of that rank's events consumed by released steps (or counted late).
-        #: Saved with the state: a log consumer that takes the run over re-reads those events from
-        #: its committed offset and must see them as already handled, not as late arrivals.
-        self.released_seq: dict[Any, int] = {}
 
     # -------------------------------------------------------------- watermark inputs
 
@@ -230,13 +226,6 @@ class Aligner:
             "nonfinite": nonfinite,
             "restart": self.restart,
         }
-        consumed = self.released_seq
-        for e in events:
-            tags = e["tags"]
-            gen = tags.get("restart") if tags else None
-            key = e["rank"] if gen is None else (e["rank"], gen)
-            if consumed.get(key, -1) < e["seq"]:
-                consumed[key] = e["seq"]
         self.last_released = p.step
         self.released_count += 1
         if not complete:
@@ -281,9 +270,9 @@ class Aligner:
             "clock": self.clock,
             "restart": self.restart,
             "step_times": self.step_times.to_list(),
-            "released_seq": [
+            "handled_seq": [
                 [key, None, seq] if type(key) is int else [key[0], key[1], seq]
-                for key, seq in self.released_seq.items()
+                for key, seq in self.handled_seqs().items()
             ],
         }
 
@@ -296,8 +285,32 @@ class Aligner:
         self.step_times = Window(self.cfg["median_window"], state.get("step_times", []))
         self._median = self.step_times.median() if len(self.step_times) else 0.0
         self._grace = self.grace_s()
-        for rank, gen, seq in state.get("released_seq", []):
+        handled = self.dedup.handled
+        for rank, gen, seq in state.get("handled_seq", []):
             key = rank if gen is None else (rank, gen)
-            self.released_seq[key] = max(seq, self.released_seq.get(key, -1))
-            # what the previous owner consumed is handled: re-read from the log, it is a duplicate
-            self.dedup.handled[key] = max(seq, self.dedup.handled.get(key, -1))
+            handled[key] = max(seq, handled.get(key, -1))
+
+    def handled_seqs(self) -> dict[Any, int]:
+        """Per rank (dedup key), the highest seq up to which every event seen is done with: not
+        waiting in a pending step. Saved with the state: a log consumer taking the run over
+        re-reads such events from its committed offset and must count them as duplicates, not
+        as late arrivals (which rank_lagging reports). Computed here, when state is exported,
+        so the per-event path pays nothing."""
+        dedup = self.dedup
+        out = dict(dedup.handled)
+        ahead = dedup.ahead
+        for key, nxt in dedup.next_seq.items():
+            top = nxt - 1
+            above = ahead.get(key)
+            if above:
+                top = max(top, max(above))
+            if top > out.get(key, -1):
+                out[key] = top
+        for p in self.pending.values():
+            for ev in p.by_rank.values():
+                tags = ev["tags"]
+                gen = tags.get("restart") if tags else None
+                key = ev["rank"] if gen is None else (ev["rank"], gen)
+                if ev["seq"] <= out.get(key, -1):
+                    out[key] = ev["seq"] - 1
+        return out

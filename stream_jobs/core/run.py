@@ -88,9 +88,6 @@ class RunState:
                     aligner.absent.discard(rank)
             else:
                 self.stats["late_events"] += 1
-                key = rank if gen is None else (rank, gen)
-                if aligner.released_seq.get(key, -1) < ev["seq"]:
-                    aligner.released_seq[key] = ev["seq"]
                 self.rank_rules.on_late(rank, step, ts, aligner.last_released, False, self.alerter, alerts, self.label)
         elif kind == "heartbeat":
             self.stats["heartbeats"] += 1
