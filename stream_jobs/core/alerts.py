@@ -37,6 +37,17 @@ def fmt(value: float) -> str:
     return f"{value:.2e}"
 
 
+def severity_for(params: dict[str, Any], severity: str, warmup: bool) -> str | None:
+    """The severity to use, given the rule's ``during_warmup`` mode; None means stay quiet."""
+    if warmup:
+        mode = params["during_warmup"]
+        if mode == "suppress":
+            return None
+        if mode == "info":
+            return "info"
+    return severity
+
+
 def rank_list(ranks: list[int] | tuple[int, ...]) -> str:
     if len(ranks) > 8:
         return ", ".join(str(r) for r in ranks[:8]) + f" and {len(ranks) - 8} more"
@@ -66,7 +77,16 @@ class Alerter:
         ts: float,
         message: str,
         evidence: dict[str, Any],
+        *,
+        warmup: bool = False,
     ) -> dict | None:
+        """Append the alert to ``out`` unless warmup mutes it (the rule's ``during_warmup``) or its
+        cooldown holds; ``severity`` is the rule's severity outside warmup."""
+        if warmup:
+            muted = severity_for(params, severity, warmup)
+            if muted is None:
+                return None
+            severity = muted
         ranks_t = tuple(sorted(ranks))
         key = (rule, ranks_t)
         level = SEVERITY_LEVEL[severity]

@@ -13,7 +13,6 @@ from typing import Any
 from rankstream.stream_jobs.core.aggregate import median
 from rankstream.stream_jobs.core.alerts import Alerter, fmt
 from rankstream.stream_jobs.core.align import Released
-from rankstream.stream_jobs.core.detect_run import severity_for
 
 
 def _bump(counts: dict[int, int], flagged: dict[int, Any]) -> None:
@@ -94,9 +93,6 @@ class RankDetector:
             count = self.straggle[rank]
             if count < p["persist_steps"]:
                 continue
-            sev = severity_for(p, p["severity"], warmup)
-            if not sev:
-                continue
             ev["consecutive_steps"] = count
             if "score" in ev:
                 what = (
@@ -109,7 +105,7 @@ class RankDetector:
                 out,
                 p,
                 "straggler",
-                sev,
+                p["severity"],
                 step,
                 [rank],
                 rel.record["ts_last"],
@@ -117,6 +113,7 @@ class RankDetector:
                 "slowing every rank; check that rank's host (GPU clocks, thermal throttling, data loader workers, "
                 "noisy neighbours).",
                 ev,
+                warmup=warmup,
             )
 
     # ------------------------------------------------------------------- lagging
@@ -140,21 +137,20 @@ class RankDetector:
             count = self.lag[rank]
             if count < p["persist_steps"]:
                 continue
-            sev = severity_for(p, p["severity"], warmup)
-            if sev:
-                alerter.emit(
-                    out,
-                    p,
-                    "rank_lagging",
-                    sev,
-                    step,
-                    [rank],
-                    rel.record["ts_last"],
-                    f"Rank {rank} of {label} stamps its events {fmt(skew)} s ({fmt(skew / median_step)} steps) "
-                    f"after the other ranks for {count} consecutive steps (step {step}): check that host's clock "
-                    "(NTP) and its producer's backlog or network.",
-                    {"ts_skew_s": skew, "median_step_time_s": median_step, "consecutive_steps": count},
-                )
+            alerter.emit(
+                out,
+                p,
+                "rank_lagging",
+                p["severity"],
+                step,
+                [rank],
+                rel.record["ts_last"],
+                f"Rank {rank} of {label} stamps its events {fmt(skew)} s ({fmt(skew / median_step)} steps) "
+                f"after the other ranks for {count} consecutive steps (step {step}): check that host's clock "
+                "(NTP) and its producer's backlog or network.",
+                {"ts_skew_s": skew, "median_step_time_s": median_step, "consecutive_steps": count},
+                warmup=warmup,
+            )
 
     def on_late(
         self, rank: int, step: int, ts: float, last_released: int, warmup: bool, alerter: Alerter, out: list, label: str
@@ -165,21 +161,20 @@ class RankDetector:
         self.late[rank] = count
         if count < p["persist_steps"] or not p["enabled"]:
             return
-        sev = severity_for(p, p["severity"], warmup)
-        if sev:
-            alerter.emit(
-                out,
-                p,
-                "rank_lagging",
-                sev,
-                last_released,
-                [rank],
-                ts,
-                f"Rank {rank} of {label} delivered its events for {count} consecutive steps after the other ranks' "
-                f"steps were already closed (latest: step {step}): check that rank's producer backlog, network "
-                "or broker connection.",
-                {"late_steps": count, "late_step": step, "last_released_step": last_released},
-            )
+        alerter.emit(
+            out,
+            p,
+            "rank_lagging",
+            p["severity"],
+            last_released,
+            [rank],
+            ts,
+            f"Rank {rank} of {label} delivered its events for {count} consecutive steps after the other ranks' "
+            f"steps were already closed (latest: step {step}): check that rank's producer backlog, network "
+            "or broker connection.",
+            {"late_steps": count, "late_step": step, "last_released_step": last_released},
+            warmup=warmup,
+        )
 
     def on_time(self, rank: int) -> None:
         if self.late:
@@ -214,21 +209,20 @@ class RankDetector:
             critical = ratio >= p["critical_ratio"]
             if not critical and count < p["persist_steps"]:
                 continue
-            sev = severity_for(p, "critical" if critical else p["severity"], warmup)
-            if sev:
-                alerter.emit(
-                    out,
-                    p,
-                    "memory_pressure",
-                    sev,
-                    step,
-                    [rank],
-                    rel.record["ts_last"],
-                    f"Rank {rank} of {label} peaked at {fmt(ratio * 100)}% of GPU memory ({fmt(peak)} of "
-                    f"{fmt(total)} MB) at step {step}: it is close to out-of-memory, reduce the micro-batch or "
-                    "sequence length, or enable activation checkpointing.",
-                    {"mem_peak_mb": peak, "mem_total_mb": total, "ratio": ratio, "consecutive_steps": count},
-                )
+            alerter.emit(
+                out,
+                p,
+                "memory_pressure",
+                "critical" if critical else p["severity"],
+                step,
+                [rank],
+                rel.record["ts_last"],
+                f"Rank {rank} of {label} peaked at {fmt(ratio * 100)}% of GPU memory ({fmt(peak)} of "
+                f"{fmt(total)} MB) at step {step}: it is close to out-of-memory, reduce the micro-batch or "
+                "sequence length, or enable activation checkpointing.",
+                {"mem_peak_mb": peak, "mem_total_mb": total, "ratio": ratio, "consecutive_steps": count},
+                warmup=warmup,
+            )
 
     def to_state(self) -> dict[str, Any]:
         return {k: {str(r): c for r, c in getattr(self, k).items()} for k in ("straggle", "lag", "late", "mem")}

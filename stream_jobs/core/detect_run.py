@@ -17,17 +17,6 @@ from rankstream.stream_jobs.core.align import Released
 GRAD_METRICS = ("grad_norm", "grad_norm_adapter", "grad_norm_backbone")
 
 
-def severity_for(params: dict[str, Any], severity: str, warmup: bool) -> str | None:
-    """The severity to use, given the rule's ``during_warmup`` mode; None means stay quiet."""
-    if warmup:
-        mode = params["during_warmup"]
-        if mode == "suppress":
-            return None
-        if mode == "info":
-            return "info"
-    return severity
-
-
 def nonfinite_ranks(rel: Released, names: tuple[str, ...]) -> list[int]:
     out = []
     for rank, metrics in zip(rel.ranks, rel.metrics, strict=True):
@@ -60,20 +49,20 @@ class LossDetector:
         rules = self.rules
         if rec["nonfinite"].get("loss"):
             p = rules["nonfinite_loss"]
-            sev = severity_for(p, p["severity"], warmup)
-            if p["enabled"] and sev:
+            if p["enabled"]:
                 ranks = nonfinite_ranks(rel, ("loss",))
                 alerter.emit(
                     out,
                     p,
                     "nonfinite_loss",
-                    sev,
+                    p["severity"],
                     step,
                     ranks,
                     ts,
                     f"Loss is non-finite on rank(s) {rank_list(ranks)} at step {step} of {label}: stop the run, "
                     "roll back to the last good checkpoint and lower the learning rate or inspect that data batch.",
                     {"ranks": ranks, "nonfinite_ranks": len(ranks), "ranks_reported": rec["ranks_reported"]},
+                    warmup=warmup,
                 )
         summary = rec["metrics"].get("loss")
         if summary is None:
@@ -108,42 +97,40 @@ class LossDetector:
             "window": len(self.window),
         }
         if self.sustained >= p["sustained_steps"]:
-            sev = severity_for(p, "critical", warmup)
-            if sev:
-                evidence["consecutive_steps"] = self.sustained
-                alerter.emit(
-                    out,
-                    p,
-                    "loss_spike",
-                    sev,
-                    step,
-                    [],
-                    ts,
-                    f"Loss of {label} has stayed at {fmt(ratio)}x its recent mean for {self.sustained} steps "
-                    f"(now {fmt(x)} at step {step}): the run is diverging, roll back to a checkpoint before "
-                    "the spike and lower the learning rate or skip the offending batches.",
-                    evidence,
-                )
+            evidence["consecutive_steps"] = self.sustained
+            alerter.emit(
+                out,
+                p,
+                "loss_spike",
+                "critical",
+                step,
+                [],
+                ts,
+                f"Loss of {label} has stayed at {fmt(ratio)}x its recent mean for {self.sustained} steps "
+                f"(now {fmt(x)} at step {step}): the run is diverging, roll back to a checkpoint before "
+                "the spike and lower the learning rate or skip the offending batches.",
+                evidence,
+                warmup=warmup,
+            )
             self.window.values.clear()  # a new regime: judge what follows against itself
             self.sustained = 0
             return True
         if spike or ratio >= p["critical_ratio"]:
             base = "critical" if ratio >= p["critical_ratio"] else p["severity"]
-            sev = severity_for(p, base, warmup)
-            if sev:
-                alerter.emit(
-                    out,
-                    p,
-                    "loss_spike",
-                    sev,
-                    step,
-                    [],
-                    ts,
-                    f"Loss of {label} spiked to {fmt(x)} at step {step} ({fmt(z)} sigma, {fmt(ratio)}x the "
-                    f"{len(self.window)}-step mean {fmt(mean)}): check that batch's data and watch whether it "
-                    "recovers; if it repeats, lower the learning rate or tighten gradient clipping.",
-                    evidence,
-                )
+            alerter.emit(
+                out,
+                p,
+                "loss_spike",
+                base,
+                step,
+                [],
+                ts,
+                f"Loss of {label} spiked to {fmt(x)} at step {step} ({fmt(z)} sigma, {fmt(ratio)}x the "
+                f"{len(self.window)}-step mean {fmt(mean)}): check that batch's data and watch whether it "
+                "recovers; if it repeats, lower the learning rate or tighten gradient clipping.",
+                evidence,
+                warmup=warmup,
+            )
             return True
         return ratio >= p["sustained_ratio"]
 
@@ -168,21 +155,20 @@ class LossDetector:
         rel = (ewma - start) / abs(start) if start else math.inf
         if rel < p["min_rel_rise"]:
             return
-        sev = severity_for(p, p["severity"], warmup)
-        if sev:
-            alerter.emit(
-                out,
-                p,
-                "loss_rising",
-                sev,
-                step,
-                [],
-                ts,
-                f"Smoothed loss of {label} has risen for {self.rise_count} consecutive steps "
-                f"(+{fmt(rel * 100)}% to {fmt(ewma)} at step {step}): training is going the wrong way, "
-                "lower the learning rate or check recent data and config changes.",
-                {"consecutive_steps": self.rise_count, "loss_ewma": ewma, "start_ewma": start, "rise_rel": rel},
-            )
+        alerter.emit(
+            out,
+            p,
+            "loss_rising",
+            p["severity"],
+            step,
+            [],
+            ts,
+            f"Smoothed loss of {label} has risen for {self.rise_count} consecutive steps "
+            f"(+{fmt(rel * 100)}% to {fmt(ewma)} at step {step}): training is going the wrong way, "
+            "lower the learning rate or check recent data and config changes.",
+            {"consecutive_steps": self.rise_count, "loss_ewma": ewma, "start_ewma": start, "rise_rel": rel},
+            warmup=warmup,
+        )
         self.rise_count = 0
 
     def _plateau(self, x: float, step: int, ts: float, warmup: bool, alerter: Alerter, out: list, label: str) -> None:
@@ -203,21 +189,20 @@ class LossDetector:
         self.best_step = step  # restart patience: one alert per plateau (cooldown does the rest)
         if not p["enabled"]:
             return
-        sev = severity_for(p, p["severity"], warmup)
-        if sev:
-            alerter.emit(
-                out,
-                p,
-                "loss_plateau",
-                sev,
-                step,
-                [],
-                ts,
-                f"Loss of {label} has not improved by {fmt(p['min_delta'] * 100)}% for {stalled} steps "
-                f"(best {fmt(self.best)}, now {fmt(ewma)} at step {step}): consider stopping, changing the "
-                "learning-rate schedule or checking that the data is not repeating.",
-                {"steps_without_improvement": stalled, "best_loss_ewma": self.best, "loss_ewma": ewma},
-            )
+        alerter.emit(
+            out,
+            p,
+            "loss_plateau",
+            p["severity"],
+            step,
+            [],
+            ts,
+            f"Loss of {label} has not improved by {fmt(p['min_delta'] * 100)}% for {stalled} steps "
+            f"(best {fmt(self.best)}, now {fmt(ewma)} at step {step}): consider stopping, changing the "
+            "learning-rate schedule or checking that the data is not repeating.",
+            {"steps_without_improvement": stalled, "best_loss_ewma": self.best, "loss_ewma": ewma},
+            warmup=warmup,
+        )
 
     def to_state(self) -> dict[str, Any]:
         return {
@@ -333,9 +318,7 @@ class GradDetector:
                 f"Gradient norm is non-finite on rank(s) {rank_list(ranks)} at step {step} of {label}: the update "
                 "is corrupt, roll back to the last good checkpoint and lower the learning rate or inspect the batch."
             )
-        sev = severity_for(p, sev, warmup)
-        if sev:
-            alerter.emit(out, p, "nonfinite_grad", sev, step, ranks, ts, msg, evidence)
+        alerter.emit(out, p, "nonfinite_grad", sev, step, ranks, ts, msg, evidence, warmup=warmup)
 
     def _magnitude(
         self, x: float, lora: bool, step: int, ts: float, warmup: bool, alerter: Alerter, out: list, label: str
@@ -350,13 +333,12 @@ class GradDetector:
             if ratio >= pe["ratio"]:
                 flagged = True
                 base = "critical" if ratio >= pe["critical_ratio"] else pe["severity"]
-                sev = severity_for(pe, base, warmup)
-                if pe["enabled"] and sev:
+                if pe["enabled"]:
                     alerter.emit(
                         out,
                         pe,
                         "grad_explosion",
-                        sev,
+                        base,
                         step,
                         [],
                         ts,
@@ -364,27 +346,27 @@ class GradDetector:
                         f"median {fmt(med)}: check the loss and data of that step and enable or tighten gradient "
                         "clipping.",
                         {"grad_norm": x, "window_median": med, "ratio": ratio, "window": n},
+                        warmup=warmup,
                     )
         small = x < pv["abs_threshold"] or (n >= pv["min_samples"] and x < pv["rel_threshold"] * med)
         if small and not lora:
             flagged = True
             self.vanish_run += 1
-            if self.vanish_run >= pv["steps"]:
-                sev = severity_for(pv, pv["severity"], warmup)
-                if pv["enabled"] and sev:
-                    alerter.emit(
-                        out,
-                        pv,
-                        "grad_vanishing",
-                        sev,
-                        step,
-                        [],
-                        ts,
-                        f"Gradient norm of {label} has been {fmt(x)} for {self.vanish_run} steps (recent median "
-                        f"{fmt(med)}) at step {step}: the model has stopped learning, check for frozen parameters, "
-                        "a zero learning rate or saturated activations.",
-                        {"grad_norm": x, "window_median": med, "consecutive_steps": self.vanish_run},
-                    )
+            if self.vanish_run >= pv["steps"] and pv["enabled"]:
+                alerter.emit(
+                    out,
+                    pv,
+                    "grad_vanishing",
+                    pv["severity"],
+                    step,
+                    [],
+                    ts,
+                    f"Gradient norm of {label} has been {fmt(x)} for {self.vanish_run} steps (recent median "
+                    f"{fmt(med)}) at step {step}: the model has stopped learning, check for frozen parameters, "
+                    "a zero learning rate or saturated activations.",
+                    {"grad_norm": x, "window_median": med, "consecutive_steps": self.vanish_run},
+                    warmup=warmup,
+                )
         else:
             self.vanish_run = 0
         if not warmup and not flagged:
@@ -399,27 +381,26 @@ class GradDetector:
         small = a < p["abs_threshold"] or (n >= p["min_samples"] and a < p["rel_threshold"] * med)
         if small and b <= p["backbone_max"]:
             self.adapter_run += 1
-            if self.adapter_run >= p["steps"]:
-                sev = severity_for(p, p["severity"], warmup)
-                if p["enabled"] and sev:
-                    alerter.emit(
-                        out,
-                        p,
-                        "adapter_grad_vanishing",
-                        sev,
-                        step,
-                        [],
-                        ts,
-                        f"LoRA adapter gradient norm of {label} has been {fmt(a)} for {self.adapter_run} steps with "
-                        f"the backbone frozen (step {step}): the adapters are not learning, check that they are "
-                        "attached to the right modules, marked trainable and that the learning rate is not zero.",
-                        {
-                            "grad_norm_adapter": a,
-                            "grad_norm_backbone": b,
-                            "window_median": med,
-                            "consecutive_steps": self.adapter_run,
-                        },
-                    )
+            if self.adapter_run >= p["steps"] and p["enabled"]:
+                alerter.emit(
+                    out,
+                    p,
+                    "adapter_grad_vanishing",
+                    p["severity"],
+                    step,
+                    [],
+                    ts,
+                    f"LoRA adapter gradient norm of {label} has been {fmt(a)} for {self.adapter_run} steps with "
+                    f"the backbone frozen (step {step}): the adapters are not learning, check that they are "
+                    "attached to the right modules, marked trainable and that the learning rate is not zero.",
+                    {
+                        "grad_norm_adapter": a,
+                        "grad_norm_backbone": b,
+                        "window_median": med,
+                        "consecutive_steps": self.adapter_run,
+                    },
+                    warmup=warmup,
+                )
             return
         self.adapter_run = 0
         if not warmup and is_finite(a):
