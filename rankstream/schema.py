@@ -136,16 +136,24 @@ def _is_number(value: Any) -> bool:
     return t is float or t is int
 
 
-def _require_int(obj: Mapping[str, Any], key: str, minimum: int, maximum: int = MAX_INT64) -> int:
+def require_int(
+    obj: Mapping[str, Any],
+    key: str,
+    minimum: int = -MAX_INT64,
+    maximum: int = MAX_INT64,
+    error: type[InvalidEvent] = InvalidEvent,
+) -> int:
+    """``obj[key]`` as an integer in [minimum, maximum] (the 64-bit range the store holds by
+    default), else ``error`` with a one-line reason. Shared by the event and the sink validators."""
     value = obj.get(key)
     if not _is_int(value):
         if value is None:
-            raise InvalidEvent(f"missing field {key!r}")
-        raise InvalidEvent(f"field {key!r} must be an integer, got {type(value).__name__}")
+            raise error(f"missing field {key!r}")
+        raise error(f"field {key!r} must be an integer, got {type(value).__name__}")
     if value < minimum:
-        raise InvalidEvent(f"field {key!r} must be >= {minimum}, got {value}")
+        raise error(f"field {key!r} must be >= {minimum}, got {str(value)[:40]}")
     if value > maximum:
-        raise InvalidEvent(f"field {key!r} must be <= {maximum}, got {str(value)[:40]}")
+        raise error(f"field {key!r} must be <= {maximum}, got {str(value)[:40]}")
     return value
 
 
@@ -213,15 +221,15 @@ def validate_event(obj: Any) -> dict[str, Any]:
         raise InvalidEvent(f"run_id longer than {MAX_ID_CHARS} characters")
     world_size = get("world_size")
     if type(world_size) is not int or world_size < 1 or world_size > MAX_WORLD_SIZE:
-        world_size = _require_int(obj, "world_size", 1, MAX_WORLD_SIZE)
+        world_size = require_int(obj, "world_size", 1, MAX_WORLD_SIZE)
     rank = get("rank")
     if type(rank) is not int or rank < 0:
-        rank = _require_int(obj, "rank", 0)
+        rank = require_int(obj, "rank", 0)
     if rank >= world_size:
         raise InvalidEvent(f"rank {rank} out of range for world_size {world_size}")
     seq = get("seq")
     if type(seq) is not int or seq < 0 or seq > MAX_INT64:
-        seq = _require_int(obj, "seq", 0)
+        seq = require_int(obj, "seq", 0)
     ts = get("ts")
     t = type(ts)
     if t is float:
@@ -234,7 +242,7 @@ def validate_event(obj: Any) -> dict[str, Any]:
     step = get("step", -1)
     if kind == "step" or kind == "heartbeat" or kind == "eval":
         if type(step) is not int or step < 0 or step > MAX_INT64:
-            step = _require_int(obj, "step", 0)
+            step = require_int(obj, "step", 0)
     elif type(step) is not int:
         raise InvalidEvent(f"field 'step' must be an integer, got {type(step).__name__}")
     elif step < -MAX_INT64 or step > MAX_INT64:

@@ -15,7 +15,7 @@ from itertools import chain, repeat
 from operator import itemgetter
 from typing import Any
 
-from rankstream.schema import MAX_INT64, MAX_WORLD_SIZE, InvalidEvent, dumps
+from rankstream.schema import MAX_INT64, MAX_WORLD_SIZE, InvalidEvent, dumps, require_int
 from rankstream.sinks.tables import COLUMNS, column_names
 
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
@@ -267,14 +267,7 @@ class RunCache:
 
 def _int(obj: dict[str, Any], key: str, minimum: int = -MAX_INT64, maximum: int = MAX_INT64) -> int:
     """An integer in [minimum, maximum]: out-of-range values would fail the insert forever, not just once."""
-    value = obj.get(key)
-    if type(value) is not int:
-        raise InvalidRecord(f"field {key!r} must be an integer, got {type(value).__name__}")
-    if value < minimum:
-        raise InvalidRecord(f"field {key!r} must be >= {minimum}, got {str(value)[:40]}")
-    if value > maximum:
-        raise InvalidRecord(f"field {key!r} must be <= {maximum}, got {str(value)[:40]}")
-    return value
+    return require_int(obj, key, minimum, maximum, InvalidRecord)
 
 
 def _float(obj: dict[str, Any], key: str, *, finite: bool = False) -> float:
