@@ -88,7 +88,7 @@ def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | No
 
 @dataclass
 class Runtime:
-    """Mutable state of one worker process, shared by the agent, the timer and the signals."""
+    """Mutable state of one worker process, shared by the batch handler, the timer and the signals."""
 
     settings: Settings
     pipeline: Pipeline
@@ -97,7 +97,6 @@ class Runtime:
     state_loaded: set[int] = field(default_factory=set)
     state_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_stats: float = field(default_factory=time.monotonic)
-    publisher: Publisher | None = None
 
 
 def create_app(settings: Settings, rules: RulesConfig | None = None, *, group_id: str | None = None) -> faust.App:
@@ -136,9 +135,7 @@ def create_app(settings: Settings, rules: RulesConfig | None = None, *, group_id
     def ack(partition: int, offsets: Any) -> None:
         batch_drain.ack_offsets(app.consumer, TP(topics.events, partition), offsets)
 
-    publisher = runtime.publisher = Publisher(
-        topics, state_topic(settings), send, ack, is_assigned=runtime.state_loaded.__contains__
-    )
+    publisher = Publisher(topics, state_topic(settings), send, ack, is_assigned=runtime.state_loaded.__contains__)
 
     async def on_batch(tp: Any, records: list[Any]) -> None:
         if tp.partition not in runtime.state_loaded:
