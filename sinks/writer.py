@@ -1,13 +1,19 @@
-"""Column-oriented, deduplicated inserts of a :class:`~rankstream.sinks.records.Batch`.
+"""Column-oriented, idempotent inserts of a :class:`~rankstream.sinks.records.Batch`.
 
 Column names and types go with every insert, so clickhouse-connect skips its
 per-insert DESCRIBE. ``LowCardinality(String)`` columns are sent as plain
 ``String`` (the Native input format converts them on the server, in C++):
 clickhouse-connect would otherwise build each column's dictionary with a
-Python loop over every value, the costliest step of an insert. Each table
-insert carries an ``insert_deduplication_token`` derived from the Kafka offset
-ranges of the batch: retrying a batch whose insert actually landed (timeout, connection reset) is dropped by the store
-instead of duplicated (the tables set ``non_replicated_deduplication_window``).
+Python loop over every value, the costliest step of an insert.
+
+Idempotence comes from the tables (ReplacingMergeTree on natural keys, read
+with FINAL), not from insert-level deduplication: the non-replicated
+deduplication log remembers a block id before its rows are committed, so a
+retry after a crash between the two would be dropped (migration 0002 turns it
+off). Each insert still carries an ``insert_deduplication_token`` from the
+batch's Kafka offset ranges, which Replicated tables on a cluster use safely,
+and ``async_insert=0``, so an acknowledged insert is a committed part even on
+a server whose profile enables asynchronous inserts without waiting for them.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ def batch_token(ranges: Mapping[tuple[str, int], tuple[int, int]]) -> str:
 
 
 def insert_batch(client: Any, batch: Batch, token: str) -> int:
-    """Insert every non-empty table of ``batch``; returns the rows written. Idempotent per token."""
+    """Insert every non-empty table of ``batch``; returns the rows written. A retry adds rows that FINAL collapses."""
     written = 0
     for table in TABLE_ORDER:
         n = batch.count(table)
@@ -64,7 +70,7 @@ def insert_batch(client: Any, batch: Batch, token: str) -> int:
             column_names=_COLUMN_NAMES[table],
             column_type_names=_WIRE_TYPES[table],
             column_oriented=True,
-            settings={"insert_deduplication_token": f"{token}:{table}"},
+            settings={"insert_deduplication_token": f"{token}:{table}", "async_insert": 0},
         )
         written += n
     return written
