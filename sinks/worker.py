@@ -11,6 +11,9 @@ Thin shell around :mod:`rankstream.sinks.records` (pure conversion) and
 * while the store is down or slow, consumption pauses (memory stays bounded by two
   batches: the one being inserted and the one being filled), the insert is retried
   with backoff, and one log line marks each change;
+* rows the store refuses for their data (a constraint, a value a column cannot hold)
+  are not an outage: the batch is inserted in halves around them, and the refused
+  messages go to the dead-letter topic with the store's reason (:mod:`.rejections`);
 * with a ``chdb://`` DSN this process owns the store and serves its HTTP interface.
 
 A batch is flushed when it holds ``batch_rows`` rows, when its first message is
@@ -48,6 +51,7 @@ from rankstream.sinks.records import (
     validate_alert,
     validate_step,
 )
+from rankstream.sinks.rejections import Rejected, find_rejected, rejection_reason
 from rankstream.sinks.store import StoreError, open_store, parse_dsn
 from rankstream.sinks.writer import batch_token, insert_batch, lookup_runs, prepare_client
 
@@ -72,6 +76,7 @@ class SinkStats:
     batches: int = 0
     rows_written: int = 0
     dlq: int = 0
+    rejected: int = 0  # messages the store refused for their data (also counted in dlq)
     outages: int = 0
     max_buffered_rows: int = 0
     committed: dict[str, int] = field(default_factory=dict)
@@ -80,6 +85,7 @@ class SinkStats:
 @dataclass
 class _Pending:
     items: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    origins: list[Any] = field(default_factory=list)  # the consumer record of each item (for the DLQ)
     dlq: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     ranges: dict[tuple[str, int], list[int]] = field(default_factory=dict)
     rows: int = 0
@@ -289,9 +295,12 @@ class SinkWorker:
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
         self._flush(deadline=deadline, wait=True)
         log.info(
-            "sink: stopped after %d batches, %d rows, at most %d rows buffered (plus the batch being inserted)",
+            "sink: stopped after %d batches, %d rows, %d message(s) to the dead-letter topic (%d refused by the "
+            "store), at most %d rows buffered (plus the batch being inserted)",
             self.stats.batches,
             self.stats.rows_written,
+            self.stats.dlq,
+            self.stats.rejected,
             self.stats.max_buffered_rows,
         )
 
@@ -329,6 +338,7 @@ class SinkWorker:
             if topic == events:
                 event = decode_event(raw)
                 pending.items.append(("event", event))
+                pending.origins.append(record)
                 pending.rows += 1 + len(event["metrics"])
             else:
                 try:
@@ -338,9 +348,11 @@ class SinkWorker:
                 if topic == steps:
                     rec = validate_step(obj)
                     pending.items.append(("step", rec))
+                    pending.origins.append(record)
                     pending.rows += 1 + len(rec["metrics"])
                 else:
                     pending.items.append(("alert", validate_alert(obj)))
+                    pending.origins.append(record)
                     pending.rows += 1
         except InvalidEvent as exc:
             pending.dlq.append((record.key, dlq_record(raw or b"", exc.reason, topic, record.partition, record.offset)))
@@ -401,23 +413,60 @@ class SinkWorker:
         job = self._inflight
         if job is None:
             return
+        written = job.batch.rows
         try:
             first: list[Future[int]] = [job.future]
 
             def attempt() -> int:
                 if first:  # the background attempt counts as the first one (its failure is logged as usual)
-                    return first.pop().result()
-                return insert_batch(self._client, job.batch, job.token)
+                    return _refusal_raised(first.pop().result)
+                return _refusal_raised(lambda: insert_batch(self._client, job.batch, job.token))
 
-            self._with_store(attempt, "insert", deadline=deadline)
+            try:
+                self._with_store(attempt, "insert", deadline=deadline)
+            except Rejected as exc:
+                written = self._insert_around_refused(job, exc.reason, deadline)
             if job.pending.dlq:
                 self._send_dlq(job.pending.dlq, deadline)
             self._commit(job.ranges)
         finally:
             self._inflight = None  # inserted and committed, or dropped to be re-read
         self.stats.batches += 1
-        self.stats.rows_written += job.batch.rows
+        self.stats.rows_written += written
         self.stats.dlq += len(job.pending.dlq)
+
+    def _insert_around_refused(self, job: _InFlight, reason: str, deadline: float | None) -> int:
+        """Store the batch in halves around the messages the store refuses; queue those for the DLQ.
+
+        Returns the rows stored.
+        """
+        items, origins = job.pending.items, job.pending.origins
+        stored = [0]
+
+        def insert(lo: int, hi: int) -> None:
+            part = self._build(items[lo:hi])
+            self._with_store(
+                lambda: _refusal_raised(lambda: insert_batch(self._client, part, f"{job.token}:{lo}-{hi}")),
+                "insert",
+                deadline=deadline,
+            )
+            stored[0] += part.rows
+
+        refused = find_rejected(len(items), insert)
+        for index, why in refused:
+            record = origins[index]
+            job.pending.dlq.append(
+                (record.key, dlq_record(record.value or b"", why, record.topic, record.partition, record.offset))
+            )
+        self.stats.rejected += len(refused)
+        log.warning(
+            "sink: the store refused %d of %d message(s) of a batch (%s); sent to %s with the reason, the rest stored",
+            len(refused),
+            len(items),
+            refused[0][1] if refused else reason,
+            self.settings.topics.dlq,
+        )
+        return stored[0]
 
     def discard_pending(self) -> None:
         """Forget the uncommitted batch (after a rebalance its messages are re-read from the committed offsets)."""
@@ -545,6 +594,9 @@ class SinkWorker:
             except Exception as exc:
                 if isinstance(exc, _Stopped):
                     raise
+                if isinstance(exc, Rejected):  # the store answers again: refused rows are not an outage
+                    self._recovered(what, failing_since, pause)
+                    raise
                 if failing_since is None:
                     failing_since = time.monotonic()
                     self.stats.outages += 1
@@ -564,11 +616,16 @@ class SinkWorker:
                 self._keepalive(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
                 continue
-            if failing_since is not None:
-                log.info("sink: %s available again after %.1f s; resuming", what, time.monotonic() - failing_since)
-                if pause:
-                    self._pause(False)
+            self._recovered(what, failing_since, pause)
             return result
+
+    def _recovered(self, what: str, failing_since: float | None, pause: bool) -> None:
+        """After a failing stretch: one log line, and consumption resumes."""
+        if failing_since is None:
+            return
+        log.info("sink: %s available again after %.1f s; resuming", what, time.monotonic() - failing_since)
+        if pause:
+            self._pause(False)
 
     def _pause(self, paused: bool) -> None:
         consumer = self._consumer
@@ -612,6 +669,17 @@ def _merge_run(previous: dict[str, Any] | None, new: dict[str, Any]) -> dict[str
     if previous.get("status") not in ("running", None):
         merged["status"], merged["ended_at"] = previous["status"], previous.get("ended_at")
     return merged
+
+
+def _refusal_raised(insert: Any) -> int:
+    """Call ``insert``; a refusal of the data itself is raised as :class:`Rejected` (not retried)."""
+    try:
+        return insert()
+    except Exception as exc:
+        reason = rejection_reason(exc)
+        if reason is None:
+            raise
+        raise Rejected(reason) from exc
 
 
 def _one_line(exc: BaseException) -> str:

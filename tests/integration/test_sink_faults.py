@@ -7,6 +7,7 @@ line marks each state change, and the sink recovers by itself.
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 from pathlib import Path
@@ -22,6 +23,7 @@ from tests.integration.test_sink_support import (
     generate_run,
     http_client,
     produce_events,
+    read_topic,
     start_store,
     wait_until,
 )
@@ -117,3 +119,42 @@ def test_store_outage_pauses_then_recovers_without_loss(kafka: Settings, tmp_pat
             sink.stop()
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
+
+
+def test_rows_the_store_refuses_go_to_the_dlq_and_the_rest_is_stored(kafka: Settings, tmp_path: Path) -> None:
+    """A refusal that no retry can fix (a team's CHECK constraint) must not stall the sink or cost other rows."""
+    store = tmp_path / "store"
+    sink = SinkProcess(kafka, f"chdb://{store}", tmp_path / "sink.log", "--http-port", "0", "--batch-seconds", "0.2")
+    sink.start()
+    host, port = sink.wait_ready(store)
+    client = http_client(host, port)
+    client.command("ALTER TABLE rankstream.events ADD CONSTRAINT no_quarantined_host CHECK host != 'quarantined'")
+    events = generate_run("refused-a", 4, 200, team="nlp")
+    refused = {(e["rank"], e["seq"]) for e in events if e["kind"] == "step" and e["step"] in (17, 18, 150)}
+    for e in events:
+        if (e["rank"], e["seq"]) in refused:
+            e["host"] = "quarantined"
+    produce_events(kafka, events)
+    later = generate_run("refused-b", 4, 50, team="nlp", t0=1.7502e9)  # after the refusal: the sink goes on
+    produce_events(kafka, later)
+    stored = [e for e in events if (e["rank"], e["seq"]) not in refused] + later
+    wait_until(lambda: count(client, "events") == len(stored), "every row but the refused ones")
+    dead = read_topic(kafka, kafka.topics.dlq, expected=len(refused))
+    letters = [json.loads(r.value) for r in dead]
+    assert len(letters) == len(refused) == 12
+    originals = [json.loads(d["original"].encode("latin-1")) for d in letters]
+    assert {(o["rank"], o["seq"]) for o in originals} == refused
+    assert all(d["reason"].startswith("the store refused the rows: Constraint `no_quarantined_host`") for d in letters)
+    assert all(d["source_topic"] == kafka.topics.events and d["offset"] >= 0 for d in letters)
+    gone = _missing_seqs(client, events + later)
+    assert {run for run, _ in gone} == {"refused-a"}
+    assert {
+        (rank, seq) for (_, rank), spans in gone.items() for lo, hi in spans for seq in range(lo, hi + 1)
+    } == refused
+    metrics = sum(len(e["metrics"]) for e in stored)
+    assert count(client, "metrics") == metrics  # a refused event's metric rows are not stored either
+    client.close()
+    assert sink.stop() == 0
+    log = sink.log()
+    assert "the store refused" in log and "unavailable" not in log, log[-3000:]
+    assert f"{len(refused)} refused by the store" in log
