@@ -337,7 +337,11 @@ class Demo:
             alerts = client.query(
                 "SELECT count() FROM rankstream.alerts FINAL WHERE run_id = {r:String}", parameters={"r": self.run_id}
             ).result_rows[0][0]
-            if got >= want and alerts >= len(self.model.alert_ids):
+            summarized = client.query(  # a batch's step_metrics rows land a moment after its steps rows
+                "SELECT uniqExact(step) FROM rankstream.step_metrics FINAL WHERE run_id = {r:String}",
+                parameters={"r": self.run_id},
+            ).result_rows[0][0]
+            if got >= want and summarized >= want and alerts >= len(self.model.alert_ids):
                 return
             time.sleep(0.5)
 

@@ -87,7 +87,12 @@ def test_hf_trainer_two_ranks_through_the_whole_stack(kafka: Settings, tmp_path:
                 "WHERE run_id = {r:String} ORDER BY step",
                 parameters={"r": run_id},
             ).result_rows
-            return rows if len(rows) == MAX_STEPS else []
+            # a batch's step_metrics rows land a moment after its steps rows
+            loss_rows = client.command(
+                "SELECT count() FROM rankstream.step_metrics FINAL WHERE run_id = {r:String} AND metric = 'loss'",
+                parameters={"r": run_id},
+            )
+            return rows if len(rows) == MAX_STEPS and int(loss_rows) == MAX_STEPS else []
 
         steps = wait_until(aligned, "aligned steps of the HF run in the store", timeout_s=120)
         per_rank = client.query(

@@ -78,7 +78,7 @@ def loaded(kafka_broker: Settings, tmp_path_factory: pytest.TempPathFactory) -> 
     client = http_client(host, port)
     exp = expected_counts(events)
     wait_until(lambda: count(client, "metrics") == exp["metrics"] and count(client, "alerts") == 3, "all rows")
-    wait_until(lambda: count(client, "steps") == STEPS, "all steps")
+    wait_until(lambda: count(client, "steps") == STEPS and count(client, "step_metrics") == STEPS * 2, "all steps")
     try:
         yield Loaded(settings, store, sink, client, events, host, port)
     finally:
@@ -196,10 +196,14 @@ def test_clickhouse_connect_reads_while_the_sink_writes(loaded: Loaded) -> None:
     reader = http_client(loaded.host, loaded.port)
     produce_events(loaded.settings, extra[len(extra) // 2 :])
 
+    metric_rows = sum(len(e["metrics"]) for e in extra)
+
     def all_there() -> bool:
         n = int(reader.command("SELECT count() FROM rankstream.events WHERE run_id = 'run-live'"))
         seen.append(n)
-        return n == len(extra)
+        # a batch's metrics rows land a moment after its events rows
+        m = int(reader.command("SELECT count() FROM rankstream.metrics WHERE run_id = 'run-live'"))
+        return n == len(extra) and m == metric_rows
 
     wait_until(all_there, "the live run", interval_s=0.05)
     assert seen == sorted(seen)  # counts only grow while we read

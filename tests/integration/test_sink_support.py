@@ -245,6 +245,14 @@ def count(client: Any, table: str, where: str = "") -> int:
     return int(client.command(f"SELECT count() FROM rankstream.{table} FINAL {where}"))
 
 
+def stored_counts(client: Any) -> dict[str, int]:
+    """What :func:`expected_counts` describes, as the store has it now (FINAL).
+
+    Wait on both tables: a batch's ``events`` rows become visible a moment before its ``metrics`` rows.
+    """
+    return {"events": count(client, "events"), "metrics": count(client, "metrics")}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
