@@ -43,11 +43,12 @@ def replay(events: Iterable[dict]) -> Output:
 class WorkerProcess:
     """A `rankstream worker` subprocess with its log in a file; stopped by its PID."""
 
-    def __init__(self, settings: Settings, log_path: Path, *, group: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, log_path: Path, *, group: str | None = None, entry: list[str] | None = None
+    ) -> None:
+        """``entry`` replaces ``python -m rankstream.cli`` (a wrapper script that injects a fault)."""
         cmd = [
-            sys.executable,
-            "-m",
-            "rankstream.cli",
+            *(entry or [sys.executable, "-m", "rankstream.cli"]),
             "worker",
             "--bootstrap",
             settings.bootstrap_servers,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -177,3 +178,41 @@ def test_malformed_messages_go_to_dlq_with_reasons(kafka: Settings, tmp_path: Pa
     assert loads(out_of_range["original"].encode("latin-1"))["rank"] >= 4
     assert step_keys(steps) == step_keys(expected.steps)
     assert all(s["complete"] for s in steps)
+
+
+FAILING_PUBLISHER = """
+import runpy, sys
+import rankstream.stream_jobs.publisher as publisher
+
+async def publish(self, result):
+    raise RuntimeError("injected publisher failure")
+
+publisher.Publisher.publish = publish
+sys.argv = ["rankstream", *sys.argv[1:]]
+runpy.run_module("rankstream.cli", run_name="__main__")
+"""
+
+
+def test_a_publisher_failure_ends_the_worker_and_a_restart_loses_no_step(kafka: Settings, tmp_path: Path) -> None:
+    """An unexpected error while publishing must not leave a worker that consumes nothing (a silent outage
+    of the monitoring): the worker exits non-zero, nothing it did not publish was committed, and a
+    restarted worker publishes every step."""
+    runs = [generate_run(f"run-f{i}", world_size=4, steps=100, seed=50 + i) for i in range(3)]
+    events = [e for run in runs for e in run]
+    expected = replay(events)
+    produce(kafka, events)
+    wrapper = tmp_path / "failing_worker.py"
+    wrapper.write_text(FAILING_PUBLISHER)
+    failing = WorkerProcess(kafka, tmp_path / "failing.log", entry=[sys.executable, str(wrapper)])
+    try:
+        code = failing.proc.wait(120)
+    finally:
+        failing.stop()
+    assert code != 0 and "injected publisher failure" in failing.log(), failing.log()[-3000:]
+    worker = WorkerProcess(kafka, tmp_path / "worker.log")
+    try:
+        steps = collect(kafka, kafka.topics.steps, lambda r: step_keys(r) >= step_keys(expected.steps), 150)
+    finally:
+        assert worker.stop() == 0, worker.log()
+    missing = step_keys(expected.steps) - step_keys(steps)
+    assert not missing, f"{len(missing)} steps lost, e.g. {sorted(missing)[:5]}"
