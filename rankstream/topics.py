@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 DEFAULT_PREFIX = "rankstream"
 
+#: Kafka header of an event re-sent from the dead-letter topic for the sink alone (``rankstream dlq
+#: --redrive``): the store had refused it, the stream worker had already aligned it, so the worker skips it.
+SINK_ONLY_HEADER = "rankstream-sink-only"
+
 
 @dataclass(frozen=True, slots=True)
 class Topics:

@@ -36,6 +36,10 @@ DATA_ERROR_CODES: frozenset[int] = frozenset(
     }
 )
 
+#: How every refusal reason starts: ``rankstream dlq --redrive`` re-sends only these letters.
+REFUSED_BY_SERVER = "the store refused the rows: "
+REFUSED_BY_CLIENT = "the store client cannot encode the rows: "
+
 _CODE = re.compile(r"Code: (\d+)\.")
 _EXCEPTION_TEXT = re.compile(r"DB::Exception: (.*?)(?: \(version [^)]*\))?$")
 _ENCODING_ERRORS = (ValueError, TypeError, OverflowError, struct.error)
@@ -54,13 +58,18 @@ def rejection_reason(exc: BaseException) -> str | None:
     from clickhouse_connect.driver.exceptions import DatabaseError, DataError
 
     if isinstance(exc, (DataError, *_ENCODING_ERRORS)):
-        return f"the store client cannot encode the rows: {_first_line(exc)}"
+        return REFUSED_BY_CLIENT + _first_line(exc)
     if isinstance(exc, DatabaseError):
         text = str(exc)
         match = _CODE.search(text)
         if match and int(match.group(1)) in DATA_ERROR_CODES:
-            return f"the store refused the rows: {_server_message(text, match.end())}"
+            return REFUSED_BY_SERVER + _server_message(text, match.end())
     return None
+
+
+def is_refusal(reason: str) -> bool:
+    """Whether a dead letter's reason is the store refusing the rows (not invalid input)."""
+    return reason.startswith((REFUSED_BY_SERVER, REFUSED_BY_CLIENT))
 
 
 def find_rejected(count: int, insert: Callable[[int, int], None]) -> list[tuple[int, str]]:

@@ -15,12 +15,13 @@ and a restarted worker re-reads and rebuilds pending alignment from the log.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from rankstream.schema import InvalidEvent, decode_event, dlq_record
 from rankstream.stream_jobs.core import Engine, RulesConfig
+from rankstream.topics import SINK_ONLY_HEADER
 
 #: A held message older than this (wall seconds) is released even if the core
 #: never released its step (e.g. the run was evicted), so offsets cannot stall.
@@ -45,6 +46,8 @@ class Consumed(Protocol):
     def key(self) -> bytes | None: ...
     @property
     def value(self) -> bytes: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
 
 
 @dataclass(slots=True)
@@ -55,6 +58,7 @@ class Item:
     offset: int
     key: bytes | None
     value: bytes
+    headers: Sequence[tuple[str, bytes]] = ()
 
 
 #: A message the shell may acknowledge: (partition, offset).
@@ -103,7 +107,14 @@ class Pipeline:
         self._max_hold_s = max_hold_s
         self._wall = wall_clock
         self._partitions: dict[int, _PartitionState] = {}
-        self.stats: dict[str, int] = {"events": 0, "invalid": 0, "steps": 0, "alerts": 0, "forced_acks": 0}
+        self.stats: dict[str, int] = {
+            "events": 0,
+            "invalid": 0,
+            "steps": 0,
+            "alerts": 0,
+            "forced_acks": 0,
+            "sink_only": 0,
+        }
 
     # ----------------------------------------------------------------- partitions
 
@@ -137,6 +148,10 @@ class Pipeline:
         now_wall = self._wall()
         dirty: set[tuple[int, str]] = set()
         for item in items:
+            if item.headers and _sink_only(item.headers):  # re-sent for the sink; aligned long ago
+                self.stats["sink_only"] += 1
+                result.ackable.append((item.partition, item.offset))
+                continue
             try:
                 event = decode_event(item.value)
             except InvalidEvent as exc:
@@ -239,3 +254,8 @@ class Pipeline:
                 result.state[(partition, run_id)] = ps.engine.export_state(run_id)
         self.stats["steps"] += len(result.steps)
         self.stats["alerts"] += len(result.alerts)
+
+
+def _sink_only(headers: Sequence[tuple[str, bytes]]) -> bool:
+    """Whether a message carries :data:`~rankstream.topics.SINK_ONLY_HEADER` (``rankstream dlq --redrive``)."""
+    return any(name == SINK_ONLY_HEADER for name, _ in headers)

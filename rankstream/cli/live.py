@@ -16,12 +16,10 @@ from rankstream.config import Settings
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 
 
-def _records(settings: Settings, topic: str, *, follow: bool, idle_s: float = 1.5) -> Iterator[dict[str, Any]]:
-    """Records of ``topic`` from the beginning; without ``follow`` stop once caught up."""
+def consume(settings: Settings, topic: str, *, follow: bool, idle_s: float = 1.5) -> Iterator[Any]:
+    """Kafka records of ``topic`` from the beginning; without ``follow`` stop once caught up."""
     from kafka import KafkaConsumer
     from kafka.errors import KafkaError
-
-    from rankstream.schema import loads
 
     try:
         consumer = KafkaConsumer(topic, auto_offset_reset="earliest", **settings.kafka_python_kwargs())
@@ -32,11 +30,7 @@ def _records(settings: Settings, topic: str, *, follow: bool, idle_s: float = 1.
         while True:
             batch = consumer.poll(timeout_ms=300)
             for records in batch.values():
-                for record in records:
-                    try:
-                        yield loads(record.value)
-                    except ValueError:
-                        continue
+                yield from records
             if batch:
                 last_data = time.monotonic()
             elif not follow and consumer.assignment() and time.monotonic() - last_data > idle_s:
@@ -45,6 +39,17 @@ def _records(settings: Settings, topic: str, *, follow: bool, idle_s: float = 1.
                     return
     finally:
         consumer.close()
+
+
+def _records(settings: Settings, topic: str, *, follow: bool) -> Iterator[dict[str, Any]]:
+    """The JSON documents of ``topic`` (see :func:`consume`); anything else is skipped."""
+    from rankstream.schema import loads
+
+    for record in consume(settings, topic, follow=follow):
+        try:
+            yield loads(record.value)
+        except (ValueError, TypeError):  # not JSON, or an empty message
+            continue
 
 
 def alerts(

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from rankstream.config import Settings
 from tests.integration.test_sink_support import (
+    RANKSTREAM,
     SinkProcess,
     count,
     expected_counts,
@@ -158,3 +160,34 @@ def test_rows_the_store_refuses_go_to_the_dlq_and_the_rest_is_stored(kafka: Sett
     log = sink.log()
     assert "the store refused" in log and "unavailable" not in log, log[-3000:]
     assert f"{len(refused)} refused by the store" in log
+
+
+def test_refused_rows_are_stored_once_the_cause_is_fixed_and_they_are_redriven(kafka: Settings, tmp_path: Path) -> None:
+    """The way back from the DLQ: drop the constraint, ``rankstream dlq --redrive``, and every seq is stored."""
+    store = tmp_path / "store"
+    args = ("--http-port", "0", "--batch-seconds", "0.2")
+    sink = SinkProcess(kafka, f"chdb://{store}", tmp_path / "sink.log", *args).start()
+    host, port = sink.wait_ready(store)
+    client = http_client(host, port)
+    client.command("ALTER TABLE rankstream.events ADD CONSTRAINT no_quarantined_host CHECK host != 'quarantined'")
+    events = generate_run("redrive", 2, 50, team="nlp")
+    quarantined = [e for e in events if e["kind"] == "step" and e["step"] in (5, 6)]
+    for e in quarantined:
+        e["host"] = "quarantined"
+    produce_events(kafka, events)
+    wait_until(
+        lambda: len(read_topic(kafka, kafka.topics.dlq, expected=len(quarantined), timeout_s=2)) == len(quarantined),
+        "DLQ",
+    )
+    client.command("ALTER TABLE rankstream.events DROP CONSTRAINT no_quarantined_host")
+    redriven = subprocess.run(
+        [RANKSTREAM, "dlq", "--redrive", "--bootstrap", kafka.bootstrap_servers, "--prefix", kafka.topic_prefix],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert redriven.returncode == 0 and f"re-sent {len(quarantined)} message(s)" in redriven.stdout, (
+        redriven.stdout + redriven.stderr
+    )
+    wait_until(lambda: stored_counts(client) == expected_counts(events), "every row after the redrive")
+    assert _missing_seqs(client, events) == {}
+    client.close()
+    assert sink.stop() == 0

@@ -6,6 +6,7 @@ from rankstream.schema import dumps, validate_event
 from rankstream.stream_jobs.core import Engine
 from rankstream.stream_jobs.pipeline import Item, Pipeline
 from rankstream.synthetic import Fault, generate_run
+from rankstream.topics import SINK_ONLY_HEADER
 
 
 def _items(events: list[dict], partition: int = 0, start: int = 0) -> list[Item]:
@@ -137,3 +138,19 @@ def test_takeover_after_committed_heartbeats_still_aligns_at_once() -> None:
     assert [s["step"] for s in out.steps] == list(range(30, 60))
     assert all(s["complete"] for s in out.steps)
     assert taker.engine_stats()["late_events"] == 0
+
+
+def test_events_redriven_for_the_sink_alone_are_acked_and_not_aligned_again() -> None:
+    """``rankstream dlq --redrive`` re-sends events the store refused; the worker aligned them long ago."""
+    events = generate_run("r", world_size=2, steps=3, seed=4)
+    marked = [
+        Item(0, i, e["run_id"].encode(), dumps(e), headers=[(SINK_ONLY_HEADER, b"1")]) for i, e in enumerate(events)
+    ]
+    pipeline = Pipeline()
+    result = pipeline.process(marked)
+    assert result.steps == [] and result.alerts == [] and result.dlq == []
+    assert _offsets(result.ackable) == list(range(len(events)))
+    assert pipeline.stats["sink_only"] == len(events) and pipeline.stats["events"] == 0
+    assert pipeline.held_count() == 0
+    plain = pipeline.process(_items(events, start=len(events)))  # the same events unmarked are aligned as usual
+    assert [s["step"] for s in plain.steps] == [0, 1, 2]
