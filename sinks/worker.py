@@ -338,7 +338,6 @@ class SinkWorker:
             if topic == events:
                 event = decode_event(raw)
                 pending.items.append(("event", event))
-                pending.origins.append(record)
                 pending.rows += 1 + len(event["metrics"])
             else:
                 try:
@@ -348,14 +347,14 @@ class SinkWorker:
                 if topic == steps:
                     rec = validate_step(obj)
                     pending.items.append(("step", rec))
-                    pending.origins.append(record)
                     pending.rows += 1 + len(rec["metrics"])
                 else:
                     pending.items.append(("alert", validate_alert(obj)))
-                    pending.origins.append(record)
                     pending.rows += 1
         except InvalidEvent as exc:
             pending.dlq.append((record.key, dlq_record(raw or b"", exc.reason, topic, record.partition, record.offset)))
+        else:  # one item was added
+            pending.origins.append(record)
         self.stats.max_buffered_rows = max(self.stats.max_buffered_rows, pending.rows)
 
     # ------------------------------------------------------------------ flushing
@@ -420,7 +419,7 @@ class SinkWorker:
             def attempt() -> int:
                 if first:  # the background attempt counts as the first one (its failure is logged as usual)
                     return _refusal_raised(first.pop().result)
-                return _refusal_raised(lambda: insert_batch(self._client, job.batch, job.token))
+                return self._insert_or_refuse(job.batch, job.token)
 
             try:
                 self._with_store(attempt, "insert", deadline=deadline)
@@ -441,16 +440,15 @@ class SinkWorker:
         Returns the rows stored.
         """
         items, origins = job.pending.items, job.pending.origins
-        stored = [0]
+        stored = 0
 
         def insert(lo: int, hi: int) -> None:
+            nonlocal stored
             part = self._build(items[lo:hi])
             self._with_store(
-                lambda: _refusal_raised(lambda: insert_batch(self._client, part, f"{job.token}:{lo}-{hi}")),
-                "insert",
-                deadline=deadline,
+                lambda: self._insert_or_refuse(part, f"{job.token}:{lo}-{hi}"), "insert", deadline=deadline
             )
-            stored[0] += part.rows
+            stored += part.rows
 
         refused = find_rejected(len(items), insert)
         for index, why in refused:
@@ -466,7 +464,11 @@ class SinkWorker:
             refused[0][1] if refused else reason,
             self.settings.topics.dlq,
         )
-        return stored[0]
+        return stored
+
+    def _insert_or_refuse(self, batch: Batch, token: str) -> int:
+        """One insert attempt; a refusal of the rows themselves is raised as :class:`Rejected`."""
+        return _refusal_raised(lambda: insert_batch(self._client, batch, token))
 
     def discard_pending(self) -> None:
         """Forget the uncommitted batch (after a rebalance its messages are re-read from the committed offsets)."""

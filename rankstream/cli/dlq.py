@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from rankstream.cli.common import EXIT_SERVICE, BootstrapOpt, PrefixOpt, fail, load_settings
-from rankstream.cli.live import consume
+from rankstream.cli.live import documents
 from rankstream.sinks.rejections import is_refusal
 from rankstream.topics import SINK_ONLY_HEADER
 
@@ -53,14 +53,14 @@ def dlq(
     wanted = reason.lower() if reason else None
     reasons: Counter[str] = Counter()
     selected: list[tuple[bytes | None, dict[str, Any]]] = []
-    for record in consume(settings, settings.topics.dlq, follow=follow):
-        letter = _letter(record.value)
-        if letter is None:
+    for record, letter in documents(settings, settings.topics.dlq, follow=follow):
+        if not isinstance(letter, dict) or "reason" not in letter:
+            continue  # not a dead letter as rankstream.schema.dlq_record writes it
+        why = str(letter["reason"])
+        if wanted and wanted not in why.lower():
             continue
-        if wanted and wanted not in str(letter.get("reason", "")).lower():
-            continue
-        reasons[_reason_kind(str(letter.get("reason", "")))] += 1
-        if redrive and is_refusal(str(letter.get("reason", ""))):
+        reasons[_reason_kind(why)] += 1
+        if redrive and is_refusal(why):
             selected.append((record.key, letter))
         if output == "json":
             print(json.dumps(letter), flush=True)
@@ -86,17 +86,6 @@ def dlq(
                 markup=False,
                 soft_wrap=True,
             )
-
-
-def _letter(value: bytes | None) -> dict[str, Any] | None:
-    """A dead letter as the worker and the sink write it (``rankstream.schema.dlq_record``), else ``None``."""
-    from rankstream.schema import loads
-
-    try:
-        letter = loads(value)
-    except (ValueError, TypeError):
-        return None
-    return letter if isinstance(letter, dict) and "reason" in letter else None
 
 
 def _reason_kind(reason: str) -> str:

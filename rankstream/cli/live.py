@@ -41,15 +41,21 @@ def consume(settings: Settings, topic: str, *, follow: bool, idle_s: float = 1.5
         consumer.close()
 
 
-def _records(settings: Settings, topic: str, *, follow: bool) -> Iterator[dict[str, Any]]:
-    """The JSON documents of ``topic`` (see :func:`consume`); anything else is skipped."""
+def documents(settings: Settings, topic: str, *, follow: bool) -> Iterator[tuple[Any, Any]]:
+    """``(record, JSON document)`` of ``topic`` (see :func:`consume`); messages that are not JSON are skipped."""
     from rankstream.schema import loads
 
     for record in consume(settings, topic, follow=follow):
         try:
-            yield loads(record.value)
+            yield record, loads(record.value)
         except (ValueError, TypeError):  # not JSON, or an empty message
             continue
+
+
+def _records(settings: Settings, topic: str, *, follow: bool) -> Iterator[dict[str, Any]]:
+    """The JSON documents of ``topic``."""
+    for _, doc in documents(settings, topic, follow=follow):
+        yield doc
 
 
 def alerts(

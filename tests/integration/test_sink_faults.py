@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -124,19 +125,29 @@ def test_store_outage_pauses_then_recovers_without_loss(kafka: Settings, tmp_pat
         server.wait(timeout=60)
 
 
-def test_rows_the_store_refuses_go_to_the_dlq_and_the_rest_is_stored(kafka: Settings, tmp_path: Path) -> None:
-    """A refusal that no retry can fix (a team's CHECK constraint) must not stall the sink or cost other rows."""
+def _sink_refusing_quarantined_hosts(kafka: Settings, tmp_path: Path) -> tuple[SinkProcess, Any]:
+    """A sink on a fresh store whose ``events`` table refuses rows from host 'quarantined' (a team's constraint)."""
     store = tmp_path / "store"
     sink = SinkProcess(kafka, f"chdb://{store}", tmp_path / "sink.log", "--http-port", "0", "--batch-seconds", "0.2")
-    sink.start()
-    host, port = sink.wait_ready(store)
+    host, port = sink.start().wait_ready(store)
     client = http_client(host, port)
     client.command("ALTER TABLE rankstream.events ADD CONSTRAINT no_quarantined_host CHECK host != 'quarantined'")
+    return sink, client
+
+
+def _quarantine(events: list[dict], steps: tuple[int, ...]) -> list[dict]:
+    """Move the step events of ``steps`` to host 'quarantined'; returns them."""
+    moved = [e for e in events if e["kind"] == "step" and e["step"] in steps]
+    for e in moved:
+        e["host"] = "quarantined"
+    return moved
+
+
+def test_rows_the_store_refuses_go_to_the_dlq_and_the_rest_is_stored(kafka: Settings, tmp_path: Path) -> None:
+    """A refusal that no retry can fix (a team's CHECK constraint) must not stall the sink or cost other rows."""
+    sink, client = _sink_refusing_quarantined_hosts(kafka, tmp_path)
     events = generate_run("refused-a", 4, 200, team="nlp")
-    refused = {(e["rank"], e["seq"]) for e in events if e["kind"] == "step" and e["step"] in (17, 18, 150)}
-    for e in events:
-        if (e["rank"], e["seq"]) in refused:
-            e["host"] = "quarantined"
+    refused = {(e["rank"], e["seq"]) for e in _quarantine(events, (17, 18, 150))}
     produce_events(kafka, events)
     later = generate_run("refused-b", 4, 50, team="nlp", t0=1.7502e9)  # after the refusal: the sink goes on
     produce_events(kafka, later)
@@ -164,16 +175,9 @@ def test_rows_the_store_refuses_go_to_the_dlq_and_the_rest_is_stored(kafka: Sett
 
 def test_refused_rows_are_stored_once_the_cause_is_fixed_and_they_are_redriven(kafka: Settings, tmp_path: Path) -> None:
     """The way back from the DLQ: drop the constraint, ``rankstream dlq --redrive``, and every seq is stored."""
-    store = tmp_path / "store"
-    args = ("--http-port", "0", "--batch-seconds", "0.2")
-    sink = SinkProcess(kafka, f"chdb://{store}", tmp_path / "sink.log", *args).start()
-    host, port = sink.wait_ready(store)
-    client = http_client(host, port)
-    client.command("ALTER TABLE rankstream.events ADD CONSTRAINT no_quarantined_host CHECK host != 'quarantined'")
+    sink, client = _sink_refusing_quarantined_hosts(kafka, tmp_path)
     events = generate_run("redrive", 2, 50, team="nlp")
-    quarantined = [e for e in events if e["kind"] == "step" and e["step"] in (5, 6)]
-    for e in quarantined:
-        e["host"] = "quarantined"
+    quarantined = _quarantine(events, (5, 6))
     produce_events(kafka, events)
     wait_until(
         lambda: len(read_topic(kafka, kafka.topics.dlq, expected=len(quarantined), timeout_s=2)) == len(quarantined),
