@@ -27,8 +27,8 @@ from typing import Any
 
 from rankstream.config import Settings
 from rankstream.producer.events import EventEncoder
+from rankstream.producer import kafka_io
 from rankstream.producer.kafka_io import (
-    BOOTSTRAP_TIMEOUT_MS,
     DeliveryError,
     close_producer,
     deliver,
@@ -78,6 +78,7 @@ class Pipeline:
             "replayed": 0,
             "overflow": 0,
             "connects": 0,
+            "connect_attempts": 0,
             "send_failures": 0,
             "producer_recreated": 0,
         }
@@ -91,7 +92,6 @@ class Pipeline:
         self._deadline = float("inf")
         self._abandoned = False
         self._outage = False
-        self._connect_failed_while_closing = False
         self._orphans: Iterator[Spool] | None = None
         self._orphan: Spool | None = None
         self._orphans_done = False
@@ -255,13 +255,12 @@ class Pipeline:
             )
 
     def _connect(self) -> None:
+        self.counts["connect_attempts"] += 1
         try:
             self._producer = make_producer(self.settings, client_id=self.client_id)
         except Exception as exc:
             self._producer = None
             self.last_error = describe(exc)
-            if self._closing:
-                self._connect_failed_while_closing = True
             self._schedule_retry(self.last_error)
             return
         if self.counts["connects"]:
@@ -273,12 +272,14 @@ class Pipeline:
             self._outage = False
 
     def _may_connect(self) -> bool:
-        if time.monotonic() < self._next_connect:
+        now = time.monotonic()
+        if now < self._next_connect:
             return False
-        if not self._closing:
-            return True
-        left = self._deadline - time.monotonic()
-        return not self._connect_failed_while_closing and left > BOOTSTRAP_TIMEOUT_MS / 1000 + 1.0
+        return not self._closing or self._connect_fits_before_deadline(now)
+
+    def _connect_fits_before_deadline(self, at: float) -> bool:
+        """While closing: a connect attempt started at ``at`` can still finish before the deadline."""
+        return self._deadline - at > kafka_io.BOOTSTRAP_TIMEOUT_MS / 1000 + 1.0
 
     def _maintain(self) -> bool:
         """One unit of background work (connect, replay a chunk); True when it did something."""
@@ -337,7 +338,9 @@ class Pipeline:
 
     def _done_closing(self) -> bool:
         if self._producer is None:
-            return not self._may_connect()
+            # A reconnect waiting on its backoff is not a reason to give up: keep trying until the
+            # deadline leaves no room for another attempt (then the rest stays in the spool).
+            return not self._connect_fits_before_deadline(max(time.monotonic(), self._next_connect))
         return not self._inflight and not self.spool.pending
 
     def _finish(self) -> None:

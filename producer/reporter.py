@@ -272,6 +272,7 @@ class Reporter:
             "queued": len(self._queue),
             "spool_pending": self.spool.pending,
             "connects": p["connects"],
+            "connect_attempts": p["connect_attempts"],
             "send_failures": p["send_failures"],
             "producer_recreated": p["producer_recreated"],
         }

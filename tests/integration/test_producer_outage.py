@@ -90,3 +90,44 @@ def test_broker_restart_mid_run_loses_nothing(private_broker: Settings, tmp_path
     assert missing == []
     assert {e["step"] for e in events if e["kind"] == "step"} == set(range(steps[0]))
     assert max(e["seq"] for e in events) == stats["enqueued"] - 1
+
+
+def test_close_reconnects_when_the_broker_returns_after_the_job(private_broker: Settings, tmp_path: Path) -> None:
+    """The job ends during an outage; close() keeps reconnecting and delivers the spool once the broker is back."""
+    reporter = Reporter(
+        "late-broker-run",
+        settings=private_broker,
+        spool_dir=tmp_path / "spool",
+        rank=0,
+        world_size=1,
+        max_events_per_s=0,
+        heartbeat_s=0,
+    )
+    reporter.log(0, loss=1.0)
+    deadline = time.monotonic() + 30
+    while reporter.stats["sent"] < 2 and time.monotonic() < deadline:  # run_start + step 0 acked
+        time.sleep(0.05)
+    assert reporter.stats["sent"] >= 2, reporter.stats
+    stop_broker(private_broker)
+    for step in range(1, 300):
+        reporter.log(step, loss=1.0 / (step + 1))
+    deadline = time.monotonic() + 30
+    while reporter.stats["spooled"] == 0 and time.monotonic() < deadline:  # the outage was noticed
+        time.sleep(0.05)
+    assert reporter.stats["spooled"] > 0, reporter.stats
+
+    restarter = threading.Timer(3.0, start_broker, args=(private_broker,))
+    restarter.start()  # the broker returns while close() is already waiting on its reconnect backoff
+    try:
+        reporter.close(timeout=90)
+    finally:
+        restarter.join()
+    stats = reporter.stats
+    assert stats["spool_pending"] == 0, stats
+    assert stats["replayed"] > 0, stats
+
+    events = consume(private_broker, finished("late-broker-run", 1), timeout=120)
+    missing, _duplicates = seq_problems(events, "late-broker-run")[0]
+    assert missing == []
+    assert {e["step"] for e in events if e["kind"] == "step"} == set(range(300))
+    assert max(e["seq"] for e in events) == stats["enqueued"] - 1

@@ -114,3 +114,21 @@ def test_close_is_bounded_and_idempotent_and_log_after_close_is_ignored(dead: Se
     r.close()
     r.log(1, loss=1.0)
     assert r.stats["enqueued"] == 3
+
+
+def test_close_keeps_reconnecting_until_its_deadline(dead: Settings) -> None:
+    """A reconnect waiting on its backoff is no reason to stop: close() tries until the timeout is spent."""
+    r = Reporter("r-close", settings=dead, rank=0, world_size=1, max_events_per_s=0, heartbeat_s=0)
+    for step in range(20):
+        r.log(step, loss=1.0)
+    time.sleep(0.5)  # the first connect attempt fails and schedules a retry
+    before = r.stats["connect_attempts"]
+    started = time.monotonic()
+    r.close(timeout=8)
+    elapsed = time.monotonic() - started
+    stats = r.stats
+    # Attempts 0.3 s long, backoff 0.5 s doubling: a few fit into 8 s, the last one ends > 3 s in.
+    assert stats["connect_attempts"] >= before + 2, stats  # it kept trying while closing
+    assert elapsed >= 3.0, elapsed  # and did not give up at once (it used to return in ~0.02 s)
+    assert elapsed <= 8 + 2.5, elapsed  # but respects its timeout
+    assert stats["spool_pending"] == 20 + 2  # run_start + 20 steps + run_end, nothing lost
