@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from rankstream.config import Settings
-from rankstream.producer.events import EventEncoder
 from rankstream.producer import kafka_io
+from rankstream.producer.events import EventEncoder
 from rankstream.producer.kafka_io import (
     DeliveryError,
     close_producer,
