@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from rankstream.errors import ConfigError
 from rankstream.topics import DEFAULT_PREFIX, Topics
 
 ENV_PREFIX = "RANKSTREAM_"
@@ -22,8 +23,7 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names the variable."""
+__all__ = ["ConfigError", "Settings"]
 
 
 def _default_state_dir() -> str:

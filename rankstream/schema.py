@@ -14,12 +14,14 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
+
+from rankstream.errors import InvalidInput
 
 try:  # orjson is optional: the producer's install does not need it.
     import orjson as _orjson
 except ImportError:  # pragma: no cover - exercised only without the extra
-    _orjson = None
+    _orjson = None  # type: ignore[assignment]
 
 SCHEMA_VERSION: Final = 1
 
@@ -84,12 +86,8 @@ MAX_INT64: Final = (1 << 63) - 1
 _NONFINITE_DECODE: Final = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
-class InvalidEvent(ValueError):
+class InvalidEvent(InvalidInput):
     """An input that breaks the wire contract; ``reason`` is one human line."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 # --------------------------------------------------------------------------- codec
@@ -127,7 +125,7 @@ def encode_metrics(metrics: Mapping[str, float]) -> dict[str, float | str]:
 # ----------------------------------------------------------------------- validation
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return type(value) is int  # bool is a subclass of int and is not allowed
 
 
@@ -230,7 +228,7 @@ def validate_event(obj: Any) -> dict[str, Any]:
     seq = get("seq")
     if type(seq) is not int or seq < 0 or seq > MAX_INT64:
         seq = require_int(obj, "seq", 0)
-    ts = get("ts")
+    ts: Any = get("ts")
     t = type(ts)
     if t is float:
         if ts - ts != 0.0:

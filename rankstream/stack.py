@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rankstream.config import Settings
+from rankstream.errors import ServiceUnavailable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 POM = REPO_ROOT / "infra" / "kafka" / "pom.xml"
@@ -29,7 +30,7 @@ LOG4J_CONFIG = REPO_ROOT / "infra" / "kafka" / "log4j2.properties"
 READY_TIMEOUT_S = 90.0
 
 
-class StackError(RuntimeError):
+class StackError(ServiceUnavailable):
     """A failure of the local stack, with a one-line explanation for the user."""
 
 

@@ -3,7 +3,8 @@
 Each module in this package that defines ``register(app)`` adds its commands;
 heavy imports (Faust, chDB, torch) happen inside the commands, so ``--help``
 stays fast. Exit codes: 0 success, 1 failure at run time, 2 bad usage or
-configuration, 3 a required service (Kafka, store, Java) is unavailable.
+configuration, 3 a required service (Kafka, store, Java) is unavailable: each
+error family of ``rankstream.errors`` carries its code, mapped once in ``main``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import sys
 
 import typer
 
-from rankstream.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_SERVICE, fail
-from rankstream.config import ConfigError
+from rankstream.cli.common import EXIT_FAILURE, error_line, fail
+from rankstream.errors import RankstreamError
 
 app = typer.Typer(
     name="rankstream",
@@ -41,14 +42,10 @@ _register_commands()
 
 def main() -> None:
     """Entry point: one clear line instead of a traceback for expected failures."""
-    from rankstream.stack import StackError
-
     try:
         app()
-    except ConfigError as exc:
-        fail(f"configuration error: {exc}", EXIT_CONFIG)
-    except StackError as exc:
-        fail(str(exc), EXIT_SERVICE)
+    except RankstreamError as exc:
+        fail(error_line(exc), exc.exit_code)
     except KeyboardInterrupt:
         fail("interrupted", EXIT_FAILURE)
 

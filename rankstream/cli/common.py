@@ -7,12 +7,10 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from rankstream.config import ConfigError, Settings
+from rankstream.config import Settings
+from rankstream.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_SERVICE, ConfigError, RankstreamError, one_line
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_CONFIG = 2
-EXIT_SERVICE = 3
+__all__ = ["EXIT_CONFIG", "EXIT_FAILURE", "EXIT_OK", "EXIT_SERVICE", "error_line", "fail", "load_settings"]
 
 BootstrapOpt = Annotated[
     str | None, typer.Option("--bootstrap", help="Kafka bootstrap servers [env RANKSTREAM_BOOTSTRAP_SERVERS]")
@@ -35,9 +33,15 @@ def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     raise SystemExit(code)
 
 
+def error_line(exc: RankstreamError) -> str:
+    """The one line the CLI prints for one of rankstream's own errors."""
+    text = one_line(exc)
+    return f"configuration error: {text}" if isinstance(exc, ConfigError) else text
+
+
 def load_settings(**overrides: object) -> Settings:
     """Settings from the environment with flag overrides; a bad value exits with code 2."""
     try:
         return Settings.from_env(**overrides)
     except ConfigError as exc:
-        fail(f"configuration error: {exc}", EXIT_CONFIG)
+        fail(error_line(exc), EXIT_CONFIG)

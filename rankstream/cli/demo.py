@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from rankstream.cli.common import EXIT_FAILURE, EXIT_SERVICE, StateDirOpt, fail, load_settings
+from rankstream.cli.common import StateDirOpt, fail, load_settings
 
 
 def demo(
@@ -24,7 +24,7 @@ def demo(
     try:
         code = run_demo(settings, keep=keep, steps=steps, ranks=ranks)
     except DemoError as exc:
-        fail(str(exc), EXIT_SERVICE if exc.service else EXIT_FAILURE)
+        fail(str(exc), exc.exit_code)
     raise typer.Exit(code)
 
 

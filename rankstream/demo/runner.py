@@ -27,17 +27,19 @@ from rich.text import Text
 
 from rankstream.config import Settings
 from rankstream.demo.train import DemoJob, launch
+from rankstream.errors import EXIT_FAILURE, EXIT_SERVICE, OperationFailed
 
 DEMO_RULES = Path(__file__).with_name("demo-rules.yaml")
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 
 
-class DemoError(RuntimeError):
+class DemoError(OperationFailed):
     """A demo failure with a one-line explanation; ``service`` marks a missing or broken service (exit 3)."""
 
     def __init__(self, message: str, *, service: bool = False) -> None:
         super().__init__(message)
         self.service = service
+        self.exit_code = EXIT_SERVICE if service else EXIT_FAILURE
 
 
 @dataclass
