@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rankstream.errors import ConfigError
 from rankstream.schema import RULES, SEVERITIES
 
 #: How steps are aligned and how long state is kept.
@@ -152,8 +153,8 @@ assert set(RULE_DEFAULTS) == set(RULES), "every contract rule needs defaults"
 _MATCH_KEYS = ("team", "run_name")
 
 
-class RulesError(ValueError):
-    """A rules file or mapping that cannot be used; the message is one line naming the key."""
+class RulesError(ConfigError):
+    """A rules file or mapping that cannot be used; the message is one line naming the key (exit 2)."""
 
 
 @dataclass(frozen=True)
