@@ -75,6 +75,8 @@ META_FIELDS: Final = (
 #: Messages larger than this are rejected before parsing (dead-letter, reason "too large").
 MAX_EVENT_BYTES: Final = 256 * 1024
 MAX_ID_CHARS: Final = 256
+#: Incarnation ids are short random strings set by the producer (e.g. 12 hex digits).
+MAX_INC_CHARS: Final = 64
 MAX_METRICS: Final = 512
 MAX_TAGS: Final = 128
 MAX_TAG_CHARS: Final = 1024
@@ -251,6 +253,9 @@ def validate_event(obj: Any) -> dict[str, Any]:
     host = get("host", "")
     if type(host) is not str:
         raise InvalidEvent("field 'host' must be a string")
+    inc = get("inc", "")
+    if type(inc) is not str or len(inc) > MAX_INC_CHARS:
+        raise InvalidEvent(f"field 'inc' must be a string of at most {MAX_INC_CHARS} characters")
     meta = get("meta")
     if meta is None:
         meta = {}
@@ -284,6 +289,7 @@ def validate_event(obj: Any) -> dict[str, Any]:
         "world_size": world_size,
         "local_rank": local_rank,
         "host": host,
+        "inc": inc,
         "step": step,
         "ts": ts,
         "seq": seq,
