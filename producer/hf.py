@@ -37,9 +37,11 @@ def _precision(args: Any) -> str:
 def _model_meta(args: Any, model: Any) -> dict[str, Any]:
     meta: dict[str, Any] = {"run_name": getattr(args, "run_name", None)}
     if model is not None:
-        config = getattr(model, "config", None)
-        meta["model_name"] = getattr(model, "name_or_path", None) or getattr(config, "_name_or_path", None) or None
-        archs = getattr(config, "architectures", None) or [type(model).__name__]
+        model_config = getattr(model, "config", None)
+        meta["model_name"] = (
+            getattr(model, "name_or_path", None) or getattr(model_config, "_name_or_path", None) or None
+        )
+        archs = getattr(model_config, "architectures", None) or [type(model).__name__]
         meta["model_architecture"] = archs[0]
         peft = getattr(model, "peft_config", None)
         if isinstance(peft, Mapping) and peft:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 # Parameter-name fragments used by PEFT methods (LoRA, IA3, prompt/prefix tuning, ...) and adapters.
@@ -56,6 +56,7 @@ def _sq_norm(grads: list[Any]) -> Any:
         by_group.setdefault((g.device, g.dtype), []).append(g)
     total = None
     for group in by_group.values():
+        norms: Sequence[Any]
         try:
             norms = torch._foreach_norm(group, 2.0)
         except Exception:  # older torch / exotic tensor types
@@ -75,7 +76,8 @@ def grad_norms(
     this rank's shard norms; with DeepSpeed (gradients held by the engine) the
     result is empty.
     """
-    adapter, backbone = [], []
+    adapter: list[Any] = []
+    backbone: list[Any] = []
     for name, param in named_parameters:
         grad = getattr(param, "grad", None)
         if grad is None or not getattr(param, "requires_grad", False):
