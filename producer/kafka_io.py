@@ -1,4 +1,4 @@
-"""The only place that talks to kafka-python: bounded-time producer creation and acked delivery.
+"""The only place that talks to kafka-python: bounded-time producer creation, acked delivery, the transport.
 
 kafka-python 3.x bootstraps eagerly in its constructor and waits for metadata
 in the first ``send``; with its defaults a dead broker blocks for 30-60 s.
@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from rankstream.config import Settings
+from rankstream.errors import ServiceUnavailable, one_line
+from rankstream.producer.transport import Producer, failure_reason
 
 log = logging.getLogger("rankstream.producer")
 
@@ -24,7 +26,7 @@ REQUEST_TIMEOUT_MS = 5000
 DELIVERY_TIMEOUT_MS = 10000
 
 
-class DeliveryError(RuntimeError):
+class DeliveryError(ServiceUnavailable):
     """Kafka did not acknowledge a batch; the one-line message says why."""
 
 
@@ -62,6 +64,23 @@ def make_producer(settings: Settings, client_id: str, **overrides: Any) -> Any:
     return producer
 
 
+class KafkaTransport:
+    """The sender's default :class:`~rankstream.producer.transport.Transport`: kafka-python, bounded waits."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @property
+    def connect_timeout_s(self) -> float:
+        return BOOTSTRAP_TIMEOUT_MS / 1000
+
+    def connect(self, client_id: str) -> Producer:
+        return make_producer(self.settings, client_id=client_id)
+
+    def release(self, producer: Producer, timeout: float) -> None:
+        close_producer(producer, timeout=timeout)
+
+
 def close_producer(producer: Any, timeout: float = 0.0) -> None:
     """Close without raising; timeout 0 abandons unacknowledged records (they are spooled by the caller)."""
     if producer is None:
@@ -80,15 +99,7 @@ def close_producer(producer: Any, timeout: float = 0.0) -> None:
         producer.close(timeout=0)
 
 
-def describe(exc: BaseException) -> str:
-    name = type(exc).__name__
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    if not text:
-        return name
-    return (text if text.startswith(name) else f"{name}: {text}")[:200]
-
-
-def deliver(producer: Any, topic: str, records: Sequence[tuple[bytes, bytes]], timeout: float) -> None:
+def deliver(producer: Producer, topic: str, records: Sequence[tuple[bytes, bytes]], timeout: float) -> None:
     """Send ``(key, value)`` records and wait until Kafka acknowledged all of them.
 
     Raises :class:`DeliveryError` if any record fails or the acks do not arrive within ``timeout``.
@@ -98,14 +109,14 @@ def deliver(producer: Any, topic: str, records: Sequence[tuple[bytes, bytes]], t
         for key, value in records:
             futures.append(producer.send(topic, value=value, key=key))
     except Exception as exc:
-        raise DeliveryError(describe(exc)) from exc
+        raise DeliveryError(one_line(exc)) from exc
     deadline = time.monotonic() + timeout
     try:
         producer.flush(timeout=max(deadline - time.monotonic(), 0.01))
     except Exception as exc:
-        raise DeliveryError(f"no acknowledgement within {timeout:.0f}s ({describe(exc)})") from exc
+        raise DeliveryError(f"no acknowledgement within {timeout:.0f}s ({one_line(exc)})") from exc
     for future in futures:
         if not future.is_done:
             raise DeliveryError(f"no acknowledgement within {timeout:.0f}s")
         if future.failed():
-            raise DeliveryError(describe(future.exception))
+            raise DeliveryError(failure_reason(future))

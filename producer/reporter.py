@@ -2,7 +2,7 @@
 
 ``log`` copies the metric references into a tuple, stamps ``ts`` and ``seq``
 and appends it to a deque: no serialization, no I/O, no lock, no torch call.
-The :class:`~rankstream.producer.pipeline.Pipeline` thread does the rest; a
+The :class:`~rankstream.producer.sender.Sender` thread does the rest; a
 heartbeat thread keeps a rank visibly alive while it sits in a collective.
 """
 
@@ -23,9 +23,10 @@ from typing import Any
 from rankstream.config import Settings
 from rankstream.producer.events import EventEncoder
 from rankstream.producer.identity import RunIdentity, detect_identity
-from rankstream.producer.pipeline import Pipeline
 from rankstream.producer.redact import redact_meta
+from rankstream.producer.sender import Sender
 from rankstream.producer.spool import Spool, rank_dir
+from rankstream.producer.transport import Transport
 
 log = logging.getLogger("rankstream.producer")
 
@@ -52,6 +53,7 @@ class Reporter:
         queue_size: int = 10000,
         spool_dir: str | Path | None = None,
         spool_max_mb: int = 1024,
+        transport: Transport | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings.from_env()
         self.identity: RunIdentity = detect_identity(run_id, rank=rank, world_size=world_size, local_rank=local_rank)
@@ -68,17 +70,21 @@ class Reporter:
         self.spool_root = Path(spool_dir) if spool_dir is not None else self.settings.spool_dir
         self.spool = Spool(rank_dir(self.spool_root, ident.run_id, ident.rank), max_bytes=int(spool_max_mb) << 20)
         self._encoder = EventEncoder(ident.run_id, ident.rank, ident.world_size, ident.local_rank, ident.host)
-        self._pipeline = Pipeline(
+        self._sender = Sender(
             self.settings,
             self._encoder,
             self.spool,
             self.spool_root,
             key=ident.run_id.encode(),
-            queue_size=self._queue_size,
             client_id=f"rankstream-{ident.rank}",
+            transport=transport,
         )
-        self._queue = self._pipeline.queue
+        self._queue = self._sender.queue
+        # seq: next() on an itertools.count is atomic, so the heartbeat thread and the training thread
+        # never draw the same one. enqueued = the events each of them emitted (one writer per counter).
         self._seq = itertools.count()
+        self._emitted = 0
+        self._heartbeats = 0
         self._last_step = -1
         self._started = False
         self._closed = False
@@ -115,7 +121,7 @@ class Reporter:
             if self._started:
                 return self
             self._emit("run_start", -1, None, None, self.meta)
-            self._pipeline.start()
+            self._sender.start()
             if self.heartbeat_s > 0:
                 self._hb_thread = threading.Thread(target=self._heartbeat, name="rankstream-heartbeat", daemon=True)
                 self._hb_thread.start()
@@ -132,7 +138,7 @@ class Reporter:
         if self._started:
             step = self._last_step if self._last_step >= 0 else -1
             self._emit("run_end", step, None, {"status": str(status)}, None)
-        self._pipeline.close(timeout)
+        self._sender.close(timeout)
         if self._hb_thread is not None:
             self._hb_thread.join(1.0)
         _REPORTERS.discard(self)
@@ -146,11 +152,13 @@ class Reporter:
     # ------------------------------------------------------------------ hot path
 
     def _emit(self, kind: str, step: int, metrics: Any, tags: Any, meta: Any) -> None:
+        """Enqueue one event of the training thread (the heartbeat thread counts its own)."""
         item = (kind, step, time.time(), next(self._seq), metrics, tags, meta)
+        self._emitted += 1
         if len(self._queue) < self._queue_size:
             self._queue.append(item)
         else:
-            self._pipeline.overflow(item)
+            self._sender.overflow(item)
 
     def log(
         self,
@@ -173,9 +181,10 @@ class Reporter:
             return
         try:
             if type(step) is not int or step < 0:
-                step = self._coerce_step(step)
-                if step is None:
+                coerced = self._coerce_step(step)
+                if coerced is None:
                     return
+                step = coerced
             self._last_step = step
             if not self._started:
                 self.start()
@@ -217,9 +226,10 @@ class Reporter:
             return
         try:
             if type(step) is not int or step < 0:
-                step = self._coerce_step(step)
-                if step is None:
+                coerced = self._coerce_step(step)
+                if coerced is None:
                     return
+                step = coerced
             if not self._started:
                 self.start()
             merged = dict(metrics) if metrics else {}
@@ -250,14 +260,19 @@ class Reporter:
         while not self._hb_stop.wait(self.heartbeat_s):
             if self._disabled:
                 return
-            self._emit("heartbeat", max(self._last_step, 0), None, None, None)
+            item = ("heartbeat", max(self._last_step, 0), time.time(), next(self._seq), None, None, None)
+            self._heartbeats += 1
+            if len(self._queue) < self._queue_size:
+                self._queue.append(item)
+            else:
+                self._sender.overflow(item)
 
     @property
     def stats(self) -> dict[str, int]:
         """Counters: enqueued, sent, spooled, replayed, dropped_invalid, dropped_spool_full, ..."""
-        p = self._pipeline.counts
+        p = self._sender.counts
         return {
-            "enqueued": int(repr(self._seq)[6:-1]),
+            "enqueued": self._emitted + self._heartbeats,
             "sent": p["sent"],
             "spooled": p["spooled"],
             "replayed": p["replayed"],
@@ -285,8 +300,8 @@ class Reporter:
         self._hb_thread = None
         self._hb_stop = threading.Event()
         self._start_lock = threading.Lock()
-        self._pipeline.after_fork_in_child()
-        self._queue = self._pipeline.queue
+        self._sender.after_fork_in_child()
+        self._queue = self._sender.queue
 
 
 def _after_fork_in_child() -> None:

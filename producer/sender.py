@@ -1,7 +1,7 @@
 """The background half of a reporter: one daemon thread that encodes, sends, spools and replays.
 
-It owns the kafka-python producer (created lazily here, never on the training
-thread) and decides where each event goes:
+It owns the producer (opened through a :class:`~rankstream.producer.transport.Transport`,
+lazily and never on the training thread) and decides where each event goes:
 
 * connected and no backlog: straight to Kafka, kept in an in-flight list until acked;
 * broker unreachable, a send failed, acks stalled, or a backlog exists: appended to the spool
@@ -17,30 +17,26 @@ connect creates a fresh one and the spooled events are resent.
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from rankstream.config import Settings
-from rankstream.producer import kafka_io
+from rankstream.errors import one_line
 from rankstream.producer.events import EventEncoder
-from rankstream.producer.kafka_io import (
-    DeliveryError,
-    close_producer,
-    deliver,
-    describe,
-    make_producer,
-)
-from rankstream.producer.spool import Spool, message_key, orphan_spools
+from rankstream.producer.kafka_io import DeliveryError, KafkaTransport, deliver
+from rankstream.producer.orphans import OrphanSpools
+from rankstream.producer.spool import Spool, message_key
+from rankstream.producer.transport import Producer, SendFuture, Transport, failure_reason
 
 log = logging.getLogger("rankstream.producer")
 
-# An item on the queue: (kind, step, ts, seq, metrics, tags, meta), built by the training thread.
-Item = tuple[str, int, float, int, Any, Any, Any]
+# An event on the queue: (kind, step, ts, seq, metrics, tags, meta), built by the training thread.
+QueuedEvent = tuple[str, int, float, int, Any, Any, Any]
 
 POLL_S = 0.05
 BATCH_MAX = 1000
@@ -50,7 +46,23 @@ BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 5.0
 
 
-class Pipeline:
+class Lifecycle(enum.Enum):
+    """Where the sender is in its life; only ``close()`` (training thread) moves it forward."""
+
+    RUNNING = "running"  # taking events from the queue
+    CLOSING = "closing"  # close() was called: deliver until the deadline, then spool the rest
+    ABANDONED = "abandoned"  # close() stopped waiting for the thread (stuck in I/O): it only spools its rest
+
+
+class Connection(enum.Enum):
+    """The sender thread's link to the broker."""
+
+    NOT_CONNECTED = "not_connected"  # no producer yet (or let go of at exit), nothing failed
+    CONNECTED = "connected"  # a producer is open
+    OUTAGE = "outage"  # the last connect or send failed: events go to the spool until a reconnect
+
+
+class Sender:
     """Queue consumer and Kafka/spool owner for one reporter."""
 
     def __init__(
@@ -60,17 +72,16 @@ class Pipeline:
         spool: Spool,
         spool_root: Path,
         key: bytes,
-        queue_size: int,
         client_id: str,
+        *,
+        transport: Transport | None = None,
     ) -> None:
-        self.settings = settings
         self.topic = settings.topics.events
+        self.transport: Transport = transport if transport is not None else KafkaTransport(settings)
         self.encoder = encoder
         self.spool = spool
-        self.spool_root = spool_root
         self.key = key
-        self.queue: deque[Item] = deque()
-        self.queue_size = queue_size
+        self.queue: deque[QueuedEvent] = deque()
         self.client_id = client_id
         self.counts = {
             "sent": 0,
@@ -82,20 +93,21 @@ class Pipeline:
             "send_failures": 0,
             "producer_recreated": 0,
         }
+        self.lifecycle = Lifecycle.RUNNING
+        self.connection = Connection.NOT_CONNECTED
+        self.last_error = ""
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._producer: Any = None
-        self._inflight: deque[tuple[bytes, Any, float]] = deque()
+        self._producer: Producer | None = None
+        self._inflight: deque[tuple[bytes, SendFuture, float]] = deque()
         self._next_connect = 0.0
         self._backoff = BACKOFF_MIN_S
-        self._closing = False
         self._deadline = float("inf")
-        self._abandoned = False
-        self._outage = False
-        self._orphans: Iterator[Spool] | None = None
-        self._orphan: Spool | None = None
-        self._orphans_done = False
-        self.last_error = ""
+        self._orphans = OrphanSpools(spool_root, exclude=spool.dir)
+
+    @property
+    def _closing(self) -> bool:
+        return self.lifecycle is not Lifecycle.RUNNING
 
     # ------------------------------------------------------------ training thread
 
@@ -104,27 +116,27 @@ class Pipeline:
             self._thread = threading.Thread(target=self._run, name="rankstream-sender", daemon=True)
             self._thread.start()
 
-    def overflow(self, item: Item) -> None:
+    def overflow(self, event: QueuedEvent) -> None:
         """The memory queue is full (the sender is behind): write this event to the spool directly."""
         try:
-            self.spool.append([self.encoder.encode(*item)])
+            self.spool.append([self.encoder.encode(*event)])
             self.counts["overflow"] += 1
             self.counts["spooled"] += 1
         except Exception as exc:  # disk trouble must not reach the training loop
-            self.last_error = describe(exc)
+            self.last_error = one_line(exc)
 
     def close(self, timeout: float) -> None:
         """Deliver what can be delivered within ``timeout`` s; spool the rest; release the spool."""
         self._deadline = time.monotonic() + max(timeout, 0.0)
-        self._closing = True
+        self.lifecycle = Lifecycle.CLOSING
         self._wake.set()
         if self._thread is not None:
             self._thread.join(max(timeout, 0.0) + 1.0)
             if not self._thread.is_alive():
                 return
             # Stuck (e.g. inside kafka-python): take over the queue; the thread spools its own rest.
-            self._abandoned = True
-        self._spool_items(self._drain_all())
+            self.lifecycle = Lifecycle.ABANDONED
+        self._spool_events(self._drain_all())
         if self._thread is None:
             self.spool.close()
 
@@ -134,21 +146,21 @@ class Pipeline:
         if producer is not None:
             _FORK_KEEPALIVE.append(producer)  # never garbage-collected here: its __del__ would flush/close
             with contextlib.suppress(Exception):
-                producer.close = lambda *a, **k: None
+                producer.close = lambda *a, **k: None  # type: ignore[method-assign]
         self._producer = None
+        self.connection = Connection.NOT_CONNECTED
         self._thread = None
         self._inflight = deque()
         self.queue = deque()
         self._wake = threading.Event()
         self.spool.forget_after_fork()
-        self._orphan = None
-        self._orphans = None
+        self._orphans.forget_after_fork()
 
     # ------------------------------------------------------------ sender thread
 
     def _run(self) -> None:
         try:
-            while not self._abandoned:
+            while self.lifecycle is not Lifecycle.ABANDONED:
                 if self._producer is None and self._may_connect():
                     self._connect()  # before taking events: send directly rather than spool when possible
                 batch = self._drain()
@@ -166,15 +178,15 @@ class Pipeline:
         finally:
             self._finish()
 
-    def _drain(self, limit: int = BATCH_MAX) -> list[Item]:
+    def _drain(self, limit: int = BATCH_MAX) -> list[QueuedEvent]:
         q = self.queue
-        out = []
+        out: list[QueuedEvent] = []
         while q and len(out) < limit:
             out.append(q.popleft())
         return out
 
-    def _drain_all(self) -> list[Item]:
-        out = []
+    def _drain_all(self) -> list[QueuedEvent]:
+        out: list[QueuedEvent] = []
         q = self.queue
         while q:
             try:
@@ -183,18 +195,18 @@ class Pipeline:
                 break
         return out
 
-    def _encode(self, items: list[Item]) -> list[bytes]:
+    def _encode(self, events: list[QueuedEvent]) -> list[bytes]:
         out = []
-        for item in items:
+        for event in events:
             try:
-                out.append(self.encoder.encode(*item))
+                out.append(self.encoder.encode(*event))
             except Exception as exc:  # pragma: no cover - encode() is total; belt and braces
                 self.encoder.dropped_invalid += 1
-                self.last_error = describe(exc)
+                self.last_error = one_line(exc)
         return out
 
-    def _spool_items(self, items: list[Item]) -> None:
-        self._spool_payloads(self._encode(items))
+    def _spool_events(self, events: list[QueuedEvent]) -> None:
+        self._spool_payloads(self._encode(events))
 
     def _spool_payloads(self, payloads: list[bytes]) -> None:
         if not payloads:
@@ -203,10 +215,10 @@ class Pipeline:
             self.spool.append(payloads)
             self.counts["spooled"] += len(payloads)
         except Exception as exc:
-            self.last_error = describe(exc)
+            self.last_error = one_line(exc)
             log.error("rankstream: cannot write spool %s (%s): %d events lost", self.spool.dir, exc, len(payloads))
 
-    def _handle(self, batch: list[Item]) -> None:
+    def _handle(self, batch: list[QueuedEvent]) -> None:
         payloads = self._encode(batch)
         if self._producer is None or self.spool.pending:
             self._spool_payloads(payloads)  # keeps order: the backlog goes first
@@ -217,7 +229,7 @@ class Pipeline:
                 future = self._producer.send(self.topic, value=payload, key=self.key)
             except Exception as exc:
                 self._spool_payloads(payloads[i:])
-                self._fail(describe(exc))
+                self._fail(one_line(exc))
                 return
             self._inflight.append((payload, future, now))
 
@@ -226,7 +238,7 @@ class Pipeline:
         while inflight and inflight[0][1].is_done:
             future = inflight[0][1]
             if future.failed():
-                self._fail(describe(future.exception))
+                self._fail(failure_reason(future))
                 return
             inflight.popleft()
             self.counts["sent"] += 1
@@ -240,14 +252,15 @@ class Pipeline:
         self._spool_payloads([p for p, _, _ in self._inflight])
         self._inflight.clear()
         producer, self._producer = self._producer, None
-        close_producer(producer, timeout=0.0)
+        if producer is not None:
+            self.transport.release(producer, timeout=0.0)
         self._schedule_retry(reason)
 
     def _schedule_retry(self, reason: str) -> None:
         self._next_connect = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
-        if not self._outage:
-            self._outage = True
+        if self.connection is not Connection.OUTAGE:
+            self.connection = Connection.OUTAGE
             log.warning(
                 "rankstream: cannot deliver to Kafka (%s): spooling events to %s and reconnecting",
                 reason,
@@ -257,19 +270,19 @@ class Pipeline:
     def _connect(self) -> None:
         self.counts["connect_attempts"] += 1
         try:
-            self._producer = make_producer(self.settings, client_id=self.client_id)
+            self._producer = self.transport.connect(self.client_id)
         except Exception as exc:
             self._producer = None
-            self.last_error = describe(exc)
+            self.last_error = one_line(exc)
             self._schedule_retry(self.last_error)
             return
         if self.counts["connects"]:
             self.counts["producer_recreated"] += 1  # an earlier producer failed and was closed
         self.counts["connects"] += 1
         self._backoff = BACKOFF_MIN_S
-        if self._outage:
-            log.warning("rankstream: Kafka producer ready again: replaying %d spooled events", self.spool.pending)
-            self._outage = False
+        if self.connection is Connection.OUTAGE:
+            log.info("rankstream: Kafka producer ready again: replaying %d spooled events", self.spool.pending)
+        self.connection = Connection.CONNECTED
 
     def _may_connect(self) -> bool:
         now = time.monotonic()
@@ -279,7 +292,7 @@ class Pipeline:
 
     def _connect_fits_before_deadline(self, at: float) -> bool:
         """While closing: a connect attempt started at ``at`` can still finish before the deadline."""
-        return self._deadline - at > kafka_io.BOOTSTRAP_TIMEOUT_MS / 1000 + 1.0
+        return self._deadline - at > self.transport.connect_timeout_s + 1.0
 
     def _maintain(self) -> bool:
         """One unit of background work (connect, replay a chunk); True when it did something."""
@@ -289,12 +302,12 @@ class Pipeline:
                 return True
             return False
         if self.spool.pending:
-            return self._replay_chunk(self.spool, own=True)
-        if not self._closing and not self._orphans_done and not self._inflight:
-            return self._replay_orphans()
+            return self._replay_chunk(self._producer, self.spool, own=True)
+        if not self._closing and not self._orphans.done and not self._inflight:
+            return self._replay_orphans(self._producer)
         return False
 
-    def _replay_chunk(self, spool: Spool, own: bool) -> bool:
+    def _replay_chunk(self, producer: Producer, spool: Spool, own: bool) -> bool:
         chunk = spool.read()
         if chunk is None:
             return False
@@ -307,7 +320,7 @@ class Pipeline:
         if self._closing:
             timeout = max(min(timeout, self._deadline - time.monotonic()), 0.1)
         try:
-            deliver(self._producer, self.topic, records, timeout)
+            deliver(producer, self.topic, records, timeout)
         except DeliveryError as exc:
             self._fail(str(exc))
             return True
@@ -315,25 +328,18 @@ class Pipeline:
         self.counts["replayed"] += len(records)
         return True
 
-    def _replay_orphans(self) -> bool:
+    def _replay_orphans(self, producer: Producer) -> bool:
         """Deliver spools left by reporters that died (one chunk per call)."""
         try:
-            if self._orphan is None:
-                if self._orphans is None:
-                    self._orphans = orphan_spools(self.spool_root, exclude=self.spool.dir)
-                self._orphan = next(self._orphans, None)
-                if self._orphan is None:
-                    self._orphans_done = True
-                    return False
-                if self._orphan.pending:
-                    log.warning("rankstream: delivering %d events left in %s", self._orphan.pending, self._orphan.dir)
-            if not self._replay_chunk(self._orphan, own=False):
-                self._orphan.close()
-                self._orphan = None
+            orphan = self._orphans.current()
+            if orphan is None:
+                return False
+            if not self._replay_chunk(producer, orphan, own=False):
+                self._orphans.finish_current()
             return True
         except OSError as exc:
-            self.last_error = describe(exc)
-            self._orphans_done = True
+            self.last_error = one_line(exc)
+            self._orphans.stop()
             return False
 
     def _done_closing(self) -> bool:
@@ -345,18 +351,19 @@ class Pipeline:
 
     def _finish(self) -> None:
         """Exit path: whatever is not acknowledged goes to the spool, then let go of everything."""
-        while self._inflight and time.monotonic() < self._deadline and not self._abandoned:
+        while self._inflight and time.monotonic() < self._deadline and self.lifecycle is not Lifecycle.ABANDONED:
             self._reap()
             time.sleep(0.005)
         self._spool_payloads([p for p, _, _ in self._inflight])
         self._inflight.clear()
-        self._spool_items(self._drain_all())
-        close_producer(self._producer, timeout=min(max(self._deadline - time.monotonic(), 0.0), 1.0))
+        self._spool_events(self._drain_all())
+        if self._producer is not None:
+            self.transport.release(self._producer, timeout=min(max(self._deadline - time.monotonic(), 0.0), 1.0))
         self._producer = None
-        if self._orphan is not None:
-            self._orphan.close()
-            self._orphan = None
-        if not self._abandoned:
+        if self.connection is Connection.CONNECTED:
+            self.connection = Connection.NOT_CONNECTED
+        self._orphans.close()
+        if self.lifecycle is not Lifecycle.ABANDONED:
             self.spool.close()
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rankstream.config import Settings
+from rankstream.errors import OperationFailed, one_line
 from rankstream.schema import loads
 
 log = logging.getLogger("rankstream.producer")
@@ -33,7 +34,7 @@ READ_CHUNK_BYTES = 1 << 20
 READ_CHUNK_EVENTS = 2000
 
 
-class SpoolError(RuntimeError):
+class SpoolError(OperationFailed):
     """A spool operation that cannot proceed; the message is one line for the user."""
 
 
@@ -346,7 +347,7 @@ def flush_spool(
     itself). Returns the number of events Kafka acknowledged. Raises
     :class:`SpoolError` with a one-line reason when Kafka cannot be reached.
     """
-    from rankstream.producer.kafka_io import DeliveryError, close_producer, describe, make_producer
+    from rankstream.producer.kafka_io import DeliveryError, close_producer, make_producer
 
     spools = list(orphan_spools(spool_dir))
     try:
@@ -356,7 +357,7 @@ def flush_spool(
         try:
             producer = make_producer(settings, client_id="rankstream-spool-flush")
         except Exception as exc:
-            raise SpoolError(f"cannot reach Kafka at {settings.bootstrap_servers}: {describe(exc)}") from None
+            raise SpoolError(f"cannot reach Kafka at {settings.bootstrap_servers}: {one_line(exc)}") from None
         delivered = 0
 
         def tick(n: int) -> None:

@@ -154,7 +154,7 @@ def _assert_complete(events: list[dict], run_id: str, reporter: Reporter, steps:
 
 def _producer_id(reporter: Reporter) -> object:
     """kafka-python's (producer id, epoch) of the reporter's live producer, for failure messages only."""
-    producer = reporter._pipeline._producer
+    producer = reporter._sender._producer
     manager = getattr(producer, "_transaction_manager", None)
     return getattr(manager, "producer_id_and_epoch", None)
 

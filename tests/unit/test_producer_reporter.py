@@ -98,7 +98,7 @@ def test_forked_child_does_not_report_and_parent_keeps_working(dead: Settings) -
     pid = os.fork()
     if pid == 0:
         r.log(1, loss=2.0)  # must be a no-op in the child
-        ok = r.stats["forked_calls"] == 1 and len(r._queue) == 0 and r._pipeline._thread is None
+        ok = r.stats["forked_calls"] == 1 and len(r._queue) == 0 and r._sender._thread is None
         os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
