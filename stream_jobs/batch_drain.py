@@ -20,7 +20,9 @@ This reaches into ``faust.transport.consumer.Consumer`` internals
 (``_read_offset``, ``_acked``, ``_acked_index``, ``_committed_offset``,
 ``_add_gap``): faust-streaming is pinned to 0.15.x and
 tests/integration/test_stream_jobs.py (crash, restart, rebalance, no gap)
-guards them.
+guards them. This module patches nothing: :func:`register_route` records an
+app's route and :mod:`.faust_patches` makes Faust's consumer call
+:func:`drain_batches` for apps that have one.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
+from weakref import WeakKeyDictionary
 
 from faust.transport.consumer import Consumer
-from faust.types import TP
+from faust.types import TP, ConsumerT
 from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
 
@@ -47,17 +50,24 @@ class BatchRoute:
     handler: BatchHandler
 
 
-_faust_drain = Consumer._drain_messages
+_routes: WeakKeyDictionary[Any, BatchRoute] = WeakKeyDictionary()
 
 
-def install(app: Any, route: BatchRoute) -> None:
-    """Route ``route.topic`` of ``app`` through :func:`_drain_batches` (other apps are untouched)."""
-    app.rankstream_batch_route = route
+def register_route(app: Any, route: BatchRoute) -> None:
+    """Subscribe ``app`` to ``route.topic`` and have its consumer drain through :func:`drain_batches`.
+
+    Takes effect once :func:`.faust_patches.apply` has run; other apps keep Faust's drain.
+    """
+    _routes[app] = route
     app.topics.add(app.topic(route.topic, key_serializer="raw", value_serializer="raw"))
-    Consumer._drain_messages = _drain_dispatch  # type: ignore[method-assign]
 
 
-def ack_offsets(consumer: Consumer, tp: TP, offsets: Iterable[int]) -> int:
+def route_for(app: Any) -> BatchRoute | None:
+    """The batch route registered for ``app``, if any."""
+    return _routes.get(app)
+
+
+def ack_offsets(consumer: ConsumerT, tp: TP, offsets: Iterable[int]) -> int:
     """Mark ``offsets`` of ``tp`` acknowledged, as ``Consumer.ack`` does one message at a time.
 
     Faust's commit loop then commits the highest contiguous acked offset.
@@ -79,15 +89,7 @@ def ack_offsets(consumer: Consumer, tp: TP, offsets: Iterable[int]) -> int:
     return added
 
 
-async def _drain_dispatch(self: Consumer, fetcher: Any) -> None:
-    route = getattr(self.app, "rankstream_batch_route", None)
-    if route is None:
-        await _faust_drain(self, fetcher)
-    else:
-        await _drain_batches(self, fetcher, route)
-
-
-async def _drain_batches(self: Consumer, fetcher: Any, route: BatchRoute) -> None:  # pragma: no cover - needs a broker
+async def drain_batches(self: Consumer, fetcher: Any, route: BatchRoute) -> None:  # pragma: no cover - needs a broker
     """Faust's drain loop, one await per partition batch instead of per message."""
     consumer_should_stop = cast(Any, self)._stopped.is_set
     fetcher_should_stop = fetcher._stopped.is_set
@@ -143,4 +145,4 @@ async def _drain_batches(self: Consumer, fetcher: Any, route: BatchRoute) -> Non
         raise
 
 
-__all__ = ["BatchHandler", "BatchRoute", "ack_offsets", "install"]
+__all__ = ["BatchHandler", "BatchRoute", "ack_offsets", "drain_batches", "register_route", "route_for"]

@@ -35,7 +35,7 @@ def _not_pending(engine_stats: dict[str, int]) -> int:
     return engine_stats["duplicates"] + engine_stats["late_events"] + engine_stats["after_eviction"]
 
 
-class Consumed(Protocol):
+class ConsumedMessage(Protocol):
     """One consumed message (aiokafka's ``ConsumerRecord`` is one): where it came from, its bytes."""
 
     @property
@@ -51,8 +51,8 @@ class Consumed(Protocol):
 
 
 @dataclass(slots=True)
-class Item:
-    """A :class:`Consumed` message built by hand (tests, tools)."""
+class SimpleMessage:
+    """A :class:`ConsumedMessage` built by hand (tests, tools)."""
 
     partition: int
     offset: int
@@ -61,8 +61,8 @@ class Item:
     headers: Sequence[tuple[str, bytes]] = ()
 
 
-#: A message the shell may acknowledge: (partition, offset).
-Ack = tuple[int, int]
+#: Where a consumed message sits, which the shell acks once its outputs are downstream: (partition, offset).
+PartitionOffset = tuple[int, int]
 
 
 @dataclass
@@ -73,7 +73,7 @@ class Result:
     alerts: list[dict] = field(default_factory=list)
     dlq: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     state: dict[tuple[int, str], dict] = field(default_factory=dict)  # (partition, run_id) -> detector state
-    ackable: list[Ack] = field(default_factory=list)
+    ackable: list[PartitionOffset] = field(default_factory=list)
 
     def empty(self) -> bool:
         return not (self.steps or self.alerts or self.dlq or self.state or self.ackable)
@@ -82,15 +82,18 @@ class Result:
 @dataclass
 class _PartitionState:
     engine: Engine
-    held: dict[tuple[str, int], list[tuple[float, Ack]]] = field(default_factory=dict)
+    held: dict[tuple[str, int], list[tuple[float, PartitionOffset]]] = field(default_factory=dict)
     released: dict[str, set[int]] = field(default_factory=dict)
     max_ts: float = 0.0
     wall_at_max_ts: float = 0.0
     known_runs: set[str] = field(default_factory=set)
 
 
-class Pipeline:
-    """Decode, route to the partition's engine, hold messages until their outputs exist."""
+class PartitionedPipeline:
+    """Decode, route to the partition's engine, hold messages until their outputs exist.
+
+    One core engine per input partition; ``Result.ackable`` says which offsets the shell may ack.
+    """
 
     def __init__(
         self,
@@ -141,7 +144,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------- processing
 
-    def process(self, items: Iterable[Consumed]) -> Result:
+    def process(self, items: Iterable[ConsumedMessage]) -> Result:
         """Run a batch of consumed messages through the core."""
         result = Result()
         steps, alerts = result.steps, result.alerts
@@ -259,3 +262,6 @@ class Pipeline:
 def _sink_only(headers: Sequence[tuple[str, bytes]]) -> bool:
     """Whether a message carries :data:`~rankstream.topics.SINK_ONLY_HEADER` (``rankstream dlq --redrive``)."""
     return any(name == SINK_ONLY_HEADER for name, _ in headers)
+
+
+__all__ = ["ConsumedMessage", "PartitionOffset", "PartitionedPipeline", "Result", "SimpleMessage"]

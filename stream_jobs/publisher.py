@@ -33,12 +33,12 @@ from rankstream.topics import Topics
 
 log = logging.getLogger("rankstream.worker")
 
-#: (topic, key, value, partition or None)
-Record = tuple[str, bytes | None, bytes, int | None]
+#: One record to produce: (topic, key, value, partition or None).
+OutputRecord = tuple[str, bytes | None, bytes, int | None]
 #: Queues a record with the producer; the returned awaitable resolves when Kafka acknowledged it.
 Send = Callable[[str, bytes | None, bytes, int | None], Awaitable[Awaitable[object]]]
-#: Marks input offsets of a partition done.
-Ack = Callable[[int, Iterable[int]], None]
+#: Marks input offsets of a partition done (Faust then commits them): (partition, offsets).
+AckOffsets = Callable[[int, Iterable[int]], None]
 
 MAX_PENDING_RESULTS = 4
 MAX_RETRY_DELAY_S = 10.0
@@ -60,7 +60,7 @@ class Publisher:
         topics: Topics,
         state_topic: str,
         send: Send,
-        ack: Ack,
+        ack_offsets: AckOffsets,
         is_assigned: Callable[[int], bool],
         *,
         max_pending: int = MAX_PENDING_RESULTS,
@@ -68,7 +68,7 @@ class Publisher:
         self._topics = topics
         self._state_topic = state_topic
         self._send = send
-        self._ack = ack
+        self._ack_offsets = ack_offsets
         self._is_assigned = is_assigned
         self._queue: asyncio.Queue[Result] = asyncio.Queue(max_pending)
         self.stats = PublisherStats()
@@ -95,14 +95,14 @@ class Publisher:
 
     async def publish(self, result: Result) -> None:
         topics = self._topics
-        outputs: list[Record] = [(topics.steps, s["run_id"].encode(), dumps(s), None) for s in result.steps]
+        outputs: list[OutputRecord] = [(topics.steps, s["run_id"].encode(), dumps(s), None) for s in result.steps]
         outputs += [(topics.alerts, a["run_id"].encode(), dumps(a), None) for a in result.alerts]
         outputs += [(topics.dlq, key, value, None) for key, value in result.dlq]
         if outputs:
             await self._produce_acked(outputs)
         # Checked after the outputs are out: a partition revoked meanwhile belongs to its new owner,
         # whose state must not be overwritten by this older one (the compacted topic keeps the last).
-        states: list[Record] = []
+        states: list[OutputRecord] = []
         for (partition, run_id), state in result.state.items():
             if self._is_assigned(partition):
                 states.append((self._state_topic, run_id.encode(), dumps(state), partition))
@@ -115,11 +115,11 @@ class Publisher:
             by_partition.setdefault(partition, []).append(offset)
         for partition, offsets in by_partition.items():
             if self._is_assigned(partition):
-                self._ack(partition, offsets)
+                self._ack_offsets(partition, offsets)
             else:  # revoked meanwhile: its new owner re-reads these and decides
                 self.stats.dropped_acks += len(offsets)
 
-    async def _produce_acked(self, records: list[Record]) -> None:
+    async def _produce_acked(self, records: list[OutputRecord]) -> None:
         """Send ``records`` and wait until Kafka acknowledged all of them, retrying with backoff."""
         delay = 0.5
         while True:
@@ -137,4 +137,4 @@ class Publisher:
         self.stats.produced += len(records)
 
 
-__all__ = ["Publisher", "PublisherStats"]
+__all__ = ["AckOffsets", "OutputRecord", "Publisher", "PublisherStats", "Send"]

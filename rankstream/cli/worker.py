@@ -19,18 +19,21 @@ def worker(
     session_timeout: Annotated[
         float, typer.Option(help="Seconds before a dead worker's partitions move to another worker")
     ] = 15.0,
-    loglevel: Annotated[str, typer.Option(help="Faust log level")] = "warning",
+    loglevel: Annotated[
+        str, typer.Option(help="Log level of Faust and Kafka (the worker's stats lines show at warning too)")
+    ] = "warning",
 ) -> None:
     """Consume <prefix>.events, publish <prefix>.steps and <prefix>.alerts (invalid input -> <prefix>.dlq).
 
     Several workers with the same group split the partitions; a crashed worker's
     partitions are re-read from the last committed offset by the others.
     """
-    import faust
-
+    from rankstream.errors import ServiceUnavailable
     from rankstream.stack import broker_ready
-    from rankstream.stream_jobs.app import create_app, ensure_state_topic
+    from rankstream.stream_jobs.app import create_app
     from rankstream.stream_jobs.core import RulesError, load_rules
+    from rankstream.stream_jobs.detector_state import ensure_state_topic
+    from rankstream.stream_jobs.runner import StreamWorkerRunner
 
     settings = load_settings(bootstrap_servers=bootstrap, topic_prefix=prefix, state_dir=state_dir)
     try:
@@ -42,9 +45,10 @@ def worker(
         fail(f"cannot reach Kafka at {settings.bootstrap_servers}", EXIT_SERVICE)
     try:
         ensure_state_topic(settings)
-    except RuntimeError as exc:
+    except ServiceUnavailable as exc:
         fail(str(exc), EXIT_SERVICE)
-    app = create_app(settings, rules_config, group_id=group)
+    job = create_app(settings, rules_config, group_id=group)
+    app = job.app
     app.conf.broker_session_timeout = session_timeout
     app.conf.broker_heartbeat_interval = min(3.0, session_timeout / 4)
     typer.echo(
@@ -52,11 +56,7 @@ def worker(
         f"(group {app.conf.id}, kafka {settings.bootstrap_servers})",
         err=True,
     )
-    runner = faust.Worker(app, loglevel=loglevel.upper(), quiet=True, redirect_stdouts=False)
-    # Faust's terminal spinner sets the root logger to DEBUG (every aiokafka debug record is then
-    # built and dropped: ~3% of the worker's time) and writes escape codes into log files.
-    runner.spinner = None
-    runner.execute_from_commandline()
+    StreamWorkerRunner(app, loglevel=loglevel).execute_from_commandline()
 
 
 def register(app: typer.Typer) -> None:

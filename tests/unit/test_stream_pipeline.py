@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from rankstream.schema import dumps, validate_event
 from rankstream.stream_jobs.core import Engine
-from rankstream.stream_jobs.pipeline import Item, Pipeline
+from rankstream.stream_jobs.pipeline import PartitionedPipeline, SimpleMessage
 from rankstream.synthetic import Fault, generate_run
 from rankstream.topics import SINK_ONLY_HEADER
 
 
-def _items(events: list[dict], partition: int = 0, start: int = 0) -> list[Item]:
-    return [Item(partition, start + i, e["run_id"].encode(), dumps(e)) for i, e in enumerate(events)]
+def _items(events: list[dict], partition: int = 0, start: int = 0) -> list[SimpleMessage]:
+    return [SimpleMessage(partition, start + i, e["run_id"].encode(), dumps(e)) for i, e in enumerate(events)]
 
 
 def _offsets(acks: list[tuple[int, int]], partition: int = 0) -> list[int]:
@@ -26,7 +26,7 @@ def test_step_events_are_held_until_their_step_is_released() -> None:
     events = generate_run("r", world_size=4, steps=3, seed=1)
     step0 = [i for i, e in enumerate(events) if e["kind"] == "step" and e["step"] == 0]
     cut = step0[-1]  # everything before the last rank's step-0 event
-    pipeline = Pipeline()
+    pipeline = PartitionedPipeline()
     before = pipeline.process(_items(events[:cut]))
     assert before.steps == []
     assert _offsets(before.ackable) == [i for i in range(cut) if i not in step0]  # non-step events: at once
@@ -40,15 +40,15 @@ def test_step_events_are_held_until_their_step_is_released() -> None:
 
 def test_late_duplicate_of_a_released_step_is_acked_at_once() -> None:
     events = generate_run("r", world_size=2, steps=2, seed=2)
-    pipeline = Pipeline()
+    pipeline = PartitionedPipeline()
     pipeline.process(_items(events))
     again = pipeline.process(_items(_step_events(events, 0), start=500))
     assert _offsets(again.ackable) == [500, 501] and again.steps == []
 
 
 def test_invalid_messages_go_to_dlq_and_are_acked() -> None:
-    pipeline = Pipeline(source_topic="p.events")
-    result = pipeline.process([Item(2, 7, b"k", b"{oops")])
+    pipeline = PartitionedPipeline(source_topic="p.events")
+    result = pipeline.process([SimpleMessage(2, 7, b"k", b"{oops")])
     assert result.ackable == [(2, 7)]
     assert len(result.dlq) == 1 and b"not valid JSON" in result.dlq[0][1] and result.dlq[0][0] == b"k"
     assert pipeline.stats["invalid"] == 1
@@ -59,7 +59,7 @@ def test_wall_clock_fallback_releases_a_step_nobody_completes() -> None:
     events = generate_run("r", world_size=4, steps=40, seed=3)
     cut = [e for e in events if not (e["kind"] == "step" and e["step"] >= 30 and e["rank"] == 3)]
     cut = [e for e in cut if e["kind"] != "run_end" and not (e["kind"] == "heartbeat" and e["step"] >= 29)]
-    pipeline = Pipeline(wall_clock=lambda: now[0])
+    pipeline = PartitionedPipeline(wall_clock=lambda: now[0])
     first = pipeline.process(_items(cut))
     released = {s["step"] for s in first.steps}
     assert 39 not in released and pipeline.held_count() > 0
@@ -74,13 +74,13 @@ def test_resume_with_saved_state_detects_what_needs_the_earlier_window() -> None
     events = generate_run("r", world_size=8, steps=300, faults=[Fault("loss_spike", step=160)], seed=0)
     first = [e for e in events if e["kind"] == "run_start" or 0 <= e["step"] < 150]
     second = [e for e in events if e not in first]
-    before = Pipeline()
+    before = PartitionedPipeline()
     saved = before.process(_items(first)).state
-    resumed = Pipeline(state_lookup=lambda p, run_id: saved.get((p, run_id)))
+    resumed = PartitionedPipeline(state_lookup=lambda p, run_id: saved.get((p, run_id)))
     out = resumed.process(_items(second, start=len(first)))
     assert {s["step"] for s in out.steps} == set(range(150, 300))
     assert [a["rule"] for a in out.alerts] == ["loss_spike"]
-    cold = Pipeline().process(_items(second, start=len(first)))
+    cold = PartitionedPipeline().process(_items(second, start=len(first)))
     assert cold.alerts == []  # without the saved window the spike is invisible: the state matters
 
 
@@ -94,7 +94,7 @@ def test_trust_first_seq_only_in_the_stream_engine() -> None:
 
 def test_revoked_partition_is_forgotten() -> None:
     events = generate_run("r", world_size=2, steps=2, seed=5)
-    pipeline = Pipeline()
+    pipeline = PartitionedPipeline()
     pipeline.process(_items(_step_events(events, 0)[:1], partition=1))
     assert pipeline.held_count() == 1
     pipeline.revoke([1])
@@ -107,10 +107,10 @@ def test_events_of_steps_the_previous_owner_released_are_not_held() -> None:
     must be acked, not held forever."""
     events = generate_run("r", world_size=4, steps=200, seed=6)
     first = [e for e in events if e["kind"] == "run_start" or 0 <= e["step"] < 150]
-    before = Pipeline()
+    before = PartitionedPipeline()
     saved = before.process(_items(first)).state
     reread = [e for e in first if e["kind"] == "step" and e["step"] >= 140]
-    taker = Pipeline(state_lookup=lambda p, run_id: saved.get((p, run_id)))
+    taker = PartitionedPipeline(state_lookup=lambda p, run_id: saved.get((p, run_id)))
     out = taker.process(_items(reread, start=10_000))
     assert out.steps == []  # already downstream
     assert _offsets(out.ackable) == list(range(10_000, 10_000 + len(reread)))
@@ -127,13 +127,13 @@ def test_takeover_after_committed_heartbeats_still_aligns_at_once() -> None:
     committed and never re-read: the new owner must not wait for their seqs to release steps."""
     events = generate_run("r", world_size=4, steps=60, seed=8, heartbeat_every_s=0.2)
     first_held = next(i for i, e in enumerate(events) if e["kind"] == "step" and e["step"] >= 30)
-    before = Pipeline()
+    before = PartitionedPipeline()
     saved = before.process(_items(events[:first_held])).state
     last_released_seq = {e["rank"]: e["seq"] for e in events[:first_held] if e["kind"] == "step"}
     assert any(e["kind"] == "heartbeat" and e["seq"] > last_released_seq[e["rank"]] for e in events[:first_held]), (
         "the scenario needs a committed heartbeat above a rank's released seqs"
     )
-    taker = Pipeline(state_lookup=lambda p, run_id: saved.get((p, run_id)))
+    taker = PartitionedPipeline(state_lookup=lambda p, run_id: saved.get((p, run_id)))
     out = taker.process(_items(events[first_held:], start=5_000))
     assert [s["step"] for s in out.steps] == list(range(30, 60))
     assert all(s["complete"] for s in out.steps)
@@ -144,9 +144,10 @@ def test_events_redriven_for_the_sink_alone_are_acked_and_not_aligned_again() ->
     """``rankstream dlq --redrive`` re-sends events the store refused; the worker aligned them long ago."""
     events = generate_run("r", world_size=2, steps=3, seed=4)
     marked = [
-        Item(0, i, e["run_id"].encode(), dumps(e), headers=[(SINK_ONLY_HEADER, b"1")]) for i, e in enumerate(events)
+        SimpleMessage(0, i, e["run_id"].encode(), dumps(e), headers=[(SINK_ONLY_HEADER, b"1")])
+        for i, e in enumerate(events)
     ]
-    pipeline = Pipeline()
+    pipeline = PartitionedPipeline()
     result = pipeline.process(marked)
     assert result.steps == [] and result.alerts == [] and result.dlq == []
     assert _offsets(result.ackable) == list(range(len(events)))

@@ -1,0 +1,95 @@
+"""Detector state in the compacted ``<prefix>.stream-state`` topic: its name, creating it, reading it back.
+
+A run's state is written to the same partition number as the run's events (the
+topic has the events topic's partition count), so a worker assigned events
+partitions reads exactly those partitions of the state topic (docs/stream.md,
+"Detector state").
+"""
+
+from __future__ import annotations
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from rankstream.config import Settings
+from rankstream.errors import ServiceUnavailable
+from rankstream.schema import loads
+
+
+class StateTopicUnavailable(ServiceUnavailable):
+    """The state topic cannot be created because the events topic it mirrors does not exist."""
+
+
+def state_topic(settings: Settings) -> str:
+    return f"{settings.topic_prefix}.stream-state"
+
+
+async def load_state(settings: Settings, partitions: list[int]) -> dict[tuple[int, str], dict]:
+    """Read the compacted state topic's partitions to their end: the latest state per (partition, run_id)."""
+    topic = state_topic(settings)
+    consumer = AIOKafkaConsumer(enable_auto_commit=False, **settings.aiokafka_kwargs())
+    await consumer.start()
+    states: dict[tuple[int, str], dict] = {}
+    try:
+        # ensure_state_topic gave the state topic the events topic's partition count
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        remaining = {tp for tp in tps if end[tp] > 0}
+        while remaining:
+            batch = await consumer.getmany(*remaining, timeout_ms=1000)
+            for tp, records in batch.items():
+                for record in records:
+                    if record.key is not None and record.value is not None:
+                        states[(tp.partition, record.key.decode())] = loads(record.value)
+                    if record.offset + 1 >= end[tp]:
+                        remaining.discard(tp)
+            if not batch:
+                for tp in list(remaining):
+                    if await consumer.position(tp) >= end[tp]:
+                        remaining.discard(tp)
+    finally:
+        await consumer.stop()
+    return states
+
+
+def ensure_state_topic(settings: Settings) -> None:
+    """Create the compacted state topic with as many partitions as the events topic.
+
+    Raises :class:`StateTopicUnavailable` (a :class:`ServiceUnavailable`) when the events topic does not exist.
+    """
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    from rankstream.stack import wait_for_topics
+
+    admin = KafkaAdminClient(client_id="rankstream-worker", request_timeout_ms=15000, **settings.kafka_python_kwargs())
+    try:
+        existing = wait_for_topics(admin, [settings.topics.events], timeout_s=10.0)
+        if state_topic(settings) in existing:
+            return
+        if settings.topics.events not in existing:
+            raise StateTopicUnavailable(
+                f"topic {settings.topics.events} does not exist: run `rankstream topics create`"
+            )
+        described = admin.describe_topics([settings.topics.events])
+        partitions = len(described[0]["partitions"])
+        try:
+            admin.create_topics(
+                [
+                    NewTopic(
+                        state_topic(settings),
+                        num_partitions=partitions,
+                        replication_factor=min(3, len(admin.describe_cluster()["brokers"])),
+                        topic_configs={"cleanup.policy": "compact", "segment.ms": "600000"},
+                    )
+                ]
+            )
+        except TopicAlreadyExistsError:
+            pass
+    finally:
+        admin.close()
+
+
+__all__ = ["StateTopicUnavailable", "ensure_state_topic", "load_state", "state_topic"]
