@@ -16,7 +16,7 @@ from operator import itemgetter
 from typing import Any
 
 from rankstream.schema import MAX_INT64, MAX_WORLD_SIZE, InvalidEvent, dumps, require_int
-from rankstream.sinks.tables import COLUMNS, column_names
+from rankstream.sinks.store.tables import COLUMNS, column_names
 
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 _STEP_FIELDS = frozenset(
@@ -272,8 +272,8 @@ def _int(obj: dict[str, Any], key: str, minimum: int = -MAX_INT64, maximum: int 
 
 def _float(obj: dict[str, Any], key: str, *, finite: bool = False) -> float:
     value = obj.get(key)
-    if type(value) in (int, float):
-        out = float(value)
+    if type(value) in (int, float):  # not bool
+        out = float(value)  # type: ignore[arg-type]  # (mypy does not narrow on type(...) in ...)
     elif value is None and not finite:
         out = math.nan
     elif isinstance(value, str) and value in _NONFINITE and not finite:

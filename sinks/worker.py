@@ -1,7 +1,9 @@
-"""The sink worker: Kafka topics -> batched, deduplicated ClickHouse inserts -> offset commits.
+"""The sink worker, the consumer loop: Kafka topics -> batches -> the batch writer -> offset commits.
 
-Thin shell around :mod:`rankstream.sinks.records` (pure conversion) and
-:mod:`rankstream.sinks.writer` (inserts). Guarantees:
+It polls, batches (:mod:`.pending`), hands batches to
+:class:`~rankstream.sinks.writer.BatchWriter` (rows, inserts, refused rows),
+sends dead letters, commits, pauses while the store is down and handles
+rebalances. Guarantees:
 
 * offsets are committed only after the batch's insert (and its dead letters) succeeded,
   batch after batch in consumption order;
@@ -13,8 +15,12 @@ Thin shell around :mod:`rankstream.sinks.records` (pure conversion) and
   with backoff, and one log line marks each change;
 * rows the store refuses for their data (a constraint, a value a column cannot hold)
   are not an outage: the batch is inserted in halves around them, and the refused
-  messages go to the dead-letter topic with the store's reason (:mod:`.rejections`);
-* with a ``chdb://`` DSN this process owns the store and serves its HTTP interface.
+  messages go to the dead-letter topic with the store's reason (:mod:`.rejections`).
+
+With a ``chdb://`` DSN the process that runs the worker owns the store; the
+``rankstream sink`` command serves its HTTP interface
+(:func:`rankstream.sinks.store.httpd.serve_store`) between :meth:`SinkWorker.open`
+and the end of :meth:`SinkWorker.run`.
 
 A batch is flushed when it holds ``batch_rows`` rows, when its first message is
 ``batch_seconds`` old, or when the consumer has caught up (a poll returned
@@ -42,30 +48,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rankstream.config import Settings
-from rankstream.schema import InvalidEvent, decode_event, dlq_record, loads
-from rankstream.sinks.records import (
-    Batch,
-    RunCache,
-    run_row_from_end,
-    run_row_from_start,
-    validate_alert,
-    validate_step,
-)
-from rankstream.sinks.rejections import Rejected, find_rejected, rejection_reason
-from rankstream.sinks.store import StoreError, open_store, parse_dsn
-from rankstream.sinks.writer import batch_token, insert_batch, lookup_runs, prepare_client
+from rankstream.errors import one_line
+from rankstream.sinks.outage import SHUTDOWN_GRACE_S, Retrier, Stopped
+from rankstream.sinks.pending import DeadLetter, PendingBatch
+from rankstream.sinks.records import Batch
+from rankstream.sinks.rejections import Rejected
+from rankstream.sinks.store import parse_dsn
+from rankstream.sinks.writer import BatchWriter, batch_token, open_for_writing
 
 log = logging.getLogger("rankstream.sink")
-
-MAX_BACKOFF_S = 5.0
-NEGATIVE_LOOKUP_S = 10.0
-SHUTDOWN_GRACE_S = 15.0
-UNASSIGNED_REJOIN_S = 10.0  # see SinkWorker._rejoin_if_unassigned
-MAX_REJOINS = 3
-
-
-class _Stopped(Exception):
-    """Stop was requested while waiting for the store."""
 
 
 @dataclass
@@ -83,20 +74,10 @@ class SinkStats:
 
 
 @dataclass
-class _Pending:
-    items: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    origins: list[Any] = field(default_factory=list)  # the consumer record of each item (for the DLQ)
-    dlq: list[tuple[bytes | None, bytes]] = field(default_factory=list)
-    ranges: dict[tuple[str, int], list[int]] = field(default_factory=dict)
-    rows: int = 0
-    started: float = 0.0
-
-
-@dataclass
 class _InFlight:
     """A batch handed to the insert thread, not yet committed."""
 
-    pending: _Pending
+    pending: PendingBatch
     ranges: dict[tuple[str, int], tuple[int, int]]
     token: str
     batch: Batch
@@ -112,9 +93,7 @@ class SinkWorker:
         *,
         batch_rows: int = 50_000,
         batch_seconds: float = 1.0,
-        serve_http: bool | None = None,
         group_id: str | None = None,
-        http_port: int | None = None,
         max_poll_records: int = 5000,
         caught_up_rows: int | None = None,
     ) -> None:
@@ -123,47 +102,47 @@ class SinkWorker:
         self.batch_rows = max(1, batch_rows)
         self.batch_seconds = batch_seconds
         self.caught_up_rows = max(1, self.batch_rows // 2 if caught_up_rows is None else caught_up_rows)
-        self.serve_http = self.dsn.embedded if serve_http is None else serve_http
-        if self.serve_http and not self.dsn.embedded:
-            raise StoreError("the HTTP interface is served only for an embedded chdb:// store")
         self.group_id = group_id or f"{settings.topic_prefix}.sink"
-        self.http_port = settings.http_port if http_port is None else http_port
         self.max_poll_records = max_poll_records
         self.stats = SinkStats()
         self._events_topic, self._steps_topic = settings.topics.events, settings.topics.steps
-        self.port: int | None = None
-        self.ready = threading.Event()
-        self._runs = RunCache()
-        self._unknown_runs: dict[str, float] = {}
-        self._pending = _Pending()
-        self._rejoins = 0  # see _rejoin_if_unassigned
+        self.ready = threading.Event()  # set while consuming
+        self.writer = BatchWriter()
+        self._pending = PendingBatch()
         self._inflight: _InFlight | None = None
         self._flushing = False  # inside _flush/_finish_inflight (whose store retries poll the consumer)
         self._inserter: ThreadPoolExecutor | None = None
-        self._client: Any = None
         self._consumer: Any = None
         self._producer: Any = None
-        self._store_down_since: float | None = None
-        self._stop = threading.Event()
+        self._retrier = Retrier(self._count_outage, self._accept)
+        self._stop = self._retrier.stop
 
     # ------------------------------------------------------------------ lifecycle
 
-    def run(self, stop_event: threading.Event | None = None) -> None:
-        """Run until ``stop_event`` is set; then flush, commit and return."""
-        from rankstream.sinks import portfile
-        from rankstream.sinks.httpd import HOST, StoreHttpServer
+    def open(self, stop_event: threading.Event | None = None) -> bool:
+        """Open and migrate the store, waiting with backoff while it is down; False when stopped first.
 
-        self._stop = stop_event or threading.Event()
-        server = None
+        :meth:`run` opens the store itself when this was not called; the CLI calls
+        it first to serve an embedded store's HTTP interface before consuming.
+        """
+        if stop_event is not None:
+            self._stop = self._retrier.stop = stop_event
+        if self.writer.client is None:
+            try:
+                self.writer.client = self._retrier.with_store(
+                    lambda: open_for_writing(self.dsn.raw), "open", paused=False
+                )
+            except Stopped:
+                log.info("sink: stopped while waiting for the store; uncommitted messages will be re-read")
+                return False
+        return True
+
+    def run(self, stop_event: threading.Event | None = None) -> None:
+        """Run until ``stop_event`` is set; then flush, commit and :meth:`close`."""
         try:
-            self._client = self._with_store(self._open, "open", paused=False)
-            if self.serve_http:
-                assert self.dsn.path is not None
-                server = StoreHttpServer(self.dsn.path, self.http_port)
-                self.port = server.start()
-                portfile.write(self.dsn.path, HOST, self.port)
-                log.info("sink: serving the store's HTTP interface on http://%s:%d", HOST, self.port)
-            self._consumer = self._make_consumer()
+            if not self.open(stop_event):
+                return
+            self._consumer = self._retrier.consumer = self._make_consumer()
             self.ready.set()
             log.info(
                 "sink: consuming %s, %s, %s into %s (group %s)",
@@ -172,20 +151,10 @@ class SinkWorker:
                 self.group_id,
             )
             self._loop()
-        except _Stopped:
+        except Stopped:
             log.info("sink: stopped while waiting for the store; uncommitted messages will be re-read")
         finally:
-            self._close(server)
-
-    def _open(self) -> Any:
-        from rankstream.sinks.migrations import migrate
-
-        client = open_store(self.dsn.raw)
-        applied = migrate(client)
-        if applied:
-            log.info("sink: applied migrations %s", ", ".join(applied))
-        prepare_client(client)
-        return client
+            self.close()
 
     def _topics(self) -> tuple[str, str, str]:
         topics = self.settings.topics
@@ -197,7 +166,7 @@ class SinkWorker:
 
         if getattr(record_util, "crc32c_c", None) is None:
             log.warning("sink: the crc32c package is missing; Kafka CRC checks run in pure Python (slow)")
-        from rankstream.sinks.worker_rebalance import RevokeListener
+        from rankstream.sinks.worker_rebalance import subscribe
 
         consumer = KafkaConsumer(
             group_id=self.group_id,
@@ -216,67 +185,43 @@ class SinkWorker:
             metadata_max_age_ms=30_000,
             **self.settings.kafka_python_kwargs(),
         )
-        consumer.subscribe(list(self._topics()), listener=RevokeListener(self))
+        subscribe(consumer, self._topics(), self)
         return consumer
 
-    def _close(self, server: Any) -> None:
-        from rankstream.sinks import portfile
-
+    def close(self) -> None:
+        """Release the insert thread, the consumer, the DLQ producer and the store client (idempotent)."""
         if self._inserter is not None:
             self._inserter.shutdown(wait=True, cancel_futures=True)  # an insert in flight is left to finish
             self._inserter = None
-        if self._consumer is not None:
+        consumer, self._consumer, self._retrier.consumer = self._consumer, None, None
+        if consumer is not None:
             try:
-                self._consumer.close(autocommit=False)
+                consumer.close(autocommit=False)
             except Exception as exc:  # closing must not mask the reason we stop
                 log.warning("sink: closing the consumer failed: %s", exc)
-        if self._producer is not None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
             try:
-                self._producer.close(timeout=5)
+                producer.close(timeout=5)
             except Exception as exc:
                 log.warning("sink: closing the DLQ producer failed: %s", exc)
-        if server is not None:
-            assert self.dsn.path is not None
-            portfile.remove(self.dsn.path)
-            server.stop()
-        if self._client is not None:
+        client, self.writer.client = self.writer.client, None
+        if client is not None:
             try:
-                self._client.close()
+                client.close()
             except Exception:
                 pass
         self.ready.clear()
 
     # ------------------------------------------------------------------ main loop
 
-    def _rejoin_if_unassigned(self, unassigned_since: float | None) -> float | None:
-        """Re-subscribe when the group gave this sink no partition for a while although the
-        topics have some: kafka-python 3 can join with metadata that lacks just-created topics,
-        get an empty assignment and never rejoin (seen in CI: minutes of silence). A sink that
-        is idle on purpose (more sinks than partitions) stops trying after a few attempts."""
-        consumer = self._consumer
-        if consumer.assignment():
-            self._rejoins = 0
-            return None
-        now = time.monotonic()
-        if unassigned_since is None:
-            return now
-        wait = UNASSIGNED_REJOIN_S * 2**self._rejoins
-        if self._rejoins >= MAX_REJOINS or now - unassigned_since < wait:
-            return unassigned_since
-        if any(consumer.partitions_for_topic(t) for t in self._topics()):
-            from rankstream.sinks.worker_rebalance import RevokeListener
-
-            self._rejoins += 1
-            log.warning("sink: no partitions assigned for %.0fs although the topics exist; rejoining", wait)
-            consumer.unsubscribe()
-            consumer.subscribe(list(self._topics()), listener=RevokeListener(self))
-        return now
-
     def _loop(self) -> None:
+        from rankstream.sinks.worker_rebalance import RejoinWatch
+
         consumer = self._consumer
-        unassigned_since: float | None = None
+        rejoin = RejoinWatch()
         while not self._stop.is_set():
-            unassigned_since = self._rejoin_if_unassigned(unassigned_since)
+            rejoin.check(consumer, self._topics(), self)
             self._settle()
             # While an insert runs, poll briefly so its offsets are committed soon after it lands.
             records = consumer.poll(timeout_ms=100 if self._inflight is None else 10)
@@ -304,7 +249,7 @@ class SinkWorker:
             self.stats.max_buffered_rows,
         )
 
-    def _caught_up(self, pending: _Pending) -> bool:
+    def _caught_up(self, pending: PendingBatch) -> bool:
         """True when ``pending`` ends at the last known high watermark of every partition it holds."""
         from kafka.errors import IllegalStateError
         from kafka.structs import TopicPartition
@@ -318,43 +263,14 @@ class SinkWorker:
                 return False
         return True
 
+    def _count_outage(self) -> None:
+        self.stats.outages += 1
+
     def _accept(self, topic: str, record: Any) -> None:
         """Decode one message into the pending batch, or queue it for the dead-letter topic."""
-        pending = self._pending
-        if not pending.ranges:
-            pending.started = time.monotonic()
-        key = (topic, record.partition)
-        span = pending.ranges.get(key)
-        if span is None:
-            pending.ranges[key] = [record.offset, record.offset]
-        else:
-            span[1] = record.offset
         self.stats.messages += 1
-        raw = record.value
-        events, steps = self._events_topic, self._steps_topic
-        try:
-            if raw is None:
-                raise InvalidEvent("empty message")
-            if topic == events:
-                event = decode_event(raw)
-                pending.items.append(("event", event))
-                pending.rows += 1 + len(event["metrics"])
-            else:
-                try:
-                    obj = loads(raw)
-                except (ValueError, TypeError) as exc:
-                    raise InvalidEvent(f"not valid JSON: {str(exc).splitlines()[0][:120]}") from None
-                if topic == steps:
-                    rec = validate_step(obj)
-                    pending.items.append(("step", rec))
-                    pending.rows += 1 + len(rec["metrics"])
-                else:
-                    pending.items.append(("alert", validate_alert(obj)))
-                    pending.rows += 1
-        except InvalidEvent as exc:
-            pending.dlq.append((record.key, dlq_record(raw or b"", exc.reason, topic, record.partition, record.offset)))
-        else:  # one item was added
-            pending.origins.append(record)
+        pending = self._pending
+        pending.accept(topic, record, self._events_topic, self._steps_topic)
         self.stats.max_buffered_rows = max(self.stats.max_buffered_rows, pending.rows)
 
     # ------------------------------------------------------------------ flushing
@@ -391,18 +307,19 @@ class SinkWorker:
                 self._finish_inflight(deadline)
             return
         # Detach first: records polled while waiting for the store belong to the next batch.
-        self._pending = _Pending()
-        ranges = {k: (v[0], v[1]) for k, v in pending.ranges.items()}
+        self._pending = PendingBatch()
+        ranges = pending.offset_ranges()
         token = batch_token(ranges)
-        unknown = self._unknown_runs_of(pending.items)
+        writer = self.writer
+        unknown = writer.unknown_runs(pending.items)
         if unknown:
             self._finish_inflight(deadline)  # one store call at a time (an HTTP session serves one query)
-            self._with_store(lambda: self._resolve_runs(unknown), "run lookup", deadline=deadline)
-        batch = self._build(pending.items)  # while the previous batch is being inserted
+            self._retrier.with_store(lambda: writer.resolve_runs(unknown), "run lookup", deadline=deadline)
+        batch = writer.build(pending.items)  # while the previous batch is being inserted
         self._finish_inflight(deadline)
         if self._inserter is None:
             self._inserter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rankstream-sink-insert")
-        future = self._inserter.submit(insert_batch, self._client, batch, token)
+        future = self._inserter.submit(writer.insert, batch, token)
         self._inflight = _InFlight(pending, ranges, token, batch, future)
         if wait:
             self._finish_inflight(deadline)
@@ -418,11 +335,11 @@ class SinkWorker:
 
             def attempt() -> int:
                 if first:  # the background attempt counts as the first one (its failure is logged as usual)
-                    return _refusal_raised(first.pop().result)
-                return self._insert_or_refuse(job.batch, job.token)
+                    return first.pop().result()
+                return self.writer.insert(job.batch, job.token)
 
             try:
-                self._with_store(attempt, "insert", deadline=deadline)
+                self._retrier.with_store(attempt, "insert", deadline=deadline)
             except Rejected as exc:
                 written = self._insert_around_refused(job, exc.reason, deadline)
             if job.pending.dlq:
@@ -439,23 +356,11 @@ class SinkWorker:
 
         Returns the rows stored.
         """
-        items, origins = job.pending.items, job.pending.origins
-        stored = 0
-
-        def insert(lo: int, hi: int) -> None:
-            nonlocal stored
-            part = self._build(items[lo:hi])
-            self._with_store(
-                lambda: self._insert_or_refuse(part, f"{job.token}:{lo}-{hi}"), "insert", deadline=deadline
-            )
-            stored += part.rows
-
-        refused = find_rejected(len(items), insert)
-        for index, why in refused:
-            record = origins[index]
-            job.pending.dlq.append(
-                (record.key, dlq_record(record.value or b"", why, record.topic, record.partition, record.offset))
-            )
+        items = job.pending.items
+        stored, refused = self.writer.insert_around_refused(
+            items, job.token, lambda insert: self._retrier.with_store(insert, "insert", deadline=deadline)
+        )
+        job.pending.refuse(refused)
         self.stats.rejected += len(refused)
         log.warning(
             "sink: the store refused %d of %d message(s) of a batch (%s); sent to %s with the reason, the rest stored",
@@ -466,13 +371,9 @@ class SinkWorker:
         )
         return stored
 
-    def _insert_or_refuse(self, batch: Batch, token: str) -> int:
-        """One insert attempt; a refusal of the rows themselves is raised as :class:`Rejected`."""
-        return _refusal_raised(lambda: insert_batch(self._client, batch, token))
-
     def discard_pending(self) -> None:
         """Forget the uncommitted batch (after a rebalance its messages are re-read from the committed offsets)."""
-        self._pending = _Pending()
+        self._pending = PendingBatch()
 
     def flush_once(self) -> bool:
         """One insert attempt without retries (used while partitions are being revoked)."""
@@ -485,75 +386,12 @@ class SinkWorker:
         try:
             self._flush(deadline=time.monotonic(), wait=True)
             return True
-        except (_Stopped, Exception) as exc:
-            log.warning("sink: could not flush before rebalance (%s); the batch will be re-read", _one_line(exc))
+        except (Stopped, Exception) as exc:
+            log.warning("sink: could not flush before rebalance (%s); the batch will be re-read", one_line(exc))
             self.discard_pending()
             return False
 
-    def _unknown_runs_of(self, items: list[tuple[str, dict[str, Any]]]) -> list[str]:
-        """Runs of ``items`` whose team the run cache does not know (and that were not looked up lately)."""
-        starts = {rec["run_id"] for kind, rec in items if kind == "event" and rec["kind"] == "run_start"}
-        now = time.monotonic()
-        runs, negative = self._runs, self._unknown_runs
-        return sorted(
-            {
-                run_id
-                for run_id in {rec["run_id"] for kind, rec in items if kind != "alert"}
-                if run_id not in runs and run_id not in starts and now - negative.get(run_id, -1e9) > NEGATIVE_LOOKUP_S
-            }
-        )
-
-    def _resolve_runs(self, unknown: list[str]) -> None:
-        """Make the run cache know the team of the ``unknown`` runs (one store query)."""
-        if not unknown:
-            return
-        now = time.monotonic()
-        found = lookup_runs(self._client, unknown)
-        for run_id in unknown:
-            if run_id in found:
-                self._runs.put(found[run_id])
-                self._unknown_runs.pop(run_id, None)
-            else:
-                self._unknown_runs[run_id] = now
-        if len(self._unknown_runs) > 100_000:
-            self._unknown_runs.clear()
-
-    def _build(self, items: list[tuple[str, dict[str, Any]]]) -> Batch:
-        """Rows of every table for the pending items; run_start metadata applies to the whole batch."""
-        runs = self._runs
-        events: list[dict[str, Any]] = []
-        lifecycle: list[dict[str, Any]] = []
-        others: list[tuple[str, dict[str, Any]]] = []
-        for kind, rec in items:
-            if kind != "event":
-                others.append((kind, rec))
-                continue
-            events.append(rec)
-            if rec["kind"] == "run_start":
-                runs.put(_merge_run(runs.get(rec["run_id"]), run_row_from_start(rec)))
-                lifecycle.append(rec)
-            elif rec["kind"] == "run_end":
-                lifecycle.append(rec)
-        batch = Batch()
-        if events:
-            # A run's team is fixed once the batch's run_start events are merged (run_end keeps it).
-            team = {run_id: runs.team(run_id) for run_id in {rec["run_id"] for rec in events}}
-            batch.add_events(events, [team[rec["run_id"]] for rec in events])
-        for rec in lifecycle:
-            if rec["kind"] == "run_start":
-                batch.add_run(runs.get(rec["run_id"]) or run_row_from_start(rec))
-            else:
-                row = run_row_from_end(runs.get(rec["run_id"]), rec)
-                runs.put(row)
-                batch.add_run(row)
-        for kind, rec in others:
-            if kind == "step":
-                batch.add_step(rec, runs.team(rec["run_id"]))
-            else:
-                batch.add_alert(rec)
-        return batch
-
-    def _send_dlq(self, messages: list[tuple[bytes | None, bytes]], deadline: float | None) -> None:
+    def _send_dlq(self, messages: list[DeadLetter], deadline: float | None) -> None:
         def send() -> None:
             if self._producer is None:
                 from kafka import KafkaProducer
@@ -564,7 +402,7 @@ class SinkWorker:
             for future in futures:
                 future.get(timeout=30)
 
-        self._retry(send, "dead-letter topic", deadline)
+        self._retrier.retry(send, "dead-letter topic", deadline)
         log.info("sink: %d invalid message(s) sent to %s", len(messages), self.settings.topics.dlq)
 
     def _commit(self, ranges: dict[tuple[str, int], tuple[int, int]]) -> None:
@@ -576,114 +414,7 @@ class SinkWorker:
             self._consumer.commit(offsets)
         except KafkaError as exc:
             # The rows are stored; a failed commit only means they are read again and collapse as duplicates.
-            log.warning("sink: offset commit failed (%s); the batch will be re-read and deduplicated", _one_line(exc))
+            log.warning("sink: offset commit failed (%s); the batch will be re-read and deduplicated", one_line(exc))
             return
         for (topic, part), (_, last) in ranges.items():
             self.stats.committed[f"{topic}/{part}"] = last + 1
-
-    # ------------------------------------------------------------------ store outages
-
-    def _with_store(self, fn: Any, what: str, *, paused: bool = True, deadline: float | None = None) -> Any:
-        """Call ``fn`` until it succeeds; while it fails, consumption is paused and retried with backoff."""
-        return self._retry(fn, f"store ({what})", deadline, pause=paused)
-
-    def _retry(self, fn: Any, what: str, deadline: float | None, pause: bool = True) -> Any:
-        delay = 0.1
-        failing_since: float | None = None
-        while True:
-            try:
-                result = fn()
-            except Exception as exc:
-                if isinstance(exc, _Stopped):
-                    raise
-                if isinstance(exc, Rejected):  # the store answers again: refused rows are not an outage
-                    self._recovered(what, failing_since, pause)
-                    raise
-                if failing_since is None:
-                    failing_since = time.monotonic()
-                    self.stats.outages += 1
-                    log.warning(
-                        "sink: %s unavailable (%s); %sretrying with backoff",
-                        what,
-                        _one_line(exc),
-                        "consumption paused, " if pause and self._consumer is not None else "",
-                    )
-                    if pause:
-                        self._pause(True)
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    raise _Stopped() from exc
-                if self._stop.is_set() and deadline is None:
-                    deadline = now + SHUTDOWN_GRACE_S
-                self._keepalive(delay)
-                delay = min(delay * 2, MAX_BACKOFF_S)
-                continue
-            self._recovered(what, failing_since, pause)
-            return result
-
-    def _recovered(self, what: str, failing_since: float | None, pause: bool) -> None:
-        """After a failing stretch: one log line, and consumption resumes."""
-        if failing_since is None:
-            return
-        log.info("sink: %s available again after %.1f s; resuming", what, time.monotonic() - failing_since)
-        if pause:
-            self._pause(False)
-
-    def _pause(self, paused: bool) -> None:
-        consumer = self._consumer
-        if consumer is None:
-            return
-        assignment = consumer.assignment()
-        if not assignment:
-            return
-        if paused:
-            consumer.pause(*assignment)
-        else:
-            consumer.resume(*assignment)
-
-    def _keepalive(self, seconds: float) -> None:
-        """Wait ``seconds`` while keeping the group membership (paused partitions return nothing)."""
-        if self._consumer is None:
-            self._stop.wait(seconds)
-            return
-        end = time.monotonic() + seconds
-        while True:
-            left = end - time.monotonic()
-            if left <= 0:
-                return
-            records = self._consumer.poll(timeout_ms=int(min(left, 0.5) * 1000))
-            if records:  # only possible right after a rebalance reset the pause; keep them for later
-                for tp, batch in records.items():
-                    for record in batch:
-                        self._accept(tp.topic, record)
-
-
-def _merge_run(previous: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
-    """A run_start row, keeping metadata an earlier run_start (e.g. rank 0's) already provided."""
-    if not previous:
-        return new
-    merged = dict(new)
-    for key, value in previous.items():
-        if value not in ("", None, 0) and merged.get(key) in ("", None, 0):
-            merged[key] = value
-    merged["started_at"] = min(previous["started_at"], new["started_at"])
-    merged["updated_at"] = max(previous["updated_at"], new["updated_at"])
-    if previous.get("status") not in ("running", None):
-        merged["status"], merged["ended_at"] = previous["status"], previous.get("ended_at")
-    return merged
-
-
-def _refusal_raised(insert: Any) -> int:
-    """Call ``insert``; a refusal of the data itself is raised as :class:`Rejected` (not retried)."""
-    try:
-        return insert()
-    except Exception as exc:
-        reason = rejection_reason(exc)
-        if reason is None:
-            raise
-        raise Rejected(reason) from exc
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]

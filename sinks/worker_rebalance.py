@@ -1,4 +1,4 @@
-"""Rebalance hook of the sink's consumer: flush before partitions go away, else drop the batch.
+"""Rebalances of the sink's consumer: flush before partitions go away, and rejoin a group that forgot us.
 
 kafka-python rebalances eagerly: every partition is revoked and the positions
 of the new assignment start from the committed offsets, so a batch that cannot
@@ -8,6 +8,7 @@ be flushed in time is simply dropped and read again, never lost.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from kafka import ConsumerRebalanceListener
@@ -16,6 +17,9 @@ if TYPE_CHECKING:
     from rankstream.sinks.worker import SinkWorker
 
 log = logging.getLogger("rankstream.sink")
+
+UNASSIGNED_REJOIN_S = 10.0  # see RejoinWatch
+MAX_REJOINS = 3
 
 
 class RevokeListener(ConsumerRebalanceListener):
@@ -28,3 +32,41 @@ class RevokeListener(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("sink: assigned %d partition(s)", len(assigned))
+
+
+def subscribe(consumer: Any, topics: tuple[str, ...], worker: SinkWorker) -> None:
+    """Subscribe ``consumer`` to ``topics`` with ``worker``'s rebalance listener."""
+    consumer.subscribe(list(topics), listener=RevokeListener(worker))
+
+
+class RejoinWatch:
+    """Re-subscribe when the group gave this sink no partition for a while although the topics have some.
+
+    kafka-python 3 can join with metadata that lacks just-created topics, get an
+    empty assignment and never rejoin (seen in CI: minutes of silence). A sink
+    that is idle on purpose (more sinks than partitions) stops trying after a few attempts.
+    """
+
+    def __init__(self) -> None:
+        self.rejoins = 0
+        self.unassigned_since: float | None = None
+
+    def check(self, consumer: Any, topics: tuple[str, ...], worker: SinkWorker) -> None:
+        """Called between polls: rejoin when unassigned for long enough (the wait doubles each time)."""
+        if consumer.assignment():
+            self.rejoins = 0
+            self.unassigned_since = None
+            return
+        now = time.monotonic()
+        if self.unassigned_since is None:
+            self.unassigned_since = now
+            return
+        wait = UNASSIGNED_REJOIN_S * 2**self.rejoins
+        if self.rejoins >= MAX_REJOINS or now - self.unassigned_since < wait:
+            return
+        if any(consumer.partitions_for_topic(t) for t in topics):
+            self.rejoins += 1
+            log.warning("sink: no partitions assigned for %.0fs although the topics exist; rejoining", wait)
+            consumer.unsubscribe()
+            subscribe(consumer, topics, worker)
+        self.unassigned_since = now

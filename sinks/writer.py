@@ -1,4 +1,11 @@
-"""Column-oriented, idempotent inserts of a :class:`~rankstream.sinks.records.Batch`.
+"""The ClickHouse batch writer: rows for every table from decoded messages, and idempotent inserts.
+
+:class:`BatchWriter` builds a :class:`~rankstream.sinks.records.Batch` (with
+each run's team from a bounded cache and, for runs it does not know, one store
+lookup), inserts it, and tells rows the store refuses for their data
+(:class:`~rankstream.sinks.rejections.Rejected`, never retried) from a store
+that is down (any other exception: the caller retries). It knows nothing of
+Kafka: :mod:`rankstream.sinks.worker` feeds it and commits offsets.
 
 Column names and types go with every insert, so clickhouse-connect skips its
 per-insert DESCRIBE. ``LowCardinality(String)`` columns are sent as plain
@@ -19,13 +26,22 @@ a server whose profile enables asynchronous inserts without waiting for them.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import logging
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from rankstream.sinks.records import Batch
-from rankstream.sinks.store import DATABASE
-from rankstream.sinks.tables import TABLE_ORDER, column_names, column_types, qualified
+from rankstream.sinks.records import Batch, RunCache, run_row_from_end, run_row_from_start
+from rankstream.sinks.rejections import Rejected, find_rejected, rejection_reason
+from rankstream.sinks.store import DATABASE, open_store
+from rankstream.sinks.store.tables import TABLE_ORDER, column_names, column_types, qualified
 
+log = logging.getLogger("rankstream.sink")
+
+#: A decoded message: ``("event" | "step" | "alert", record)``.
+Item = tuple[str, dict[str, Any]]
+
+NEGATIVE_LOOKUP_S = 10.0  # a run the store did not know is not looked up again for this long
 RUN_LOOKUP_COLUMNS = column_names("runs")
 _LC_STRING = "LowCardinality(String)"
 
@@ -104,3 +120,137 @@ def _to_micros(value: Any) -> int:
         value = value.replace(tzinfo=dt.UTC)
     delta = value - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def open_for_writing(dsn: str) -> Any:
+    """A client for ``dsn`` with the schema migrated and the client's lazy imports done; raises while down."""
+    from rankstream.sinks.store.migrations import migrate
+
+    client = open_store(dsn)
+    applied = migrate(client)
+    if applied:
+        log.info("sink: applied migrations %s", ", ".join(applied))
+    prepare_client(client)
+    return client
+
+
+class BatchWriter:
+    """Builds the rows of decoded messages and inserts them through one client (``client`` is set once open).
+
+    The run cache is how rows get their team: raw events carry it only in rank
+    0's run_start, so the writer remembers each run's row and asks the store
+    for runs it has not seen (once per :data:`NEGATIVE_LOOKUP_S` for unknown ones).
+    """
+
+    def __init__(self, client: Any = None) -> None:
+        self.client = client
+        self.runs = RunCache()
+        self._unknown_runs: dict[str, float] = {}
+
+    def unknown_runs(self, items: list[Item]) -> list[str]:
+        """Runs of ``items`` whose team the run cache does not know (and that were not looked up lately)."""
+        starts = {rec["run_id"] for kind, rec in items if kind == "event" and rec["kind"] == "run_start"}
+        now = time.monotonic()
+        runs, negative = self.runs, self._unknown_runs
+        return sorted(
+            {
+                run_id
+                for run_id in {rec["run_id"] for kind, rec in items if kind != "alert"}
+                if run_id not in runs and run_id not in starts and now - negative.get(run_id, -1e9) > NEGATIVE_LOOKUP_S
+            }
+        )
+
+    def resolve_runs(self, unknown: list[str]) -> None:
+        """Make the run cache know the team of the ``unknown`` runs (one store query)."""
+        if not unknown:
+            return
+        now = time.monotonic()
+        found = lookup_runs(self.client, unknown)
+        for run_id in unknown:
+            if run_id in found:
+                self.runs.put(found[run_id])
+                self._unknown_runs.pop(run_id, None)
+            else:
+                self._unknown_runs[run_id] = now
+        if len(self._unknown_runs) > 100_000:
+            self._unknown_runs.clear()
+
+    def build(self, items: list[Item]) -> Batch:
+        """Rows of every table for ``items``; run_start metadata applies to the whole batch."""
+        runs = self.runs
+        events: list[dict[str, Any]] = []
+        lifecycle: list[dict[str, Any]] = []
+        others: list[Item] = []
+        for kind, rec in items:
+            if kind != "event":
+                others.append((kind, rec))
+                continue
+            events.append(rec)
+            if rec["kind"] == "run_start":
+                runs.put(_merge_run(runs.get(rec["run_id"]), run_row_from_start(rec)))
+                lifecycle.append(rec)
+            elif rec["kind"] == "run_end":
+                lifecycle.append(rec)
+        batch = Batch()
+        if events:
+            # A run's team is fixed once the batch's run_start events are merged (run_end keeps it).
+            team = {run_id: runs.team(run_id) for run_id in {rec["run_id"] for rec in events}}
+            batch.add_events(events, [team[rec["run_id"]] for rec in events])
+        for rec in lifecycle:
+            if rec["kind"] == "run_start":
+                batch.add_run(runs.get(rec["run_id"]) or run_row_from_start(rec))
+            else:
+                row = run_row_from_end(runs.get(rec["run_id"]), rec)
+                runs.put(row)
+                batch.add_run(row)
+        for kind, rec in others:
+            if kind == "step":
+                batch.add_step(rec, runs.team(rec["run_id"]))
+            else:
+                batch.add_alert(rec)
+        return batch
+
+    def insert(self, batch: Batch, token: str) -> int:
+        """One insert attempt; returns the rows written. A refusal of the rows themselves raises :class:`Rejected`."""
+        try:
+            return insert_batch(self.client, batch, token)
+        except Exception as exc:
+            reason = rejection_reason(exc)
+            if reason is None:
+                raise
+            raise Rejected(reason) from exc
+
+    def insert_around_refused(
+        self, items: list[Item], token: str, retry: Callable[[Callable[[], int]], int]
+    ) -> tuple[int, list[tuple[int, str]]]:
+        """Store ``items`` in halves around those the store refuses; returns the rows stored and the refused items.
+
+        Each part is inserted through ``retry`` (the caller's wait for a store
+        that is down) with a token of its own; refused items come back as
+        ``(index in items, reason)``.
+        """
+        stored = 0
+
+        def insert(lo: int, hi: int) -> None:
+            nonlocal stored
+            part = self.build(items[lo:hi])
+            retry(lambda: self.insert(part, f"{token}:{lo}-{hi}"))
+            stored += part.rows
+
+        refused = find_rejected(len(items), insert)
+        return stored, refused
+
+
+def _merge_run(previous: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """A run_start row, keeping metadata an earlier run_start (e.g. rank 0's) already provided."""
+    if not previous:
+        return new
+    merged = dict(new)
+    for key, value in previous.items():
+        if value not in ("", None, 0) and merged.get(key) in ("", None, 0):
+            merged[key] = value
+    merged["started_at"] = min(previous["started_at"], new["started_at"])
+    merged["updated_at"] = max(previous["updated_at"], new["updated_at"])
+    if previous.get("status") not in ("running", None):
+        merged["status"], merged["ended_at"] = previous["status"], previous.get("ended_at")
+    return merged

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -19,6 +20,11 @@ from rankstream.cli.common import (
     fail,
     load_settings,
 )
+
+if TYPE_CHECKING:
+    from rankstream.sinks.worker import SinkWorker
+
+log = logging.getLogger("rankstream.sink")
 
 
 def sink(
@@ -56,18 +62,39 @@ def sink(
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: object) -> None:
-        logging.getLogger("rankstream.sink").info("sink: %s received; flushing", signal.Signals(signum).name)
+        log.info("sink: %s received; flushing", signal.Signals(signum).name)
         stop.set()
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     try:
         worker = SinkWorker(settings, batch_rows=batch_rows, batch_seconds=batch_seconds, group_id=group)
-        worker.run(stop)
+        _run(worker, settings.http_port, stop)
     except StoreError as exc:
         fail(str(exc), EXIT_CONFIG)
     except KafkaError as exc:
         fail(f"kafka at {settings.bootstrap_servers} unavailable: {exc}", EXIT_SERVICE)
+
+
+def _run(worker: SinkWorker, http_port: int, stop: threading.Event) -> None:
+    """Open the store, serve it over HTTP when this process owns it (an embedded chDB), consume until ``stop``.
+
+    chDB opens a data directory in one process only, so while the sink runs it
+    is the one that serves ``rankstream sql``, dashboards and other readers.
+    """
+    try:
+        if not worker.open(stop):
+            return
+        with contextlib.ExitStack() as serving:
+            if worker.dsn.embedded:
+                from rankstream.sinks.store.httpd import HOST, serve_store
+
+                assert worker.dsn.path is not None
+                port = serving.enter_context(serve_store(worker.dsn.path, http_port))
+                log.info("sink: serving the store's HTTP interface on http://%s:%d", HOST, port)
+            worker.run(stop)
+    finally:
+        worker.close()
 
 
 def register(app: typer.Typer) -> None:

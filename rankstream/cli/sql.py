@@ -63,7 +63,7 @@ def _text(value: Any) -> str:
 
 def run_sql(client: Any, sql: str, fmt: str) -> str:
     """Execute one statement and return what to print."""
-    from rankstream.sinks.query import statement_kind
+    from rankstream.sinks.store import statement_kind
 
     kind = statement_kind(sql)
     if kind == "raw":
@@ -80,8 +80,7 @@ def store_reader(dsn: str | None, state_dir: str | None) -> Iterator[Any]:
     """A read client for the configured store; store and query errors become one-line exits."""
     from clickhouse_connect.driver.exceptions import ClickHouseError
 
-    from rankstream.sinks.query import connect_reader, error_line
-    from rankstream.sinks.store import StoreError, quiet_client_logs
+    from rankstream.sinks.store import StoreError, connect_reader, error_line, quiet_client_logs
 
     settings = load_settings(store_dsn=dsn, state_dir=state_dir)
     quiet_client_logs()

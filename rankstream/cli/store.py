@@ -12,7 +12,7 @@ store_app = typer.Typer(help="Manage the ClickHouse/chDB store.", no_args_is_hel
 
 
 def _parse_ttl(items: list[str]) -> dict[str, int]:
-    from rankstream.sinks.migrations import TTL_COLUMNS
+    from rankstream.sinks.store.migrations import TTL_COLUMNS
 
     out: dict[str, int] = {}
     for item in items:
@@ -32,13 +32,10 @@ def migrate_cmd(
     ] = None,
 ) -> None:
     """Apply pending schema migrations (idempotent) and retention settings."""
-    from rankstream.sinks import portfile
-    from rankstream.sinks.migrations import migrate
-    from rankstream.sinks.store import StoreError, open_store, parse_dsn
+    from rankstream.sinks.store import StoreError, open_store, parse_dsn, portfile, quiet_client_logs
+    from rankstream.sinks.store.migrations import migrate
 
     settings = load_settings(store_dsn=dsn, state_dir=state_dir)
-    from rankstream.sinks.store import quiet_client_logs
-
     quiet_client_logs()
     ttl_days = _parse_ttl(ttl or [])
     try:

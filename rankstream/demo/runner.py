@@ -170,7 +170,7 @@ class Demo:
         return ["--bootstrap", s.bootstrap_servers, "--prefix", s.topic_prefix, "--state-dir", str(s.state_path)]
 
     def _start_services(self) -> None:
-        from rankstream.sinks import portfile
+        from rankstream.sinks.store import portfile
 
         if portfile.find_server(self.store_path) is not None:
             raise DemoError(
@@ -322,7 +322,7 @@ class Demo:
     # ------------------------------------------------------------------ SQL
 
     def _wait_for_store(self) -> None:
-        from rankstream.sinks import portfile
+        from rankstream.sinks.store import portfile
 
         server = portfile.find_server(self.store_path)
         if server is None:

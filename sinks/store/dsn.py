@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from rankstream.errors import ServiceUnavailable
+
 DATABASE = "rankstream"
 
 
-class StoreError(RuntimeError):
-    """The store cannot be opened or reached; the message is one line for the user."""
+class StoreError(ServiceUnavailable):
+    """The store cannot be opened or reached, or its DSN is malformed; the message is one line for the user."""
 
 
 @dataclass(frozen=True)

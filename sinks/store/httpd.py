@@ -9,8 +9,10 @@ the ``query`` parameter and/or the body (form-encoded too), ``database``,
 FORMAT clauses (Native, RowBinaryWithNamesAndTypes, JSON ... whatever chDB
 can write), inserts with data in the body (plain, chunked, gzip/deflate/lz4/zstd),
 and ClickHouse's error headers. Runnable alone as
-``python -m rankstream.sinks.httpd --path DIR --port N`` (used by tests as a
-stand-in ClickHouse server that can be stopped).
+``python -m rankstream.sinks.store.httpd --path DIR --port N`` (used by tests as a
+stand-in ClickHouse server that can be stopped). Request parsing and error
+shapes live in :mod:`.http_request`; :func:`serve_store` is how the owning
+process (``rankstream sink``) serves its store and tells readers the port.
 """
 
 from __future__ import annotations
@@ -21,88 +23,33 @@ import json
 import logging
 import os
 import queue
-import re
 import signal
 import tempfile
 import threading
-import uuid
-from email.parser import BytesParser
-from email.policy import HTTP
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlparse
 
+from rankstream.sinks.store import portfile
+from rankstream.sinks.store.http_request import (
+    QueryError,
+    Request,
+    decompress,
+    error_from_engine,
+    form_fields,
+    http_status,
+    read_body,
+)
+
 log = logging.getLogger("rankstream.sink.http")
 
 HOST = "127.0.0.1"
-MAX_BODY_BYTES = 1 << 30
 
-# URL parameters that steer the HTTP layer, never passed to the engine as settings.
-_TRANSPORT_PARAMS = frozenset(
-    {
-        "query",
-        "database",
-        "default_format",
-        "user",
-        "password",
-        "query_id",
-        "session_id",
-        "session_timeout",
-        "session_check",
-        "quota_key",
-        "compress",
-        "decompress",
-        "buffer_size",
-        "wait_end_of_query",
-        "client_protocol_version",
-        "role",
-        "readonly",
-        "send_progress_in_http_headers",
-        "http_headers_progress_interval_ms",
-        "enable_http_compression",
-        "cancel_http_readonly_queries_on_client_close",
-        "add_http_cors_header",
-    }
-)
-_SETTING_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_TRAILING_FORMAT_RE = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE | re.DOTALL)
-_INSERT_DATA_RE = re.compile(
-    r"^\s*(INSERT\s+INTO\s+.+?)\s+(?:SETTINGS\s+(.+?)\s+)?FORMAT\s+(\w+)[ \t]*(?:\r?\n(.*))?$",
-    re.IGNORECASE | re.DOTALL,
-)
-_RESULT_RE = re.compile(r"^\s*(\(\s*)*(SELECT|WITH|SHOW|DESC|DESCRIBE|EXISTS|EXPLAIN|CHECK)\b", re.IGNORECASE)
-_CODE_RE = re.compile(r"Code:\s*(\d+)")
 _BINARY_FORMATS = frozenset(
     {"Native", "RowBinary", "RowBinaryWithNames", "RowBinaryWithNamesAndTypes", "Parquet", "Arrow"}
 )
-
-
-class QueryError(Exception):
-    """A failed query, carrying ClickHouse's error code and message."""
-
-    def __init__(self, message: str, code: int = 1002) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _error_from_engine(exc: Exception) -> QueryError:
-    text = str(exc).strip()
-    idx = text.find("Code: ")
-    if idx > 0:
-        text = text[idx:]
-    match = _CODE_RE.search(text)
-    return QueryError(text or type(exc).__name__, int(match.group(1)) if match else 1002)
-
-
-def _http_status(code: int) -> int:
-    if code in (62, 27, 36, 38, 46, 47, 53, 117, 344, 377):  # syntax / bad arguments / unknown identifiers
-        return 400
-    if code in (60, 81):  # unknown table / database
-        return 404
-    if code in (192, 193, 194, 195, 516):  # auth
-        return 403
-    return 500
 
 
 class _Conn:
@@ -133,7 +80,7 @@ class _Conn:
         try:
             return self.conn.query(sql, fmt, params=params or {})
         except Exception as exc:
-            raise _error_from_engine(exc) from None
+            raise error_from_engine(exc) from None
 
 
 def _quote(value: str) -> str:
@@ -171,63 +118,6 @@ class _Pool:
                 return
             with contextlib.suppress(Exception):
                 conn.conn.close()
-
-
-def _decompress(data: bytes, encoding: str) -> bytes:
-    encoding = encoding.strip().lower()
-    if not encoding or encoding == "identity":
-        return data
-    from clickhouse_connect.driver._backend.httpcommon import decompress_response
-
-    if encoding == "lz4":
-        import lz4.frame
-
-        return lz4.frame.decompress(data)
-    return decompress_response(data, encoding)
-
-
-class Request:
-    """A parsed HTTP request: the SQL, data for inserts, database, output format, settings and bind params."""
-
-    def __init__(self, params: dict[str, str], body: bytes) -> None:
-        self.database = params.get("database") or None
-        self.default_format = params.get("default_format") or "TabSeparated"
-        self.query_id = params.get("query_id") or str(uuid.uuid4())
-        self.bind = {k[6:]: v for k, v in params.items() if k.startswith("param_")}
-        self.settings = {k: v for k, v in params.items() if k not in _TRANSPORT_PARAMS and not k.startswith("param_")}
-        for key in self.settings:
-            if not _SETTING_RE.match(key):
-                raise QueryError(f"Code: 115. DB::Exception: Unknown setting '{key[:80]}'", 115)
-        self.data: bytes | None = None
-        query = params.get("query", "")
-        if query and body:
-            match = _INSERT_DATA_RE.match(query)
-            if match and not (match.group(4) or "").strip():
-                self.sql, self.insert_settings, self.insert_format = match.group(1), match.group(2), match.group(3)
-                self.data = body
-                return
-            query = f"{query}\n{body.decode('utf-8', 'replace')}"
-        elif body:
-            # The statement may be followed by binary data (clickhouse-connect's Native inserts): split on bytes.
-            head, sep, rest = body.partition(b"\n")
-            match = _INSERT_DATA_RE.match(head.decode("utf-8", "replace"))
-            if sep and match and match.group(3).lower() != "values" and not match.group(4):
-                self.sql, self.insert_settings, self.insert_format = match.group(1), match.group(2), match.group(3)
-                self.data = rest
-                return
-            query = body.decode("utf-8", "replace")
-        if not query.strip():
-            raise QueryError("Code: 62. DB::Exception: Empty query. (SYNTAX_ERROR)", 62)
-        self.sql = query
-
-    def output_format(self) -> str | None:
-        """The result format, or None for statements without a result set."""
-        if self.data is not None:
-            return None
-        match = _TRAILING_FORMAT_RE.search(self.sql)
-        if match:
-            return match.group(1)
-        return self.default_format if _RESULT_RE.match(self.sql) else None
 
 
 class StoreHttpServer:
@@ -306,41 +196,22 @@ def _summary(result: Any) -> dict[str, Any]:
         return {}
 
 
-def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
-    if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
-        parts = []
-        total = 0
-        while True:
-            size_line = handler.rfile.readline(1024)
-            size = int(size_line.split(b";")[0].strip() or b"0", 16)
-            if size == 0:
-                while handler.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                    pass
-                break
-            total += size
-            if total > MAX_BODY_BYTES:
-                raise QueryError("request body too large", 1002)
-            parts.append(handler.rfile.read(size))
-            handler.rfile.readline(8)
-        return b"".join(parts)
-    length = int(handler.headers.get("Content-Length") or 0)
-    if length > MAX_BODY_BYTES:
-        raise QueryError("request body too large", 1002)
-    return handler.rfile.read(length) if length else b""
+@contextlib.contextmanager
+def serve_store(path: Path, port: int) -> Iterator[int]:
+    """Serve the embedded store at ``path`` while the block runs; yields the port (``port``, or a free one).
 
-
-def _form_fields(content_type: str, body: bytes) -> dict[str, str]:
-    if content_type.startswith("application/x-www-form-urlencoded"):
-        return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
-    message = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
-    fields = {}
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if name:
-            fields[str(name)] = (
-                part.get_content() if part.get_content_maintype() == "text" else part.get_payload(decode=True).decode()
-            )
-    return fields
+    chDB opens a data directory in one process only, so the process that owns
+    the store serves it to every other reader; the port file tells them where
+    (written once the server accepts connections, removed before it stops).
+    """
+    server = StoreHttpServer(path, port)
+    bound = server.start()
+    try:
+        portfile.write(Path(server.path), HOST, bound)
+        yield bound
+    finally:
+        portfile.remove(Path(server.path))
+        server.stop()
 
 
 def _make_handler(server: StoreHttpServer) -> type[BaseHTTPRequestHandler]:
@@ -369,7 +240,7 @@ def _make_handler(server: StoreHttpServer) -> type[BaseHTTPRequestHandler]:
             url = urlparse(self.path)
             route = url.path.rstrip("/")
             try:
-                body = _read_body(self)
+                body = read_body(self)
             except (QueryError, ValueError) as exc:
                 self.close_connection = True
                 self._send(400, f"{exc}\n".encode(), {"Content-Type": "text/plain; charset=UTF-8"})
@@ -383,16 +254,16 @@ def _make_handler(server: StoreHttpServer) -> type[BaseHTTPRequestHandler]:
                 return
             content_type = self.headers.get("Content-Type", "")
             try:
-                body = _decompress(body, self.headers.get("Content-Encoding", ""))
+                body = decompress(body, self.headers.get("Content-Encoding", ""))
                 if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-                    params.update(_form_fields(content_type, body))
+                    params.update(form_fields(content_type, body))
                     body = b""
                 req = Request(params, body)
                 result, fmt, summary = server.execute(req)
             except QueryError as exc:
                 message = str(exc) if str(exc).startswith("Code:") else f"Code: {exc.code}. DB::Exception: {exc}"
                 self._send(
-                    _http_status(exc.code),
+                    http_status(exc.code),
                     (message.rstrip() + "\n").encode(),
                     {
                         "Content-Type": "text/plain; charset=UTF-8",

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from rankstream.sinks import portfile
-from rankstream.sinks.store import StoreError, open_store, parse_dsn
+from rankstream.sinks.store import portfile
+from rankstream.sinks.store.dsn import StoreError, open_store, parse_dsn
 
 _TRAILING_FORMAT_RE = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
 _RESULT_RE = re.compile(r"^\s*(\(\s*)*(SELECT|WITH|SHOW|DESC|DESCRIBE|EXISTS|EXPLAIN)\b", re.IGNORECASE)

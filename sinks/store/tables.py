@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from rankstream.sinks.store import DATABASE
+from rankstream.sinks.store.dsn import DATABASE
 
 _LC = "LowCardinality(String)"
 _TS = "DateTime64(6, 'UTC')"

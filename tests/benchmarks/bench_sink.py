@@ -61,7 +61,7 @@ def _produce(settings: Settings, payloads: list[bytes], key: bytes) -> None:
 def _sink_rate(settings: Settings, total_rows: int) -> tuple[float, float]:
     from rankstream.sinks.worker import SinkWorker
 
-    worker = SinkWorker(settings, batch_rows=50_000, batch_seconds=1.0, serve_http=False)
+    worker = SinkWorker(settings, batch_rows=50_000, batch_seconds=1.0)
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     thread.start()
@@ -83,7 +83,7 @@ def _floor_rate(client, events: list[dict], team: str) -> float:
 
     from rankstream.schema import decode_event
     from rankstream.sinks.records import Batch
-    from rankstream.sinks.tables import column_names
+    from rankstream.sinks.store.tables import column_names
 
     batch = Batch()
     for raw in events:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from rankstream.config import Settings
-from rankstream.sinks import portfile
+from rankstream.sinks.store import portfile
 from rankstream.stack import ensure_topics
 from tests.integration.test_sink_support import (
     RANKSTREAM,

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from rankstream.sinks.migrations import migrate, split_statements
 from rankstream.sinks.records import Batch
-from rankstream.sinks.tables import COLUMNS
+from rankstream.sinks.store.migrations import migrate, split_statements
+from rankstream.sinks.store.tables import COLUMNS
 from rankstream.sinks.writer import batch_token, insert_batch
 from tests.integration.test_sink_support import RANKSTREAM, free_port, http_client, start_store, wait_until
 

@@ -23,7 +23,7 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from rankstream.config import Settings
 from rankstream.schema import alert_id, dumps, encode_event
-from rankstream.sinks import portfile
+from rankstream.sinks.store import portfile
 
 RANKSTREAM = str(Path(sys.executable).parent / "rankstream")
 METRICS = ("loss", "lr", "grad_norm", "step_time_s", "data_time_s")
@@ -262,7 +262,7 @@ def free_port() -> int:
 def start_store(path: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     out = log.open("ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rankstream.sinks.httpd", "--path", str(path), "--port", str(port)],
+        [sys.executable, "-m", "rankstream.sinks.store.httpd", "--path", str(path), "--port", str(port)],
         stdout=out,
         stderr=subprocess.STDOUT,
         env={**os.environ},

@@ -10,9 +10,6 @@ import pytest
 from rankstream.cli.runs import parse_since
 from rankstream.cli.sql import render
 from rankstream.schema import decode_event, encode_event
-from rankstream.sinks.httpd import QueryError, Request
-from rankstream.sinks.migrations import migration_files, split_statements
-from rankstream.sinks.query import error_line, statement_kind
 from rankstream.sinks.records import (
     Batch,
     InvalidRecord,
@@ -23,7 +20,10 @@ from rankstream.sinks.records import (
     validate_step,
 )
 from rankstream.sinks.store import StoreError, parse_dsn
-from rankstream.sinks.tables import COLUMNS, column_names
+from rankstream.sinks.store.http_request import QueryError, Request
+from rankstream.sinks.store.migrations import migration_files, split_statements
+from rankstream.sinks.store.query import error_line, statement_kind
+from rankstream.sinks.store.tables import COLUMNS, column_names
 from rankstream.sinks.writer import batch_token
 
 

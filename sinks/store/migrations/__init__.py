@@ -14,7 +14,7 @@ import re
 from importlib import resources
 from typing import Any
 
-from rankstream.sinks.store import DATABASE
+from rankstream.sinks.store.dsn import DATABASE
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,118 @@
+"""Waiting out a store (or Kafka) that is down: retries with backoff, consumption paused, one log line per change.
+
+While a call fails, the consumer's partitions are paused and polled now and
+then, so the sink stays in its group without reading more (memory stays bounded);
+a refusal of the rows themselves (:class:`~rankstream.sinks.rejections.Rejected`)
+is not an outage and is raised at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from rankstream.errors import one_line
+from rankstream.sinks.rejections import Rejected
+
+log = logging.getLogger("rankstream.sink")
+
+T = TypeVar("T")
+
+MAX_BACKOFF_S = 5.0
+SHUTDOWN_GRACE_S = 15.0
+
+
+class Stopped(Exception):
+    """Stop was requested while waiting for the store."""
+
+
+class Retrier:
+    """Retries calls for the worker; ``consumer`` (once it exists) is paused and kept alive meanwhile.
+
+    ``on_outage`` is called once per failing stretch; ``on_records(topic, record)``
+    takes the messages a keep-alive poll returns (only right after a rebalance reset the pause).
+    """
+
+    def __init__(self, on_outage: Callable[[], None], on_records: Callable[[str, Any], None]) -> None:
+        self.consumer: Any = None
+        self.stop = threading.Event()
+        self._on_outage = on_outage
+        self._on_records = on_records
+
+    def with_store(self, fn: Callable[[], T], what: str, *, paused: bool = True, deadline: float | None = None) -> T:
+        """Call ``fn`` until it succeeds; while it fails, consumption is paused and retried with backoff."""
+        return self.retry(fn, f"store ({what})", deadline, pause=paused)
+
+    def retry(self, fn: Callable[[], T], what: str, deadline: float | None, pause: bool = True) -> T:
+        """Call ``fn`` until it succeeds; past ``deadline`` (or the shutdown grace once stopping), raise Stopped."""
+        delay = 0.1
+        failing_since: float | None = None
+        while True:
+            try:
+                result = fn()
+            except Exception as exc:
+                if isinstance(exc, Stopped):
+                    raise
+                if isinstance(exc, Rejected):  # the store answers again: refused rows are not an outage
+                    self._recovered(what, failing_since, pause)
+                    raise
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    self._on_outage()
+                    log.warning(
+                        "sink: %s unavailable (%s); %sretrying with backoff",
+                        what,
+                        one_line(exc),
+                        "consumption paused, " if pause and self.consumer is not None else "",
+                    )
+                    if pause:
+                        self._pause(True)
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    raise Stopped() from exc
+                if self.stop.is_set() and deadline is None:
+                    deadline = now + SHUTDOWN_GRACE_S
+                self._keepalive(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
+                continue
+            self._recovered(what, failing_since, pause)
+            return result
+
+    def _recovered(self, what: str, failing_since: float | None, pause: bool) -> None:
+        """After a failing stretch: one log line, and consumption resumes."""
+        if failing_since is None:
+            return
+        log.info("sink: %s available again after %.1f s; resuming", what, time.monotonic() - failing_since)
+        if pause:
+            self._pause(False)
+
+    def _pause(self, paused: bool) -> None:
+        consumer = self.consumer
+        if consumer is None:
+            return
+        assignment = consumer.assignment()
+        if not assignment:
+            return
+        if paused:
+            consumer.pause(*assignment)
+        else:
+            consumer.resume(*assignment)
+
+    def _keepalive(self, seconds: float) -> None:
+        """Wait ``seconds`` while keeping the group membership (paused partitions return nothing)."""
+        if self.consumer is None:
+            self.stop.wait(seconds)
+            return
+        end = time.monotonic() + seconds
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            records = self.consumer.poll(timeout_ms=int(min(left, 0.5) * 1000))
+            if records:  # only possible right after a rebalance reset the pause; keep them for later
+                for tp, batch in records.items():
+                    for record in batch:
+                        self._on_records(tp.topic, record)
