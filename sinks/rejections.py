@@ -15,6 +15,8 @@ import re
 import struct
 from collections.abc import Callable
 
+from rankstream.errors import InvalidInput
+
 #: ClickHouse error codes that depend only on the inserted values (ErrorCodes.cpp).
 DATA_ERROR_CODES: frozenset[int] = frozenset(
     {
@@ -45,12 +47,12 @@ _EXCEPTION_TEXT = re.compile(r"DB::Exception: (.*?)(?: \(version [^)]*\))?$")
 _ENCODING_ERRORS = (ValueError, TypeError, OverflowError, struct.error)
 
 
-class Rejected(Exception):
-    """The store refused the rows for what they contain; retrying the same rows cannot succeed."""
+class Rejected(InvalidInput):
+    """The store refused the rows for what they contain; retrying the same rows cannot succeed.
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    ``reason`` (one line, starting with :data:`REFUSED_BY_SERVER` or :data:`REFUSED_BY_CLIENT`)
+    is what the dead letter records.
+    """
 
 
 def rejection_reason(exc: BaseException) -> str | None:
@@ -59,12 +61,22 @@ def rejection_reason(exc: BaseException) -> str | None:
 
     if isinstance(exc, (DataError, *_ENCODING_ERRORS)):
         return REFUSED_BY_CLIENT + _first_line(exc)
-    if isinstance(exc, DatabaseError):
-        text = str(exc)
-        match = _CODE.search(text)
-        if match and int(match.group(1)) in DATA_ERROR_CODES:
-            return REFUSED_BY_SERVER + _server_message(text, match.end())
+    if isinstance(exc, DatabaseError) and error_code(exc) in DATA_ERROR_CODES:
+        return REFUSED_BY_SERVER + _server_message(str(exc))
     return None
+
+
+def error_code(exc: BaseException) -> int | None:
+    """ClickHouse's error code of ``exc``: the client's ``code`` attribute, else the ``Code: N.`` of its text.
+
+    clickhouse-connect sets ``Error.code`` on the errors it raises; the text is the
+    fallback for errors that carry none (chDB's own exceptions, an error built by hand).
+    """
+    code = getattr(exc, "code", None)
+    if isinstance(code, int):
+        return code
+    match = _CODE.search(str(exc))
+    return int(match.group(1)) if match else None
 
 
 def is_refusal(reason: str) -> bool:
@@ -98,9 +110,10 @@ def find_rejected(count: int, insert: Callable[[int, int], None]) -> list[tuple[
     return refused
 
 
-def _server_message(text: str, start: int) -> str:
-    """The server's exception text after ``Code: N.``, on one line, without the version suffix."""
-    line = " ".join(text[start:].split())
+def _server_message(text: str) -> str:
+    """The server's exception text after ``Code: N.`` (when present), on one line, without the version suffix."""
+    match = _CODE.search(text)
+    line = " ".join(text[match.end() if match else 0 :].split())
     match = _EXCEPTION_TEXT.search(line)
     return (match.group(1) if match else line)[:300]
 

@@ -7,7 +7,7 @@ import math
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError, DataError, OperationalError
 
-from rankstream.sinks.rejections import Rejected, find_rejected, rejection_reason
+from rankstream.sinks.rejections import Rejected, error_code, find_rejected, rejection_reason
 
 
 def _inserter(refused: set[int]) -> tuple[list[tuple[int, int]], object]:
@@ -65,3 +65,17 @@ def test_data_errors_are_refusals_and_outages_are_not() -> None:
     )
     assert rejection_reason(DatabaseError("Code: 252. DB::Exception: Too many parts. (TOO_MANY_PARTS)")) is None
     assert rejection_reason(RuntimeError("chdb session closed")) is None
+
+
+def test_the_client_error_code_attribute_decides_when_it_is_set() -> None:
+    """clickhouse-connect sets ``Error.code``; the text is parsed only for errors without one (e.g. chDB's own)."""
+    refused = DatabaseError("Constraint `c` for table rankstream.events is violated at row 1.", code=469)
+    assert rejection_reason(refused) == (
+        "the store refused the rows: Constraint `c` for table rankstream.events is violated at row 1."
+    )
+    # A code in the attribute wins over a different one in the text; an outage code is retried.
+    assert rejection_reason(DatabaseError("Code: 469. DB::Exception: text of another error", code=241)) is None
+    assert rejection_reason(DatabaseError("The ClickHouse server returned an error", code=53)) is not None
+    assert error_code(DatabaseError("Code: 53. DB::Exception: Type mismatch")) == 53  # no attribute: the text
+    assert error_code(RuntimeError("Code: 395. DB::Exception: from chdb")) == 395
+    assert error_code(OperationalError("Network Error")) is None
