@@ -9,9 +9,9 @@ heartbeat thread keeps a rank visibly alive while it sits in a collective.
 from __future__ import annotations
 
 import atexit
-import itertools
 import logging
 import math
+import operator
 import os
 import sys
 import threading
@@ -33,6 +33,7 @@ log = logging.getLogger("rankstream.producer")
 # Strong references until close(): an unclosed reporter must still be flushed at exit.
 _REPORTERS: set[Reporter] = set()
 ATEXIT_TIMEOUT_S = 5.0
+SEQ_LIMIT = sys.maxsize  # seqs a reporter can hand out
 
 
 class Reporter:
@@ -80,11 +81,9 @@ class Reporter:
             transport=transport,
         )
         self._queue = self._sender.queue
-        # seq: next() on an itertools.count is atomic, so the heartbeat thread and the training thread
-        # never draw the same one. enqueued = the events each of them emitted (one writer per counter).
-        self._seq = itertools.count()
-        self._emitted = 0
-        self._heartbeats = 0
+        # The training thread and the heartbeat thread both draw seqs: next() on a range iterator is one
+        # atomic C call (no lock, no read-modify-write race), and its length_hint says how many were drawn.
+        self._seq = iter(range(SEQ_LIMIT))
         self._last_step = -1
         self._started = False
         self._closed = False
@@ -152,9 +151,7 @@ class Reporter:
     # ------------------------------------------------------------------ hot path
 
     def _emit(self, kind: str, step: int, metrics: Any, tags: Any, meta: Any) -> None:
-        """Enqueue one event of the training thread (the heartbeat thread counts its own)."""
         item = (kind, step, time.time(), next(self._seq), metrics, tags, meta)
-        self._emitted += 1
         if len(self._queue) < self._queue_size:
             self._queue.append(item)
         else:
@@ -260,19 +257,14 @@ class Reporter:
         while not self._hb_stop.wait(self.heartbeat_s):
             if self._disabled:
                 return
-            item = ("heartbeat", max(self._last_step, 0), time.time(), next(self._seq), None, None, None)
-            self._heartbeats += 1
-            if len(self._queue) < self._queue_size:
-                self._queue.append(item)
-            else:
-                self._sender.overflow(item)
+            self._emit("heartbeat", max(self._last_step, 0), None, None, None)
 
     @property
     def stats(self) -> dict[str, int]:
         """Counters: enqueued, sent, spooled, replayed, dropped_invalid, dropped_spool_full, ..."""
         p = self._sender.counts
         return {
-            "enqueued": self._emitted + self._heartbeats,
+            "enqueued": SEQ_LIMIT - operator.length_hint(self._seq),
             "sent": p["sent"],
             "spooled": p["spooled"],
             "replayed": p["replayed"],
