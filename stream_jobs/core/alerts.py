@@ -1,16 +1,20 @@
-"""Alert records: deterministic ids, cooldown per (rule, ranks), JSON-safe evidence.
+"""Alert policy: findings become alert records (deterministic ids, cooldown per (rule, ranks), JSON-safe evidence).
 
-A rule that keeps firing would flood people; after an alert, the same
-(run, rule, ranks) stays quiet for ``cooldown_steps`` steps unless the severity
-rises. Cooldown counts steps (not arrival time), so replaying the same events
-in another order gives the same alerts.
+Detectors only score: they return :class:`Finding` values saying what they saw;
+the :class:`Alerter` decides what becomes an alert. A rule that keeps firing
+would flood people; after an alert, the same (run, rule, ranks) stays quiet for
+``cooldown_steps`` steps unless the severity rises. Cooldown counts steps (not
+arrival time), so replaying the same events in another order gives the same alerts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from rankstream.schema import SCHEMA_VERSION, alert_id, encode_metric
+from rankstream.stream_jobs.core.params import RuleParams, RuleSet, Severity
 
 SEVERITY_LEVEL = {"info": 0, "warning": 1, "critical": 2}
 
@@ -37,10 +41,52 @@ def fmt(value: float) -> str:
     return f"{value:.2e}"
 
 
-def severity_for(params: dict[str, Any], severity: str, warmup: bool) -> str | None:
+@dataclass(frozen=True)
+class Finding:
+    """What a detector found at one step, before alert policy (warmup mode, cooldown) applies."""
+
+    rule: str
+    #: The severity outside warmup (a detector may raise it above the rule's ``severity``).
+    severity: Severity
+    step: int
+    ranks: tuple[int, ...]
+    #: Event time of the finding (the step's newest event, or the clock for time-based rules).
+    ts: float
+    #: One sentence for a person: what happened and what to check.
+    message: str
+    #: The numbers behind it; floats are rounded when the alert is built.
+    evidence: dict[str, Any]
+    #: The step counts as warmup: the rule's ``during_warmup`` mode applies.
+    warmup: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StepContext:
+    """Where a detector is looking: the step, its event time, whether it is warmup, the run's label."""
+
+    step: int
+    ts: float
+    warmup: bool
+    #: How messages name the run (``run NAME (ID)``).
+    label: str
+
+    def finding(
+        self,
+        rule: str,
+        severity: Severity,
+        *,
+        message: str,
+        evidence: dict[str, Any],
+        ranks: list[int] | tuple[int, ...] = (),
+    ) -> Finding:
+        """A :class:`Finding` at this step."""
+        return Finding(rule, severity, self.step, tuple(ranks), self.ts, message, evidence, self.warmup)
+
+
+def severity_for(params: RuleParams, severity: Severity, warmup: bool) -> Severity | None:
     """The severity to use, given the rule's ``during_warmup`` mode; None means stay quiet."""
     if warmup:
-        mode = params["during_warmup"]
+        mode = params.during_warmup
         if mode == "suppress":
             return None
         if mode == "info":
@@ -66,34 +112,29 @@ class Alerter:
         self._last: dict[tuple[str, tuple[int, ...]], tuple[int, int]] = {}
         self.suppressed = 0
 
-    def emit(
-        self,
-        out: list[dict],
-        params: dict[str, Any],
-        rule: str,
-        severity: str,
-        step: int,
-        ranks: list[int] | tuple[int, ...],
-        ts: float,
-        message: str,
-        evidence: dict[str, Any],
-        *,
-        warmup: bool = False,
-    ) -> dict | None:
-        """Append the alert to ``out`` unless warmup mutes it (the rule's ``during_warmup``) or its
-        cooldown holds; ``severity`` is the rule's severity outside warmup."""
-        if warmup:
-            muted = severity_for(params, severity, warmup)
+    def emit_all(self, findings: Iterable[Finding], rules: RuleSet, out: list[dict]) -> None:
+        """:meth:`emit` each finding, in order, under its rule's parameters in ``rules``."""
+        for finding in findings:
+            self.emit(finding, policy=rules.params(finding.rule), out=out)
+
+    def emit(self, finding: Finding, *, policy: RuleParams, out: list[dict]) -> dict | None:
+        """Append the alert to ``out`` unless warmup mutes it (``policy.during_warmup``) or its
+        cooldown (``policy.cooldown_steps``) holds; returns the alert appended, if any."""
+        severity = finding.severity
+        if finding.warmup:
+            muted = severity_for(policy, severity, True)
             if muted is None:
                 return None
             severity = muted
-        ranks_t = tuple(sorted(ranks))
+        rule = finding.rule
+        step = finding.step
+        ranks_t = tuple(sorted(finding.ranks))
         key = (rule, ranks_t)
         level = SEVERITY_LEVEL[severity]
         last = self._last.get(key)
         if last is not None:
             last_step, last_level = last
-            if step - last_step < params["cooldown_steps"] and level <= last_level and step >= last_step:
+            if step - last_step < policy.cooldown_steps and level <= last_level and step >= last_step:
                 self.suppressed += 1
                 return None
         self._last[key] = (step, level)
@@ -108,9 +149,9 @@ class Alerter:
             "severity": severity,
             "step": step,
             "ranks": list(ranks_t),
-            "ts": ts,
-            "message": message,
-            "evidence": clean(evidence),
+            "ts": finding.ts,
+            "message": finding.message,
+            "evidence": clean(finding.evidence),
         }
         out.append(alert)
         return alert

@@ -15,6 +15,7 @@ from typing import Any
 
 from rankstream.schema import SCHEMA_VERSION
 from rankstream.stream_jobs.core.aggregate import Window, aggregate
+from rankstream.stream_jobs.core.params import AlignmentParams
 
 
 class PendingStep:
@@ -91,7 +92,7 @@ class SeqDedup:
 class Aligner:
     """Pending steps of one run and the event-time watermark that releases them."""
 
-    def __init__(self, run_id: str, world_size: int, alignment: dict[str, Any], dedup: SeqDedup) -> None:
+    def __init__(self, run_id: str, world_size: int, alignment: AlignmentParams, dedup: SeqDedup) -> None:
         self.run_id = run_id
         self.dedup = dedup
         self.world_size = world_size
@@ -103,7 +104,7 @@ class Aligner:
         self.clock = 0.0
         self.absent: set[int] = set()
         self.restart = 0
-        self.step_times = Window(alignment["median_window"])
+        self.step_times = Window(alignment.median_window)
         self._median = 0.0
         self._grace = self.grace_s()
         self._median_age = 0
@@ -117,9 +118,9 @@ class Aligner:
         return self._median
 
     def grace_s(self) -> float:
-        return max(self.cfg["grace_min_s"], self.cfg["grace_steps"] * self._median)
+        return max(self.cfg.grace_min_s, self.cfg.grace_steps * self._median)
 
-    def set_config(self, alignment: dict[str, Any]) -> None:
+    def set_config(self, alignment: AlignmentParams) -> None:
         self.cfg = alignment
         self._grace = self.grace_s()
 
@@ -163,8 +164,8 @@ class Aligner:
                 not force
                 and not (n >= p.world_size and self._settled(p))
                 and self.clock - p.ts_first <= self._grace
-                and self.max_step - step < cfg["max_steps_ahead"]
-                and len(pending) <= cfg["max_pending_steps"]
+                and self.max_step - step < cfg.max_steps_ahead
+                and len(pending) <= cfg.max_pending_steps
                 and not (self.absent and self._absent_cover(p, n))
             ):
                 return
@@ -282,7 +283,7 @@ class Aligner:
         self.max_step = max(self.max_step, int(state.get("max_step", -1)))
         self.clock = max(self.clock, float(state.get("clock", 0.0)))
         self.restart = int(state.get("restart", 0))
-        self.step_times = Window(self.cfg["median_window"], state.get("step_times", []))
+        self.step_times = Window(self.cfg.median_window, state.get("step_times", []))
         self._median = self.step_times.median() if len(self.step_times) else 0.0
         self._grace = self.grace_s()
         handled = self.dedup.handled

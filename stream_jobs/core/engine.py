@@ -128,7 +128,7 @@ class Engine:
                 if self._clock - run.ended_at > run.aligner.grace_s():
                     run.flush(steps, alerts)
                     self._evict(run_id)
-            elif self._clock - run.last_event_ts > run.alignment["retention_s"]:
+            elif self._clock - run.last_event_ts > run.alignment.retention_s:
                 run.flush(steps, alerts)
                 self._evict(run_id)
 

@@ -7,15 +7,27 @@ not hung after 3 minutes); the clock is the run's event time, or the caller's
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
-from rankstream.stream_jobs.core.alerts import Alerter, fmt, rank_list
+from rankstream.stream_jobs.core.alerts import Finding, StepContext, fmt, rank_list
+from rankstream.stream_jobs.core.params import RuleSet
+
+
+class LivenessCheck(NamedTuple):
+    """The outcome of :meth:`Liveness.check`."""
+
+    #: Ranks found silent or hung: the aligner stops waiting for them.
+    absent: set[int]
+    #: rank_silent / rank_hung findings, in that order.
+    findings: list[Finding]
 
 
 class Liveness:
+    """When each rank was last heard from and last made step progress, in event time."""
+
     __slots__ = ("ended", "first_ts", "last_step", "last_ts", "progress_ts", "rules", "world_size")
 
-    def __init__(self, world_size: int, first_ts: float, rules: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, world_size: int, first_ts: float, rules: RuleSet) -> None:
         self.rules = rules
         self.world_size = world_size
         self.first_ts = first_ts
@@ -40,6 +52,7 @@ class Liveness:
         self.world_size = world_size
 
     def seen(self, rank: int, ts: float, step: int, progress_kind: bool) -> None:
+        """An event of ``rank``; ``progress_kind``: its ``step`` counts as progress (step, heartbeat, eval)."""
         if ts > self.last_ts[rank]:
             self.last_ts[rank] = ts
         if progress_kind and step > self.last_step[rank]:
@@ -48,21 +61,15 @@ class Liveness:
                 self.progress_ts[rank] = ts
 
     def thresholds(self, median_step: float) -> tuple[float, float]:
-        ps = self.rules["rank_silent"]
-        ph = self.rules["rank_hung"]
-        return max(ps["min_s"], ps["steps"] * median_step), max(ph["min_s"], ph["steps"] * median_step)
+        """Seconds of event time after which a rank is silent, and after which it is hung."""
+        ps = self.rules.rank_silent
+        ph = self.rules.rank_hung
+        return max(ps.min_s, ps.steps * median_step), max(ph.min_s, ph.steps * median_step)
 
-    def check(
-        self,
-        clock: float,
-        median_step: float,
-        step: int,
-        started: bool,
-        alerter: Alerter,
-        out: list[dict],
-        label: str,
-    ) -> set[int]:
-        """Fire rank_silent / rank_hung as of ``clock``; returns the ranks not to wait for."""
+    def check(self, *, clock: float, median_step: float, step: int, started: bool, label: str) -> LivenessCheck:
+        """rank_silent / rank_hung as of ``clock``, found at ``step``; ``started``: a step was released."""
+        at = StepContext(step, clock, False, label)
+        found: list[Finding] = []
         silent_after, hung_after = self.thresholds(median_step)
         silent: list[int] = []
         alive_ranks: list[int] = []
@@ -83,56 +90,52 @@ class Liveness:
                 top = max(self.last_step[r] for r in alive_ranks)
                 hung = [r for r in alive_ranks if clock - self.progress_ts[r] > hung_after and self.last_step[r] < top]
         if silent and alive:
-            p = self.rules["rank_silent"]
-            if p["enabled"]:
+            ps = self.rules.rank_silent
+            if ps.enabled:
                 ages = {str(r): clock - self.last_ts[r] for r in silent}
                 quiet = max(ages.values())
-                alerter.emit(
-                    out,
-                    p,
-                    "rank_silent",
-                    p["severity"],
-                    step,
-                    silent,
-                    clock,
-                    f"Rank(s) {rank_list(silent)} of {label} sent nothing for {fmt(quiet)} s while {alive} other "
-                    "rank(s) are alive: the process or its host has probably died, check its logs and node, "
-                    "the job will hang at the next collective.",
-                    {
-                        "silent_s": ages,
-                        "threshold_s": silent_after,
-                        "alive_ranks": alive,
-                        "median_step_time_s": median_step,
-                    },
+                found.append(
+                    at.finding(
+                        "rank_silent",
+                        ps.severity,
+                        message=f"Rank(s) {rank_list(silent)} of {label} sent nothing for {fmt(quiet)} s while "
+                        f"{alive} other rank(s) are alive: the process or its host has probably died, check its logs "
+                        "and node, the job will hang at the next collective.",
+                        evidence={
+                            "silent_s": ages,
+                            "threshold_s": silent_after,
+                            "alive_ranks": alive,
+                            "median_step_time_s": median_step,
+                        },
+                        ranks=silent,
+                    )
                 )
         else:
             silent = []
         if hung:
-            p = self.rules["rank_hung"]
-            if p["enabled"]:
+            ph = self.rules.rank_hung
+            if ph.enabled:
                 stalled = {str(r): clock - self.progress_ts[r] for r in hung}
                 longest = max(stalled.values())
                 scope = "the whole job" if len(hung) == alive else f"rank(s) {rank_list(hung)}"
-                alerter.emit(
-                    out,
-                    p,
-                    "rank_hung",
-                    p["severity"],
-                    step,
-                    hung,
-                    clock,
-                    f"{scope[0].upper()}{scope[1:]} of {label} still send heartbeats but completed no step for "
-                    f"{fmt(longest)} s ({fmt(longest / median_step) if median_step else '?'} median steps): "
-                    "it is likely stuck in a collective or data loading, dump its stacks (py-spy dump) before "
-                    "restarting.",
-                    {
-                        "stalled_s": stalled,
-                        "last_step": {str(r): self.last_step[r] for r in hung},
-                        "threshold_s": hung_after,
-                        "median_step_time_s": median_step,
-                    },
+                found.append(
+                    at.finding(
+                        "rank_hung",
+                        ph.severity,
+                        message=f"{scope[0].upper()}{scope[1:]} of {label} still send heartbeats but completed no "
+                        f"step for {fmt(longest)} s ({fmt(longest / median_step) if median_step else '?'} median "
+                        "steps): it is likely stuck in a collective or data loading, dump its stacks (py-spy dump) "
+                        "before restarting.",
+                        evidence={
+                            "stalled_s": stalled,
+                            "last_step": {str(r): self.last_step[r] for r in hung},
+                            "threshold_s": hung_after,
+                            "median_step_time_s": median_step,
+                        },
+                        ranks=hung,
+                    )
                 )
-        return set(silent) | set(hung)
+        return LivenessCheck(set(silent) | set(hung), found)
 
     def to_state(self) -> dict[str, Any]:
         return {

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from rankstream.schema import META_FIELDS
-from rankstream.stream_jobs.core.alerts import Alerter
+from rankstream.stream_jobs.core.alerts import Alerter, Finding
 from rankstream.stream_jobs.core.align import Aligner, Released, SeqDedup
 from rankstream.stream_jobs.core.detect_ranks import RankDetector
 from rankstream.stream_jobs.core.detect_run import GradDetector, LossDetector
@@ -19,6 +19,8 @@ _MAX_RESTART_TAGS = 16
 
 
 class RunState:
+    """One run's pipeline: dedup and align its events, score released steps, turn findings into alerts."""
+
     def __init__(
         self,
         run_id: str,
@@ -38,7 +40,7 @@ class RunState:
         self.rules = resolved.rules
         self.alignment = resolved.alignment
         self.world_size = world_size
-        self.dedup = SeqDedup(resolved.alignment["dedup_window"], trust_first_seq)
+        self.dedup = SeqDedup(resolved.alignment.dedup_window, trust_first_seq)
         self.aligner = Aligner(run_id, world_size, resolved.alignment, self.dedup)
         self.liveness = Liveness(world_size, ts, resolved.rules)
         self.loss = LossDetector(resolved.rules)
@@ -88,7 +90,8 @@ class RunState:
                     aligner.absent.discard(rank)
             else:
                 self.stats["late_events"] += 1
-                self.rank_rules.on_late(rank, step, ts, aligner.last_released, False, self.alerter, alerts, self.label)
+                late = self.rank_rules.on_late(rank, step, ts=ts, last_released=aligner.last_released, label=self.label)
+                self._alert(late, alerts)
         elif kind == "heartbeat":
             self.stats["heartbeats"] += 1
             if in_world:
@@ -149,9 +152,9 @@ class RunState:
         self.liveness.rules = resolved.rules
         for det in (self.loss, self.grad, self.rank_rules):
             det.rules = resolved.rules
-        self.loss.window.resize(resolved.rules["loss_spike"]["window"])
-        self.grad.window.resize(resolved.rules["grad_explosion"]["window"])
-        self.grad.adapter_window.resize(resolved.rules["adapter_grad_vanishing"]["window"])
+        self.loss.window.resize(resolved.rules.loss_spike.window)
+        self.grad.window.resize(resolved.rules.grad_explosion.window)
+        self.grad.adapter_window.resize(resolved.rules.adapter_grad_vanishing.window)
 
     def _resize(self, world_size: int, ts: float) -> None:
         self.stats["world_size_changes"] += 1
@@ -193,22 +196,28 @@ class RunState:
         if not rec["complete"]:
             self.stats["partial_steps"] += 1
         fp16 = self.precision == "fp16" or (not self.precision and "loss_scale" in rec["metrics"])
-        self.loss.on_step(rel, warmup, self.alerter, alerts, self.label)
-        self.grad.on_step(rel, warmup, fp16, self.alerter, alerts, self.label)
-        self.rank_rules.on_step(rel, self.aligner.median_step_time(), warmup, self.alerter, alerts, self.label)
+        label = self.label
+        self._alert(self.loss.on_step(rel, warmup=warmup, label=label), alerts)
+        self._alert(self.grad.on_step(rel, warmup=warmup, fp16=fp16, label=label), alerts)
+        median_step = self.aligner.median_step_time()
+        self._alert(self.rank_rules.on_step(rel, median_step=median_step, warmup=warmup, label=label), alerts)
+
+    def _alert(self, findings: list[Finding], alerts: list[dict]) -> None:
+        """Alert policy (warmup mode, cooldown) over a detector's findings, in their order."""
+        if findings:
+            self.alerter.emit_all(findings, self.rules, alerts)
 
     def check_liveness(self, steps: list[dict], alerts: list[dict]) -> None:
         aligner = self.aligner
         self.last_check = aligner.clock
-        absent = self.liveness.check(
-            aligner.clock,
-            aligner.median_step_time(),
-            max(aligner.max_step, aligner.last_released),
-            aligner.released_count > 0,
-            self.alerter,
-            alerts,
-            self.label,
+        absent, findings = self.liveness.check(
+            clock=aligner.clock,
+            median_step=aligner.median_step_time(),
+            step=max(aligner.max_step, aligner.last_released),
+            started=aligner.released_count > 0,
+            label=self.label,
         )
+        self._alert(findings, alerts)
         if absent != aligner.absent:
             aligner.absent = absent
             released: list[Released] = []

@@ -256,13 +256,13 @@ def test_rules_yaml_overrides_and_team_pattern(tmp_path: Path) -> None:
         "  - match: {run_name: '*-debug'}\n    rules: {loss_spike: {sigma: 3.5, cooldown_steps: 5}}\n"
     )
     cfg = load_rules(path)
-    assert cfg.alignment["grace_min_s"] == 10.0
+    assert cfg.alignment.grace_min_s == 10.0
     base = cfg.resolve("other", "x")
-    assert base.rules["loss_spike"]["sigma"] == 8.0 and base.rules["memory_pressure"]["enabled"] is True
+    assert base.rules.loss_spike.sigma == 8.0 and base.rules.memory_pressure.enabled is True
     team = cfg.resolve("team-a", "x")
-    assert team.rules["memory_pressure"]["enabled"] is False
+    assert team.rules.memory_pressure.enabled is False
     dbg = cfg.resolve("team-a", "m-debug")
-    assert dbg.rules["loss_spike"]["sigma"] == 3.5 and dbg.rules["memory_pressure"]["enabled"] is False
+    assert dbg.rules.loss_spike.sigma == 3.5 and dbg.rules.memory_pressure.enabled is False
     # The override applies to a run once its run_start says which team it belongs to.
     out, _ = replay(generate_run("r", 2, 200, faults=[Fault("memory_pressure", 100, rank=1)]), cfg)
     assert "memory_pressure" not in {a["rule"] for a in out.alerts}
@@ -295,7 +295,7 @@ def test_rules_file_errors_are_one_clear_line(tmp_path: Path, text: str, needle:
 def test_missing_rules_file(tmp_path: Path) -> None:
     with pytest.raises(RulesError, match="rules file not found"):
         load_rules(tmp_path / "nope.yaml")
-    assert load_rules(None).rules["loss_spike"]["sigma"] == 6.0
+    assert load_rules(None).rules.loss_spike.sigma == 6.0
 
 
 def test_disabled_rule_is_quiet() -> None:
