@@ -7,7 +7,12 @@ One line per integration::
     reporter.log(step, loss=loss, lr=lr)          # hot path: ~µs, never blocks, never raises
     reporter.close()
 
-See ``docs/producer.md`` for the Hugging Face, Lightning and plain-loop helpers.
+Public API: :class:`Reporter` (``log``, ``log_eval``, ``close``, ``stats``; ``transport=`` swaps
+the kafka-python default for any :class:`~rankstream.producer.transport.Transport`),
+:func:`detect_identity` / :class:`RunIdentity` (rank and run id without a reporter), and
+:func:`flush_spool` (what ``rankstream spool flush`` runs). Framework helpers:
+``rankstream.producer.hf.RankstreamCallback``, ``rankstream.producer.lightning.RankstreamLightningCallback``,
+``rankstream.producer.loop.StepTimer``. See ``docs/producer.md``.
 """
 
 from rankstream.producer.identity import RunIdentity, detect_identity
