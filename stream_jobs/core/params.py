@@ -25,16 +25,16 @@ class AlignmentParams:
     """How a run's steps are aligned across ranks and how long its state is kept."""
 
     grace_min_s: float = 30.0
-    """a step missing ranks is released as partial once event time is this far past its first event ..."""
+    """a step missing ranks is released as partial once event time is this many seconds past its first event ..."""
     grace_steps: float = 5.0
     """... or this many median step times, whichever is longer"""
     max_steps_ahead: int = 100
     """... or when another rank is this many steps ahead"""
     max_pending_steps: int = 256
-    """per run; beyond it the oldest pending step is released"""
+    """steps pending per run; beyond it the oldest pending step is released"""
     retention_s: float = 3600.0
-    """a run with no event for this long (event time) is evicted; runs whose ranks all sent `run_end` are
-    evicted one grace period later"""
+    """a run with no event for this many seconds (event time) is evicted; runs whose ranks all sent `run_end`
+    are evicted one grace period later"""
     median_window: int = 64
     """released steps used for the run's median step time (`step_time_s` mean, else `ts` deltas)"""
     dedup_window: int = 4096
@@ -57,22 +57,28 @@ class RuleParams:
 
 @dataclass(frozen=True)
 class NonfiniteLossParams(RuleParams):
+    """nonfinite_loss: a rank's loss is NaN or inf."""
+
     severity: Severity = "critical"
 
 
 @dataclass(frozen=True)
 class NonfiniteGradParams(RuleParams):
+    """nonfinite_grad: a rank's gradient norm is NaN or inf (fp16 loss-scaler aware)."""
+
     severity: Severity = "critical"
     fp16_severity: Severity = "info"
     """severity of a single fp16 overflow under a dynamic loss scale (the scaler skipping a step as designed)"""
     fp16_max_consecutive: int = 8
     """consecutive fp16 overflow steps from which the alert is a warning"""
     fp16_min_loss_scale: float = 1.0
-    """fp16 loss scale below which an overflow is critical (the scaler collapsed)"""
+    """fp16 loss scale (a multiplier) below which an overflow is critical (the scaler collapsed)"""
 
 
 @dataclass(frozen=True)
 class LossSpikeParams(RuleParams):
+    """loss_spike: the mean loss jumps far above its recent window, once or for several steps."""
+
     during_warmup: WarmupMode = "info"
     window: int = 128
     """post-warmup steps of mean loss the spike is measured against"""
@@ -92,6 +98,8 @@ class LossSpikeParams(RuleParams):
 
 @dataclass(frozen=True)
 class LossRisingParams(RuleParams):
+    """loss_rising: the smoothed mean loss keeps going up."""
+
     cooldown_steps: int = 100
     during_warmup: WarmupMode = "suppress"
     steps: int = 10
@@ -99,11 +107,13 @@ class LossRisingParams(RuleParams):
     ewma_alpha: float = 0.1
     """smoothing factor of the loss EWMA, in (0, 1] (1 = no smoothing)"""
     min_rel_rise: float = 0.02
-    """the smoothed loss must have risen by at least this fraction over the run (0.02 = 2%)"""
+    """the smoothed loss must have risen by at least this fraction since the rise began (0.02 = 2%)"""
 
 
 @dataclass(frozen=True)
 class LossPlateauParams(RuleParams):
+    """loss_plateau: the smoothed mean loss stopped improving."""
+
     cooldown_steps: int = 200
     during_warmup: WarmupMode = "suppress"
     patience: int = 200
@@ -116,6 +126,8 @@ class LossPlateauParams(RuleParams):
 
 @dataclass(frozen=True)
 class GradExplosionParams(RuleParams):
+    """grad_explosion: the gradient norm jumps far above its recent median."""
+
     during_warmup: WarmupMode = "info"
     window: int = 128
     """post-warmup steps of max-over-ranks `grad_norm` whose median is the baseline"""
@@ -129,6 +141,8 @@ class GradExplosionParams(RuleParams):
 
 @dataclass(frozen=True)
 class GradVanishingParams(RuleParams):
+    """grad_vanishing: the gradient norm collapses towards zero."""
+
     cooldown_steps: int = 100
     during_warmup: WarmupMode = "info"
     abs_threshold: float = 1e-7
@@ -143,6 +157,8 @@ class GradVanishingParams(RuleParams):
 
 @dataclass(frozen=True)
 class AdapterGradVanishingParams(RuleParams):
+    """adapter_grad_vanishing: LoRA adapter gradients vanish while the backbone is frozen."""
+
     cooldown_steps: int = 100
     during_warmup: WarmupMode = "info"
     abs_threshold: float = 1e-5
@@ -161,6 +177,8 @@ class AdapterGradVanishingParams(RuleParams):
 
 @dataclass(frozen=True)
 class StragglerParams(RuleParams):
+    """straggler: one rank's own compute + data time is well above the others'."""
+
     cooldown_steps: int = 200
     score_threshold: float = 0.75
     """a rank is slow when median own time / its own time (`compute_time_s + data_time_s`) is below this"""
@@ -176,6 +194,8 @@ class StragglerParams(RuleParams):
 
 @dataclass(frozen=True)
 class RankLaggingParams(RuleParams):
+    """rank_lagging: one rank's events are stamped or delivered a step or more after the others'."""
+
     cooldown_steps: int = 200
     skew_steps: float = 1.0
     """median step times by which a rank's `ts` trails the median rank's at the same step"""
@@ -185,6 +205,8 @@ class RankLaggingParams(RuleParams):
 
 @dataclass(frozen=True)
 class RankSilentParams(RuleParams):
+    """rank_silent: a rank sends nothing at all while others are alive."""
+
     severity: Severity = "critical"
     cooldown_steps: int = 1000
     min_s: float = 60.0
@@ -195,6 +217,8 @@ class RankSilentParams(RuleParams):
 
 @dataclass(frozen=True)
 class RankHungParams(RuleParams):
+    """rank_hung: a rank (or the whole job) is alive but makes no step progress."""
+
     severity: Severity = "critical"
     cooldown_steps: int = 1000
     min_s: float = 180.0
@@ -205,6 +229,8 @@ class RankHungParams(RuleParams):
 
 @dataclass(frozen=True)
 class MemoryPressureParams(RuleParams):
+    """memory_pressure: a rank's peak GPU memory is close to the device's total."""
+
     cooldown_steps: int = 200
     warn_ratio: float = 0.92
     """`mem_peak_mb / mem_total_mb` of a rank at or above which it is under pressure"""
