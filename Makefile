@@ -28,9 +28,10 @@ demo: kafka-jars ## the main job: real Kafka + stream worker + sink + a 4-rank t
 test: kafka-jars ## start the test broker, run the whole suite, stop what it started (also on failure)
 	@bash infra/run-tests.sh $(PYTEST_ARGS)
 
-lint: setup
+lint: setup ## ruff (lint + format check) and mypy (infra/typecheck.sh)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	@bash infra/typecheck.sh
 
 format: setup
 	$(BIN)/ruff format .
