@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 kafka-jars: setup ## fetch the Kafka broker jars from Maven Central (cached)
-	@$(BIN)/python -c "from rankstream.stack import ensure_jars; print('kafka jars:', ensure_jars())"
+	@$(BIN)/python -c "from rankstream.dev.stack import ensure_jars; print('kafka jars:', ensure_jars())"
 
 demo: kafka-jars ## the main job: real Kafka + stream worker + sink + a 4-rank torch job with faults
 	$(BIN)/rankstream demo $(DEMO_ARGS)

@@ -62,7 +62,7 @@ def ensure_state_topic(settings: Settings) -> None:
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    from rankstream.stack import wait_for_topics
+    from rankstream.kafka_admin import wait_for_topics
 
     admin = KafkaAdminClient(client_id="rankstream-worker", request_timeout_ms=15000, **settings.kafka_python_kwargs())
     try:

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from rankstream.config import Settings
-from rankstream.stack import broker_status, ensure_topics, start_broker, stop_broker
+from rankstream.dev.stack import broker_status, start_broker, stop_broker
+from rankstream.kafka_admin import ensure_topics
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_STATE_DIR = REPO_ROOT / ".rankstream" / "test"

@@ -18,7 +18,7 @@ def demo(
 ) -> None:
     """Start Kafka, the stream worker and the sink, train a 4-rank DDP job with injected faults
     (loss spike, straggler, NaN, killed rank), show steps and alerts live, then query the store."""
-    from rankstream.demo.runner import DemoError, run_demo
+    from rankstream.dev.demo.runner import DemoError, run_demo
 
     settings = load_settings(state_dir=state_dir or ".rankstream/demo", kafka_port=port)
     try:

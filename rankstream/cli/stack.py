@@ -20,7 +20,8 @@ def up(
     ] = None,
 ) -> None:
     """Start the broker (no-op when running), wait for readiness, create the contract topics."""
-    from rankstream.stack import bootstrap_address, ensure_topics, start_broker
+    from rankstream.dev.stack import bootstrap_address, start_broker
+    from rankstream.kafka_admin import ensure_topics
 
     settings = load_settings(state_dir=state_dir, kafka_port=port, partitions=partitions)
     status = start_broker(settings)
@@ -33,7 +34,7 @@ def up(
 @stack_app.command("down")
 def down(state_dir: StateDirOpt = None) -> None:
     """Stop the broker started from this state directory (no-op when stopped)."""
-    from rankstream.stack import stop_broker
+    from rankstream.dev.stack import stop_broker
 
     settings = load_settings(state_dir=state_dir)
     typer.echo("kafka: stopped" if stop_broker(settings) else "kafka: not running")
@@ -42,7 +43,7 @@ def down(state_dir: StateDirOpt = None) -> None:
 @stack_app.command("status")
 def status(state_dir: StateDirOpt = None) -> None:
     """Show whether the broker runs and answers; exit 3 when it does not."""
-    from rankstream.stack import broker_status
+    from rankstream.dev.stack import broker_status
 
     settings = load_settings(state_dir=state_dir)
     st = broker_status(settings)
@@ -65,7 +66,7 @@ def topics_create(
     """Create <prefix>.events/.steps/.alerts/.dlq where missing (replication factor 1 locally)."""
     from kafka.errors import KafkaError
 
-    from rankstream.stack import ensure_topics
+    from rankstream.kafka_admin import ensure_topics
 
     settings = load_settings(partitions=partitions, topic_prefix=prefix, bootstrap_servers=bootstrap)
     try:

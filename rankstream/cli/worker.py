@@ -29,7 +29,7 @@ def worker(
     partitions are re-read from the last committed offset by the others.
     """
     from rankstream.errors import ServiceUnavailable
-    from rankstream.stack import broker_ready
+    from rankstream.kafka_admin import broker_ready
     from rankstream.stream_jobs.app import create_app
     from rankstream.stream_jobs.core import RulesError, load_rules
     from rankstream.stream_jobs.detector_state import ensure_state_topic

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from rankstream.cli.replay import replay_lines
+from rankstream.dev.synthetic import Fault, generate_run
 from rankstream.schema import dumps
 from rankstream.stream_jobs.core import Engine
-from rankstream.synthetic import Fault, generate_run
 
 WORLD_SIZE = 64
 

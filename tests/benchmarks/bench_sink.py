@@ -27,8 +27,9 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from rankstream.config import Settings  # noqa: E402
+from rankstream.dev.stack import broker_status, start_broker, stop_broker  # noqa: E402
+from rankstream.kafka_admin import ensure_topics  # noqa: E402
 from rankstream.schema import encode_event  # noqa: E402
-from rankstream.stack import broker_status, ensure_topics, start_broker, stop_broker  # noqa: E402
 
 METRICS = ("loss", "lr", "grad_norm", "step_time_s", "data_time_s", "tokens_per_s")
 

@@ -32,9 +32,10 @@ sys.path.insert(0, str(ROOT))
 from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
 
 from rankstream.config import Settings  # noqa: E402
+from rankstream.dev.stack import broker_status, start_broker, stop_broker  # noqa: E402
+from rankstream.dev.synthetic import Fault, generate_run  # noqa: E402
+from rankstream.kafka_admin import ensure_topics  # noqa: E402
 from rankstream.schema import dumps  # noqa: E402
-from rankstream.stack import broker_status, ensure_topics, start_broker, stop_broker  # noqa: E402
-from rankstream.synthetic import Fault, generate_run  # noqa: E402
 from tests.integration.streamkit import WorkerProcess  # noqa: E402
 
 BENCH_PORT = 19392

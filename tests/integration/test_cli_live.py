@@ -76,7 +76,7 @@ def test_alerts_filters_and_dedups(kafka: Settings) -> None:
 
 
 def test_tail_once_shows_the_run(kafka: Settings) -> None:
-    from rankstream.synthetic import generate_run
+    from rankstream.dev.synthetic import generate_run
 
     steps = replay(generate_run("tail-run", world_size=4, steps=30, seed=2)).steps
     produce_records(kafka, kafka.topics.steps, steps)

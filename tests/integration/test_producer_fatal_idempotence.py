@@ -34,8 +34,9 @@ from pathlib import Path
 import pytest
 
 from rankstream.config import Settings
+from rankstream.dev.stack import start_broker, stop_broker
+from rankstream.kafka_admin import ensure_topics
 from rankstream.producer import Reporter
-from rankstream.stack import ensure_topics, start_broker, stop_broker
 from tests.integration.test_producer_kafka import consume, finished, seq_problems
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from rankstream.config import Settings
+from rankstream.kafka_admin import ensure_topics
 from rankstream.sinks.store import portfile
-from rankstream.stack import ensure_topics
 from tests.integration.test_sink_support import (
     RANKSTREAM,
     SinkProcess,

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from rankstream.config import Settings
-from rankstream.stack import StackError, broker_ready, broker_status, start_broker, stop_broker
+from rankstream.dev.stack import StackError, broker_status, start_broker, stop_broker
+from rankstream.kafka_admin import broker_ready
 
 pytestmark = pytest.mark.kafka
 

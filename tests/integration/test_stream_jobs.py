@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from rankstream.config import Settings
+from rankstream.dev.synthetic import Fault, generate_run
 from rankstream.schema import dumps, loads
-from rankstream.synthetic import Fault, generate_run
 from tests.integration.streamkit import WorkerProcess, collect, produce, replay, step_keys
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

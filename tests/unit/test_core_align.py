@@ -8,10 +8,10 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rankstream.dev.synthetic import Fault, generate_run
 from rankstream.schema import dumps, loads, validate_event
 from rankstream.stream_jobs.core import Engine, RulesConfig
 from rankstream.stream_jobs.core.aggregate import aggregate
-from rankstream.synthetic import Fault, generate_run
 
 
 def ev(rank: int, step: int, ts: float, seq: int, ws: int = 2, kind: str = "step", **metrics: float) -> dict:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from rankstream.dev.synthetic import Fault, expected_rules, generate_run
 from rankstream.schema import RULES, alert_id, dumps, validate_event
 from rankstream.stream_jobs.core import Engine, Output, RulesConfig, RulesError, load_rules
-from rankstream.synthetic import Fault, expected_rules, generate_run
 
 SERIOUS = ("warning", "critical")
 

@@ -46,3 +46,17 @@ def test_producer_import_pulls_no_stream_or_store_clients() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_the_runtime_never_imports_the_dev_tools() -> None:
+    """The worker, the sink and the producer run in production images: no local launcher, demo or generator."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, rankstream.producer, rankstream.stream_jobs.app, rankstream.sinks.worker, "
+        "rankstream.sinks.store, rankstream.kafka_admin; "
+        "print(sorted(m for m in sys.modules if m.startswith('rankstream.dev')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

@@ -10,8 +10,8 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from rankstream.cli import app
+from rankstream.dev.synthetic import Fault, generate_run
 from rankstream.schema import dumps
-from rankstream.synthetic import Fault, generate_run
 
 runner = CliRunner()
 

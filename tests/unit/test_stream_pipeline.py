@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from rankstream.dev.synthetic import Fault, generate_run
 from rankstream.schema import dumps, validate_event
 from rankstream.stream_jobs.core import Engine
 from rankstream.stream_jobs.pipeline import PartitionedPipeline, SimpleMessage
-from rankstream.synthetic import Fault, generate_run
 from rankstream.topics import SINK_ONLY_HEADER
 
 

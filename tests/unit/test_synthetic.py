@@ -6,8 +6,8 @@ from collections import defaultdict
 
 import pytest
 
+from rankstream.dev.synthetic import FAULT_KINDS, Fault, expected_rules, generate_run
 from rankstream.schema import dumps, validate_event
-from rankstream.synthetic import FAULT_KINDS, Fault, expected_rules, generate_run
 
 
 def test_same_arguments_same_events_and_seed_changes_them() -> None:

@@ -26,7 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rankstream.config import Settings
-from rankstream.demo.train import DemoJob, launch
+from rankstream.dev.demo.train import DemoJob, launch
 from rankstream.errors import EXIT_FAILURE, EXIT_SERVICE, OperationFailed
 
 DEMO_RULES = Path(__file__).with_name("demo-rules.yaml")
@@ -120,7 +120,9 @@ class Demo:
     # ------------------------------------------------------------------ run
 
     def run(self) -> int:
-        from rankstream.stack import StackError, broker_status, ensure_topics, start_broker, stop_broker
+        from rankstream.dev.stack import broker_status, start_broker, stop_broker
+        from rankstream.errors import ServiceUnavailable
+        from rankstream.kafka_admin import ensure_topics
 
         t0 = time.monotonic()
         if shutil.which("java") is None:
@@ -137,7 +139,7 @@ class Demo:
             self._start_services()
             result = self._run_job()
             self._show_sql()
-        except StackError as exc:
+        except ServiceUnavailable as exc:
             raise DemoError(str(exc), service=True) from None
         finally:
             self.stop_consuming.set()

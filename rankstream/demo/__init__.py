@@ -1,1 +1,0 @@
-"""`rankstream demo`: the whole system end to end on one machine (see rankstream.demo.runner)."""

@@ -1,0 +1,1 @@
+"""`rankstream demo`: the whole system end to end on one machine (see rankstream.dev.demo.runner)."""
