@@ -19,7 +19,7 @@ for a message, once per batch. Other topics keep Faust's per-message path.
 This reaches into ``faust.transport.consumer.Consumer`` internals
 (``_read_offset``, ``_acked``, ``_acked_index``, ``_committed_offset``,
 ``_add_gap``): faust-streaming is pinned to 0.15.x and
-tests/integration/test_stream_jobs.py (crash, restart, rebalance, no gap)
+tests/integration/stream_jobs/test_worker.py (crash, restart, rebalance, no gap)
 guards them. This module patches nothing: :func:`register_route` records an
 app's route and :mod:`.faust_patches` makes Faust's consumer call
 :func:`drain_batches` for apps that have one.

@@ -1,7 +1,8 @@
 """Column names and ClickHouse types of every table the sink writes, matching migrations/0001_init.sql.
 
 Inserts pass these up front, so clickhouse-connect never issues a DESCRIBE
-per insert; tests/unit/test_sink_tables.py checks them against the live DDL.
+per insert; tests/integration/sinks/test_schema.py::test_columns_match_the_insert_types checks them
+against the live DDL.
 """
 
 from __future__ import annotations

@@ -159,7 +159,7 @@ def main() -> None:
             sink_rate, sink_s = _sink_rate(settings, total_rows)
 
             from rankstream.sinks.store import open_store
-            from tests.integration.test_sink_support import cookbook_queries
+            from tests.integration.sinks.support import cookbook_queries
 
             client = open_store(settings.dsn)
             floor = _floor_rate(client, events, "")

@@ -12,8 +12,8 @@ from kafka import KafkaConsumer, KafkaProducer
 from rankstream.config import Settings
 from rankstream.schema import alert_id, dlq_record
 from rankstream.topics import SINK_ONLY_HEADER
+from tests.integration.sinks.support import produce_records
 from tests.integration.streamkit import replay
-from tests.integration.test_sink_support import produce_records
 
 pytestmark = pytest.mark.kafka
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from rankstream.config import Settings
-from tests.integration.test_sink_support import (
+from tests.integration.sinks.support import (
     RANKSTREAM,
     SinkProcess,
     count,

@@ -21,7 +21,7 @@ import pytest
 from rankstream.config import Settings
 from rankstream.kafka_admin import ensure_topics
 from rankstream.sinks.store import portfile
-from tests.integration.test_sink_support import (
+from tests.integration.sinks.support import (
     RANKSTREAM,
     SinkProcess,
     alert_record,

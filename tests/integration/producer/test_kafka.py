@@ -20,10 +20,9 @@ from torch.utils.data import DataLoader, Dataset
 from rankstream.config import Settings
 from rankstream.producer import Reporter
 from rankstream.schema import decode_event
+from tests.paths import REPO_ROOT
 
 pytestmark = pytest.mark.kafka
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def consume(settings: Settings, done: Callable[[list[dict]], bool], timeout: float = 90.0) -> list[dict]:

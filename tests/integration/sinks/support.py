@@ -24,6 +24,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from rankstream.config import Settings
 from rankstream.schema import alert_id, dumps, encode_event
 from rankstream.sinks.store import portfile
+from tests.paths import REPO_ROOT
 
 RANKSTREAM = str(Path(sys.executable).parent / "rankstream")
 METRICS = ("loss", "lr", "grad_norm", "step_time_s", "data_time_s")
@@ -271,7 +272,7 @@ def start_store(path: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
-COOKBOOK = Path(__file__).resolve().parents[2] / "docs" / "sql-cookbook.md"
+COOKBOOK = REPO_ROOT / "docs" / "sql-cookbook.md"
 
 
 def cookbook_entries() -> list[tuple[str, bool, str]]:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import yaml
 
 from rankstream.config import ENV_VARS, Settings
+from tests.paths import REPO_ROOT
 
-COMPOSE = Path(__file__).resolve().parents[2] / "infra" / "docker-compose.yml"
+COMPOSE = REPO_ROOT / "infra" / "docker-compose.yml"
 
 
 def _compose() -> dict:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import fields
-from pathlib import Path
 
 import pytest
 
 from rankstream.stream_jobs.core.params import RULE_PARAMS, AlignmentParams, LossSpikeParams, RuleParams
 from rankstream.stream_jobs.core.rules_doc import field_docs, format_default, render_rules, splice
+from tests.paths import REPO_ROOT
 
-RULES_MD = Path(__file__).resolve().parents[2] / "docs" / "rules.md"
+RULES_MD = REPO_ROOT / "docs" / "rules.md"
 REFRESH = "python -m rankstream.stream_jobs.core.rules_doc --write docs/rules.md"
 
 

@@ -6,7 +6,6 @@ import re
 import signal
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,9 +14,10 @@ from rankstream.sinks.records import Batch
 from rankstream.sinks.store.migrations import migrate, split_statements
 from rankstream.sinks.store.tables import COLUMNS
 from rankstream.sinks.writer import batch_token, insert_batch
-from tests.integration.test_sink_support import RANKSTREAM, free_port, http_client, start_store, wait_until
+from tests.integration.sinks.support import RANKSTREAM, free_port, http_client, start_store, wait_until
+from tests.paths import REPO_ROOT
 
-RBAC = Path(__file__).resolve().parents[2] / "infra" / "clickhouse" / "rbac.sql"
+RBAC = REPO_ROOT / "infra" / "clickhouse" / "rbac.sql"
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from rankstream.config import Settings
+from tests.integration.producer.test_frameworks import TokenDataset
+from tests.integration.sinks.support import SinkProcess, http_client, wait_until
 from tests.integration.streamkit import WorkerProcess
-from tests.integration.test_producer_frameworks import TokenDataset
-from tests.integration.test_sink_support import SinkProcess, http_client, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rankstream.config import Settings
-from tests.integration.test_sink_support import (
+from tests.integration.sinks.support import (
     RANKSTREAM,
     SinkProcess,
     count,

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import importlib
 import tomllib
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.paths import REPO_ROOT
+
+ROOT = REPO_ROOT
 MAPPING = {
     "rankstream": "rankstream",
     "producer": "rankstream.producer",
