@@ -50,10 +50,10 @@ def parse_duration(text: str) -> float | None:
         for p in parts:
             seconds = seconds * 60.0 + p
         return seconds
-    parts = _DURATION_PART.findall(text)
-    if not parts:
+    units: list[tuple[str, str]] = _DURATION_PART.findall(text)
+    if not units:
         return None
-    return sum(float(n) * _UNIT_S[u.lower()] for n, u in parts)
+    return sum(float(n) * _UNIT_S[u.lower()] for n, u in units)
 
 
 def _number(value: Any) -> float | None:

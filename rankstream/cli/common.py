@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -39,7 +39,7 @@ def error_line(exc: RankstreamError) -> str:
     return f"configuration error: {text}" if isinstance(exc, ConfigError) else text
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment with flag overrides; a bad value exits with code 2."""
     try:
         return Settings.from_env(**overrides)

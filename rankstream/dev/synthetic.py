@@ -161,13 +161,13 @@ def generate_run(
         spike = _active(faults, "loss_spike", s)
         gn = (4.0 + 3.0 * rng.random()) if warm else 1.0 * (1.0 - 0.3 * s / steps) * (1.0 + 0.08 * rng.gauss(0, 1))
         gn_field: float | str = gn
-        if (f := _active(faults, "grad_explosion", s)) is not None:
-            gn_field = gn * f.value
-        if (f := _active(faults, "grad_vanishing", s)) is not None:
-            gn_field = f.value
+        if (explosion := _active(faults, "grad_explosion", s)) is not None:
+            gn_field = gn * explosion.value
+        if (vanishing := _active(faults, "grad_vanishing", s)) is not None:
+            gn_field = vanishing.value
         adapter: float | str = gn
-        if lora and (f := _active(faults, "adapter_vanishing", s)) is not None:
-            adapter = f.value
+        if lora and (adapter_fault := _active(faults, "adapter_vanishing", s)) is not None:
+            adapter = adapter_fault.value
             gn_field = f.value
         if _active(faults, "nan_grad", s) is not None:
             gn_field = "nan"
@@ -195,9 +195,10 @@ def generate_run(
             lag = _active(faults, "lagging", s)
             if lag is not None and lag.target == r:
                 ts += lag.value * step_time_s
-            loss: float | str = base * shared * rank_noise[r] * (1.0 + 0.02 * rng.gauss(0, 1))
+            loss_value = base * shared * rank_noise[r] * (1.0 + 0.02 * rng.gauss(0, 1))
             if spike is not None:
-                loss = loss * spike.value
+                loss_value *= spike.value
+            loss: float | str = loss_value
             nl = _active(faults, "nan_loss", s)
             if nl is not None and nl.target == r:
                 loss = "nan"

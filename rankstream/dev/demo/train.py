@@ -138,13 +138,14 @@ def run_rank(rank: int, job: DemoJob) -> None:
             loss = torch.nn.functional.mse_loss(model(x), y)
             loss.backward()
             t_compute = time.perf_counter()
-            flat = torch.cat([p.grad.reshape(-1) for p in params])
+            grads = [p.grad for p in params if p.grad is not None]  # zero_grad(set_to_none=False): all set
+            flat = torch.cat([g.reshape(-1) for g in grads])
             dist.all_reduce(flat)
             flat /= job.world_size
             offset = 0
-            for p in params:
-                n = p.numel()
-                p.grad.copy_(flat[offset : offset + n].view_as(p))
+            for g in grads:
+                n = g.numel()
+                g.copy_(flat[offset : offset + n].view_as(g))
                 offset += n
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
             if math.isfinite(grad_norm):
