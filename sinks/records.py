@@ -9,7 +9,6 @@ with a one-line reason that goes to the dead-letter topic.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Sequence
 from itertools import chain, repeat
 from operator import itemgetter
@@ -31,10 +30,10 @@ _STEP_FIELDS = frozenset(
         "ts_first",
         "ts_last",
         "metrics",
+        "restart",  # stored as the `attempt` column
     }
 )
 _AGG_FIELDS = ("mean", "min", "max", "std")
-_META_COLUMNS = ("run_name", "project", "task_type", "model_name", "model_architecture")
 
 
 class InvalidRecord(InvalidEvent):
@@ -42,11 +41,16 @@ class InvalidRecord(InvalidEvent):
 
 
 _EVENT_FIELDS = tuple(
-    map(itemgetter, ("run_id", "rank", "seq", "kind", "step", "host", "local_rank", "world_size", "metrics", "tags"))
+    map(
+        itemgetter,
+        ("run_id", "rank", "seq", "inc", "kind", "step", "host", "local_rank", "world_size", "metrics", "tags"),
+    )
 )
+#: Largest ``restart`` (the step's attempt) the ``UInt32`` column holds.
+MAX_ATTEMPT = 2**32 - 1
 
 
-def _micros(ts: float) -> int:
+def micros(ts: float) -> int:
     return round(ts * 1_000_000)
 
 
@@ -67,25 +71,26 @@ class Batch:
 
     def add_event(self, event: dict[str, Any], team: str) -> None:
         """One ``events`` row and one ``metrics`` row per metric of a validated raw event."""
-        ts = _micros(event["ts"])
+        ts = micros(event["ts"])
         run_id, rank, seq, kind, step = event["run_id"], event["rank"], event["seq"], event["kind"], event["step"]
-        host, world_size = event["host"], event["world_size"]
+        inc, host, world_size = event["inc"], event["host"], event["world_size"]
         metrics: dict[str, float] = event["metrics"]
         n = len(metrics)
         self.add(
             "events",
-            (team, run_id, rank, seq, kind, step, ts, host, event["local_rank"], world_size, n, event["tags"]),
+            (team, run_id, rank, seq, inc, kind, step, ts, host, event["local_rank"], world_size, n, event["tags"]),
         )
         if not n:
             return
         cols = self.columns["metrics"]
-        # Column order: team, run_id, metric, kind, step, rank, seq, ts, value, host, world_size
-        for index, constant in ((0, team), (1, run_id), (3, kind), (4, step), (5, rank), (6, seq), (7, ts)):
+        # Column order: team, run_id, metric, kind, step, rank, seq, inc, ts, value, host, world_size
+        constants = ((0, team), (1, run_id), (3, kind), (4, step), (5, rank), (6, seq), (7, inc), (8, ts))
+        for index, constant in constants:
             cols[index].extend([constant] * n)
         cols[2].extend(metrics.keys())
-        cols[8].extend(metrics.values())
-        cols[9].extend([host] * n)
-        cols[10].extend([world_size] * n)
+        cols[9].extend(metrics.values())
+        cols[10].extend([host] * n)
+        cols[11].extend([world_size] * n)
         self.rows += n
 
     def add_events(self, events: Sequence[dict[str, Any]], teams: Sequence[str]) -> None:
@@ -97,23 +102,23 @@ class Batch:
         """
         if not events:
             return
-        run_ids, ranks, seqs, kinds, steps, hosts, local_ranks, world_sizes, metrics, tags = (
+        run_ids, ranks, seqs, incs, kinds, steps, hosts, local_ranks, world_sizes, metrics, tags = (
             list(map(getter, events)) for getter in _EVENT_FIELDS
         )
         ts = [round(event["ts"] * 1_000_000) for event in events]
         counts = list(map(len, metrics))
         for column, values in zip(
             self.columns["events"],
-            (teams, run_ids, ranks, seqs, kinds, steps, ts, hosts, local_ranks, world_sizes, counts, tags),
+            (teams, run_ids, ranks, seqs, incs, kinds, steps, ts, hosts, local_ranks, world_sizes, counts, tags),
             strict=True,
         ):
             column.extend(values)
         cols = self.columns["metrics"]
-        # Column order: team, run_id, metric, kind, step, rank, seq, ts, value, host, world_size
+        # Column order: team, run_id, metric, kind, step, rank, seq, inc, ts, value, host, world_size
         total = sum(counts)
         for index, values in (
-            (0, teams), (1, run_ids), (3, kinds), (4, steps), (5, ranks), (6, seqs), (7, ts), (9, hosts),
-            (10, world_sizes),
+            (0, teams), (1, run_ids), (3, kinds), (4, steps), (5, ranks), (6, seqs), (7, incs), (8, ts),
+            (10, hosts), (11, world_sizes),
         ):  # fmt: skip
             first = values[0]
             if values.count(first) == len(values):  # the same in every event (team, host, ...): no per-row work
@@ -121,25 +126,30 @@ class Batch:
             else:
                 cols[index].extend(chain.from_iterable(map(repeat, values, counts)))
         cols[2].extend(chain.from_iterable(metrics))
-        cols[8].extend(chain.from_iterable(map(dict.values, metrics)))
+        cols[9].extend(chain.from_iterable(map(dict.values, metrics)))
         self.rows += len(events) + total
 
     def add_step(self, record: dict[str, Any], team: str) -> None:
-        """A validated aligned step: one ``steps`` row and one ``step_metrics`` row per metric."""
+        """A validated aligned step: one ``steps`` row and one ``step_metrics`` row per metric.
+
+        The step's ``restart`` is its ``attempt``: a step aligned again after a resume is a new row.
+        """
         extra = {k: v for k, v in record.items() if k not in _STEP_FIELDS}
-        ts_first = _micros(record["ts_first"])
+        ts_first = micros(record["ts_first"])
+        attempt = record["restart"]
         self.add(
             "steps",
             (
                 team,
                 record["run_id"],
                 record["step"],
+                attempt,
                 record["world_size"],
                 record["ranks_reported"],
                 record["missing_ranks"],
                 record["complete"],
                 ts_first,
-                _micros(record["ts_last"]),
+                micros(record["ts_last"]),
                 dumps(extra).decode() if extra else "",
             ),
         )
@@ -151,6 +161,7 @@ class Batch:
                     record["run_id"],
                     name,
                     record["step"],
+                    attempt,
                     ts_first,
                     agg["mean"],
                     agg["min"],
@@ -173,7 +184,7 @@ class Batch:
                 alert["alert_id"],
                 alert["step"],
                 alert["ranks"],
-                _micros(alert["ts"]),
+                micros(alert["ts"]),
                 alert["message"],
                 dumps(alert["evidence"]).decode(),
             ),
@@ -183,83 +194,15 @@ class Batch:
         self.add("runs", tuple(run[name] for name in column_names("runs")))
 
 
-# ------------------------------------------------------------------ runs (team lookup)
-
-
-def run_row_from_start(event: dict[str, Any]) -> dict[str, Any]:
-    """The ``runs`` row a run_start event opens (metadata from ``meta``)."""
-    meta = event["meta"]
-    config = meta.get("config", "")
-    ts = _micros(event["ts"])
-    row: dict[str, Any] = {
-        "run_id": event["run_id"],
-        "team": _meta_str(meta, "team"),
-        "config": config if isinstance(config, str) else dumps(_jsonable(config)).decode(),
-        "world_size": event["world_size"],
-        "status": "running",
-        "started_at": ts,
-        "ended_at": None,
-        "updated_at": ts,
-    }
-    for name in _META_COLUMNS:
-        row[name] = _meta_str(meta, name)
-    return row
-
-
-def run_row_from_end(previous: dict[str, Any] | None, event: dict[str, Any]) -> dict[str, Any]:
-    """The ``runs`` row after run_end: previous metadata kept, status from ``meta.status`` or 'finished'."""
-    ts = _micros(event["ts"])
-    row = dict(previous) if previous else run_row_from_start({**event, "meta": {}})
-    if not previous:
-        row["started_at"] = ts
-    status = event["meta"].get("status") if isinstance(event["meta"], dict) else None
-    row["status"] = status if isinstance(status, str) and status else "finished"
-    row["ended_at"] = ts
-    row["updated_at"] = max(ts, row["updated_at"] + 1)
-    return row
-
-
-def _meta_str(meta: dict[str, Any], key: str) -> str:
-    value = meta.get(key, "")
-    return value if isinstance(value, str) else str(value)
-
-
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Replace non-finite floats (not valid JSON) by their contract strings."""
     if isinstance(value, float) and not math.isfinite(value):
         return "nan" if value != value else ("inf" if value > 0 else "-inf")
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return value
-
-
-class RunCache:
-    """Bounded run_id -> latest ``runs`` row map (team lookup for every row, run_end merges)."""
-
-    def __init__(self, capacity: int = 100_000) -> None:
-        self.capacity = capacity
-        self._rows: OrderedDict[str, dict[str, Any]] = OrderedDict()
-
-    def get(self, run_id: str) -> dict[str, Any] | None:
-        row = self._rows.get(run_id)
-        if row is not None:
-            self._rows.move_to_end(run_id)
-        return row
-
-    def put(self, row: dict[str, Any]) -> None:
-        self._rows[row["run_id"]] = row
-        self._rows.move_to_end(row["run_id"])
-        while len(self._rows) > self.capacity:
-            self._rows.popitem(last=False)
-
-    def __contains__(self, run_id: str) -> bool:
-        return run_id in self._rows
-
-    def team(self, run_id: str) -> str:
-        row = self._rows.get(run_id)
-        return row["team"] if row else ""
 
 
 # ------------------------------------------------------------------ validation
@@ -314,6 +257,7 @@ def validate_step(obj: Any) -> dict[str, Any]:
     _int(rec, "step", 0)
     _int(rec, "world_size", 1, MAX_WORLD_SIZE)
     _int(rec, "ranks_reported", 0, MAX_WORLD_SIZE)
+    rec["restart"] = _int(rec, "restart", 0, MAX_ATTEMPT) if "restart" in rec else 0
     rec["missing_ranks"] = _ranks(rec, "missing_ranks")
     complete = rec.get("complete")
     if type(complete) is not bool:
@@ -353,5 +297,5 @@ def validate_alert(obj: Any) -> dict[str, Any]:
     evidence = rec.get("evidence", {})
     if not isinstance(evidence, dict):
         raise InvalidRecord("field 'evidence' must be an object")
-    rec["evidence"] = _jsonable(evidence)
+    rec["evidence"] = jsonable(evidence)
     return rec

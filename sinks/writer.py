@@ -31,8 +31,17 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from rankstream.sinks.records import Batch, RunCache, run_row_from_end, run_row_from_start
+from rankstream.sinks.records import Batch
 from rankstream.sinks.rejections import Rejected, find_rejected, rejection_reason
+from rankstream.sinks.runs import (
+    RUN_LOST_RULE,
+    RunCache,
+    merge_run_start,
+    run_row_from_end,
+    run_row_from_start,
+    run_row_lost,
+    run_row_revived,
+)
 from rankstream.sinks.store import DATABASE, open_store
 from rankstream.sinks.store.tables import TABLE_ORDER, column_names, column_types, qualified
 
@@ -155,7 +164,7 @@ class BatchWriter:
         return sorted(
             {
                 run_id
-                for run_id in {rec["run_id"] for kind, rec in items if kind != "alert"}
+                for run_id in {rec["run_id"] for kind, rec in items if kind != "alert" or rec["rule"] == RUN_LOST_RULE}
                 if run_id not in runs and run_id not in starts and now - negative.get(run_id, -1e9) > NEGATIVE_LOOKUP_S
             }
         )
@@ -176,39 +185,60 @@ class BatchWriter:
             self._unknown_runs.clear()
 
     def build(self, items: list[Item]) -> Batch:
-        """Rows of every table for ``items``; run_start metadata applies to the whole batch."""
+        """Rows of every table for ``items``, with each touched run's latest ``runs`` row.
+
+        Run status changes are applied in message order (run_start, run_end, a
+        ``run_lost`` alert, any event of a lost run, which may bring it back)
+        before the other rows are built, so run_start metadata (the team) applies
+        to the whole batch; one ``runs`` row per touched run carries the outcome.
+        """
         runs = self.runs
         events: list[dict[str, Any]] = []
-        lifecycle: list[dict[str, Any]] = []
+        lifecycle: list[Item] = []
         others: list[Item] = []
-        for kind, rec in items:
+        # Runs whose events may change their status: lost ones, and those a run_lost alert of this batch names.
+        watched = runs.lost | {rec["run_id"] for kind, rec in items if kind == "alert" and rec["rule"] == RUN_LOST_RULE}
+        for item in items:
+            kind, rec = item
             if kind != "event":
-                others.append((kind, rec))
+                others.append(item)
+                if kind == "alert" and rec["rule"] == RUN_LOST_RULE:
+                    lifecycle.append(item)
                 continue
             events.append(rec)
-            if rec["kind"] == "run_start":
-                runs.put(_merge_run(runs.get(rec["run_id"]), run_row_from_start(rec)))
-                lifecycle.append(rec)
-            elif rec["kind"] == "run_end":
-                lifecycle.append(rec)
+            event_kind = rec["kind"]
+            if event_kind == "run_start" or event_kind == "run_end" or (watched and rec["run_id"] in watched):
+                lifecycle.append(item)
+        touched: dict[str, dict[str, Any]] = {}
+        for item in lifecycle:
+            row = self._run_row(item)
+            if row is not None:
+                runs.put(row)
+                touched[row["run_id"]] = row
         batch = Batch()
+        for row in touched.values():
+            batch.add_run(row)
         if events:
-            # A run's team is fixed once the batch's run_start events are merged (run_end keeps it).
             team = {run_id: runs.team(run_id) for run_id in {rec["run_id"] for rec in events}}
             batch.add_events(events, [team[rec["run_id"]] for rec in events])
-        for rec in lifecycle:
-            if rec["kind"] == "run_start":
-                batch.add_run(runs.get(rec["run_id"]) or run_row_from_start(rec))
-            else:
-                row = run_row_from_end(runs.get(rec["run_id"]), rec)
-                runs.put(row)
-                batch.add_run(row)
         for kind, rec in others:
             if kind == "step":
                 batch.add_step(rec, runs.team(rec["run_id"]))
             else:
                 batch.add_alert(rec)
         return batch
+
+    def _run_row(self, item: Item) -> dict[str, Any] | None:
+        """The ``runs`` row after one lifecycle message, or None when it changes nothing."""
+        kind, rec = item
+        previous = self.runs.get(rec["run_id"])
+        if kind == "alert":
+            return run_row_lost(previous, rec)
+        if rec["kind"] == "run_start":
+            return merge_run_start(previous, run_row_from_start(rec))
+        if rec["kind"] == "run_end":
+            return run_row_from_end(previous, rec)
+        return run_row_revived(previous, rec)
 
     def insert(self, batch: Batch, token: str) -> int:
         """One insert attempt; returns the rows written. A refusal of the rows themselves raises :class:`Rejected`."""
@@ -239,18 +269,3 @@ class BatchWriter:
 
         refused = find_rejected(len(items), insert)
         return stored, refused
-
-
-def _merge_run(previous: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
-    """A run_start row, keeping metadata an earlier run_start (e.g. rank 0's) already provided."""
-    if not previous:
-        return new
-    merged = dict(new)
-    for key, value in previous.items():
-        if value not in ("", None, 0) and merged.get(key) in ("", None, 0):
-            merged[key] = value
-    merged["started_at"] = min(previous["started_at"], new["started_at"])
-    merged["updated_at"] = max(previous["updated_at"], new["updated_at"])
-    if previous.get("status") not in ("running", None):
-        merged["status"], merged["ended_at"] = previous["status"], previous.get("ended_at")
-    return merged

@@ -1,4 +1,4 @@
-"""Column names and ClickHouse types of every table the sink writes, matching migrations/0001_init.sql.
+"""Column names and ClickHouse types of every table the sink writes, as the migrations leave them (0001, 0003).
 
 Inserts pass these up front, so clickhouse-connect never issues a DESCRIBE
 per insert; tests/integration/sinks/test_schema.py::test_columns_match_the_insert_types checks them
@@ -23,6 +23,7 @@ COLUMNS: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         ("step", "Int64"),
         ("rank", "UInt32"),
         ("seq", "UInt64"),
+        ("inc", _LC),
         ("ts", _TS),
         ("value", "Float64"),
         ("host", _LC),
@@ -33,6 +34,7 @@ COLUMNS: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         ("run_id", "String"),
         ("rank", "UInt32"),
         ("seq", "UInt64"),
+        ("inc", _LC),
         ("kind", _LC),
         ("step", "Int64"),
         ("ts", _TS),
@@ -46,6 +48,7 @@ COLUMNS: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         ("team", _LC),
         ("run_id", "String"),
         ("step", "Int64"),
+        ("attempt", "UInt32"),
         ("world_size", "UInt32"),
         ("ranks_reported", "UInt32"),
         ("missing_ranks", "Array(UInt32)"),
@@ -59,6 +62,7 @@ COLUMNS: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         ("run_id", "String"),
         ("metric", _LC),
         ("step", "Int64"),
+        ("attempt", "UInt32"),
         ("ts_first", _TS),
         ("mean", "Float64"),
         ("min", "Float64"),

@@ -10,15 +10,8 @@ import pytest
 from rankstream.cli.runs import parse_since
 from rankstream.cli.sql import render
 from rankstream.schema import decode_event, encode_event
-from rankstream.sinks.records import (
-    Batch,
-    InvalidRecord,
-    RunCache,
-    run_row_from_end,
-    run_row_from_start,
-    validate_alert,
-    validate_step,
-)
+from rankstream.sinks.records import Batch, InvalidRecord, validate_alert, validate_step
+from rankstream.sinks.runs import RunCache, run_row_from_end, run_row_from_start
 from rankstream.sinks.store import StoreError, parse_dsn
 from rankstream.sinks.store.http_request import QueryError, Request
 from rankstream.sinks.store.migrations import migration_files, split_statements
@@ -196,10 +189,10 @@ def test_migrations_are_ordered_and_split() -> None:
 def test_bulk_events_match_row_by_row_events() -> None:
     events = [
         _event(),
-        _event(run_id="r2", rank=0, seq=8, metrics={"loss": 2.0}),
+        _event(run_id="r2", rank=0, seq=8, metrics={"loss": 2.0}, inc="b0"),
         _event(kind="heartbeat", metrics={}, tags={}),
         _event(kind="run_start", step=-1, host="h2", metrics={}),
-        _event(step=4, ts=101.25, metrics={"lr": 0.1, "loss": "inf", "x": 3}),
+        _event(step=4, ts=101.25, metrics={"lr": 0.1, "loss": "inf", "x": 3}, inc="a1"),
     ]
     teams = ["vision", "nlp", "vision", "", "vision"]
     row_by_row, bulk = Batch(), Batch()
@@ -213,3 +206,5 @@ def test_bulk_events_match_row_by_row_events() -> None:
     same = Batch()
     same.add_events(events[:1] * 3, ["t"] * 3)  # constant columns take the fast path
     assert same.columns["metrics"][0] == ["t"] * 6 and same.rows == 9
+    incs = dict(zip(column_names("metrics"), bulk.columns["metrics"], strict=True))["inc"]
+    assert incs == ["", "", "b0", "a1", "a1", "a1"]

@@ -11,6 +11,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from rankstream.schema import encode_event, loads
 from rankstream.sinks.pending import PendingBatch
 from rankstream.sinks.rejections import Rejected
+from rankstream.sinks.store.tables import column_names
 from rankstream.sinks.writer import BatchWriter
 
 
@@ -54,7 +55,7 @@ class _Client:
         if self.down:
             raise OperationalError("Error HTTPConnectionPool: Connection refused")
         if table.endswith(".events"):
-            hosts = columns[7]
+            hosts = columns[column_names("events").index("host")]
             if "bad" in hosts:
                 raise DatabaseError("Constraint `c` is violated", code=469)
             self.inserted += hosts
