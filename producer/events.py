@@ -59,10 +59,13 @@ def to_float(value: Any) -> float | None:
 class EventEncoder:
     """Builds wire events for one rank and keeps the bad-input counters."""
 
-    def __init__(self, run_id: str, rank: int, world_size: int, local_rank: int, host: str | None = None) -> None:
+    def __init__(
+        self, run_id: str, rank: int, world_size: int, local_rank: int, host: str | None = None, inc: str = ""
+    ) -> None:
         self.base = {
             "v": SCHEMA_VERSION,
             "run_id": run_id,
+            "inc": inc,
             "rank": rank,
             "world_size": world_size,
             "local_rank": local_rank,

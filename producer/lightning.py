@@ -152,4 +152,4 @@ class RankstreamLightningCallback(CallbackState, Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if self.reporter is not None:
-            self.reporter.close(status="failed")
+            self.reporter.close(status="failed", reason=type(exception).__name__)

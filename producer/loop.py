@@ -130,12 +130,15 @@ class StepTimer:
         except Exception:
             pass
 
-    def close(self, timeout: float = 10.0, status: str = "finished") -> None:
-        self.reporter.close(timeout=timeout, status=status)
+    def close(self, timeout: float = 10.0, status: str = "finished", reason: str | None = None) -> None:
+        self.reporter.close(timeout=timeout, status=status, reason=reason)
 
     def __enter__(self) -> StepTimer:
         self.reporter.start()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.close(status="failed" if exc_type is not None else "finished")
+        if exc_type is None:
+            self.close()
+        else:
+            self.close(status="failed", reason=exc_type.__name__)

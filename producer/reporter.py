@@ -4,6 +4,10 @@
 and appends it to a deque: no serialization, no I/O, no lock, no torch call.
 The :class:`~rankstream.producer.sender.Sender` thread does the rest; a
 heartbeat thread keeps a rank visibly alive while it sits in a collective.
+Each reporter is one *incarnation* (``inc``) of its rank: a relaunch under the
+same run id counts ``seq`` from 0 again under a new ``inc``. How the process
+ends (close, exit, an uncaught exception, SIGTERM/SIGINT) is ``run_end``'s
+``reason``; see :mod:`rankstream.producer.shutdown` for the signal handlers.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 import math
 import operator
 import os
+import secrets
 import sys
 import threading
 import time
@@ -25,6 +30,7 @@ from rankstream.producer.events import EventEncoder
 from rankstream.producer.identity import RunIdentity, detect_identity
 from rankstream.producer.redact import redact_meta
 from rankstream.producer.sender import Sender
+from rankstream.producer.shutdown import NORMAL, install, signal_name, uncaught_exception_reason
 from rankstream.producer.spool import Spool, rank_dir
 from rankstream.producer.transport import Transport
 
@@ -33,6 +39,7 @@ log = logging.getLogger("rankstream.producer")
 # Strong references until close(): an unclosed reporter must still be flushed at exit.
 _REPORTERS: set[Reporter] = set()
 ATEXIT_TIMEOUT_S = 5.0
+SHUTDOWN_TIMEOUT_S = 5.0  # on SIGTERM/SIGINT: torchrun and SLURM wait ~30 s before SIGKILL
 SEQ_LIMIT = sys.maxsize  # seqs a reporter can hand out
 
 
@@ -55,6 +62,8 @@ class Reporter:
         spool_dir: str | Path | None = None,
         spool_max_mb: int = 1024,
         transport: Transport | None = None,
+        handle_signals: bool = True,
+        shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
     ) -> None:
         self.settings = settings if settings is not None else Settings.from_env()
         self.identity: RunIdentity = detect_identity(run_id, rank=rank, world_size=world_size, local_rank=local_rank)
@@ -70,7 +79,10 @@ class Reporter:
         ident = self.identity
         self.spool_root = Path(spool_dir) if spool_dir is not None else self.settings.spool_dir
         self.spool = Spool(rank_dir(self.spool_root, ident.run_id, ident.rank), max_bytes=int(spool_max_mb) << 20)
-        self._encoder = EventEncoder(ident.run_id, ident.rank, ident.world_size, ident.local_rank, ident.host)
+        self.inc = secrets.token_hex(6)  # this process start of this rank: seq counts from 0 per inc
+        self._encoder = EventEncoder(
+            ident.run_id, ident.rank, ident.world_size, ident.local_rank, ident.host, inc=self.inc
+        )
         self._sender = Sender(
             self.settings,
             self._encoder,
@@ -94,7 +106,11 @@ class Reporter:
         self._start_lock = threading.Lock()
         self._counts = {"skipped_every_k": 0, "rate_limited": 0, "bad_calls": 0, "forked_calls": 0}
         self._warned: set[str] = set()
+        self.shutdown_timeout_s = max(float(shutdown_timeout_s), 0.0)
+        self.handle_signals = bool(handle_signals)
         _REPORTERS.add(self)
+        if self.handle_signals:
+            install(_close_on_signal)
 
     # ------------------------------------------------------------------ identity
 
@@ -127,8 +143,13 @@ class Reporter:
             self._started = True
         return self
 
-    def close(self, timeout: float = 10.0, status: str = "finished") -> None:
-        """Emit run_end, deliver within ``timeout`` seconds; what is left stays spooled."""
+    def close(self, timeout: float = 10.0, status: str = "finished", reason: str | None = None) -> None:
+        """Emit run_end, deliver within ``timeout`` seconds; what is left stays spooled.
+
+        ``reason`` (run_end tag) says why the run ended: ``normal`` by default for
+        status ``finished``, ``unknown`` for another status; the exit paths pass
+        the signal or exception type name.
+        """
         if self._closed or os.getpid() != self._owner_pid:
             return
         self._closed = True
@@ -136,7 +157,9 @@ class Reporter:
         self._hb_stop.set()
         if self._started:
             step = self._last_step if self._last_step >= 0 else -1
-            self._emit("run_end", step, None, {"status": str(status)}, None)
+            if reason is None:
+                reason = NORMAL if status == "finished" else "unknown"
+            self._emit("run_end", step, None, {"status": str(status), "reason": str(reason)}, None)
         self._sender.close(timeout)
         if self._hb_thread is not None:
             self._hb_thread.join(1.0)
@@ -146,7 +169,8 @@ class Reporter:
         return self.start()
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.close(status="failed" if exc_type is not None and exc_type is not KeyboardInterrupt else "finished")
+        status = "failed" if exc_type is not None and exc_type is not KeyboardInterrupt else "finished"
+        self.close(status=status, reason=exc_type.__name__ if exc_type is not None else NORMAL)
 
     # ------------------------------------------------------------------ hot path
 
@@ -306,14 +330,31 @@ def _after_fork_in_child() -> None:
 
 
 def _close_at_exit() -> None:
-    status = "failed" if getattr(sys, "last_value", None) is not None else "finished"
+    reason = uncaught_exception_reason()
+    status = "failed" if reason is not None else "finished"
     pid = os.getpid()
     for reporter in list(_REPORTERS):
         if reporter._owner_pid == pid and not reporter._closed:
             try:
-                reporter.close(timeout=ATEXIT_TIMEOUT_S, status=status)
+                reporter.close(timeout=ATEXIT_TIMEOUT_S, status=status, reason=reason or NORMAL)
             except Exception:  # pragma: no cover
                 pass
+
+
+def _close_on_signal(signum: int) -> None:
+    """SIGTERM/SIGINT (main thread, between bytecodes): close this process's reporters, each once, bounded.
+
+    A reporter already closing (the signal interrupted its close) is skipped:
+    the signal then goes on at once, as a second Ctrl-C should.
+    """
+    reason = signal_name(signum)
+    pid = os.getpid()
+    for reporter in list(_REPORTERS):
+        if reporter.handle_signals and reporter._owner_pid == pid and not reporter._closed:
+            try:
+                reporter.close(timeout=reporter.shutdown_timeout_s, status="terminated", reason=reason)
+            except Exception as exc:  # pragma: no cover - the others still close, the signal still goes on
+                log.error("rankstream: closing on %s failed: %s", reason, exc)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -61,7 +61,8 @@ def test_everything_is_spooled_in_seq_order_with_meta_heartbeat_and_run_end(dead
     assert [e["seq"] for e in events] == list(range(len(events)))
     assert events[0]["kind"] == "run_start" and events[0]["meta"]["config"]["api_key"] == "***"
     assert events[0]["meta"]["config"]["lr"] == 0.1
-    assert events[-1]["kind"] == "run_end" and events[-1]["tags"] == {"status": "failed"} and events[-1]["step"] == 49
+    assert events[-1]["kind"] == "run_end" and events[-1]["step"] == 49
+    assert events[-1]["tags"] == {"status": "failed", "reason": "unknown"}
     beats = [e for e in events if e["kind"] == "heartbeat"]
     assert beats and all(e["step"] == 49 for e in beats)
     assert sum(e["kind"] == "step" for e in events) == 50
