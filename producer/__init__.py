@@ -15,8 +15,8 @@ the kafka-python default for any :class:`~rankstream.producer.transport.Transpor
 ``rankstream.producer.loop.StepTimer``. See ``docs/producer.md``.
 """
 
+from rankstream.producer.flush import flush_spool
 from rankstream.producer.identity import RunIdentity, detect_identity
 from rankstream.producer.reporter import Reporter
-from rankstream.producer.spool import flush_spool
 
 __all__ = ["Reporter", "RunIdentity", "detect_identity", "flush_spool"]

@@ -6,7 +6,8 @@ lazily and never on the training thread) and decides where each event goes:
 * connected and no backlog: straight to Kafka, kept in an in-flight list until acked;
 * broker unreachable, a send failed, acks stalled, or a backlog exists: appended to the spool
   (unacked in-flight events too, so nothing is lost; at worst they arrive twice);
-* once connected again: the spool is replayed in order, then leftovers of dead reporters.
+* once connected again: the spool is replayed in order, then leftovers of dead reporters
+  (a run's ranks merged by event time).
 
 A failed send (including the idempotent producer's OutOfOrderSequenceNumber /
 UnknownProducerId after a broker restart lost its producer state: kafka-python
@@ -30,7 +31,7 @@ from rankstream.errors import one_line
 from rankstream.producer.events import EventEncoder
 from rankstream.producer.kafka_io import DeliveryError, KafkaTransport, deliver
 from rankstream.producer.orphans import OrphanSpools
-from rankstream.producer.spool import Spool, message_key
+from rankstream.producer.spool import Spool
 from rankstream.producer.transport import Producer, SendFuture, Transport, failure_reason
 
 log = logging.getLogger("rankstream.producer")
@@ -302,20 +303,23 @@ class Sender:
                 return True
             return False
         if self.spool.pending:
-            return self._replay_chunk(self._producer, self.spool, own=True)
+            return self._replay_chunk(self._producer, self.spool)
         if not self._closing and not self._orphans.done and not self._inflight:
             return self._replay_orphans(self._producer)
         return False
 
-    def _replay_chunk(self, producer: Producer, spool: Spool, own: bool) -> bool:
+    def _replay_chunk(self, producer: Producer, spool: Spool) -> bool:
+        """Deliver the oldest chunk of this reporter's own spool (its key is ours)."""
         chunk = spool.read()
         if chunk is None:
             return False
-        records = []
-        for payload in chunk.payloads:
-            key = self.key if own else message_key(payload)
-            if key is not None:
-                records.append((key, payload))
+        records = [(self.key, payload) for payload in chunk.payloads]
+        if self._deliver(producer, records):
+            spool.commit(chunk)
+        return True
+
+    def _deliver(self, producer: Producer, records: list[tuple[bytes, bytes]]) -> bool:
+        """Send and wait for the acks (bounded by the close deadline while closing); False after a failure."""
         timeout = REPLAY_TIMEOUT_S
         if self._closing:
             timeout = max(min(timeout, self._deadline - time.monotonic()), 0.1)
@@ -323,19 +327,23 @@ class Sender:
             deliver(producer, self.topic, records, timeout)
         except DeliveryError as exc:
             self._fail(str(exc))
-            return True
-        spool.commit(chunk)
+            return False
         self.counts["replayed"] += len(records)
         return True
 
     def _replay_orphans(self, producer: Producer) -> bool:
-        """Deliver spools left by reporters that died (one chunk per call)."""
+        """Deliver spools left by reporters that died: one batch of one run's ranks, merged by time, per call."""
         try:
-            orphan = self._orphans.current()
-            if orphan is None:
+            merge = self._orphans.current()
+            if merge is None:
                 return False
-            if not self._replay_chunk(producer, orphan, own=False):
+            batch = merge.next_batch()
+            if batch is None:
                 self._orphans.finish_current()
+            elif self._deliver(producer, batch):
+                merge.commit()
+            else:
+                merge.rewind()
             return True
         except OSError as exc:
             self.last_error = one_line(exc)

@@ -7,7 +7,9 @@ bytes of a segment Kafka acknowledged, so a replay resumes where the last one
 stopped (a crash between the ack and that record only causes duplicates, which
 ``seq`` makes detectable). A live reporter holds ``flock`` on ``lock``; the
 kernel releases it when the process dies, which is how the next reporter or
-``rankstream spool flush`` knows a directory is orphaned and safe to deliver.
+``rankstream spool flush`` knows a directory is orphaned and safe to deliver
+(:mod:`~rankstream.producer.merge` merges a run's ranks by time,
+:mod:`~rankstream.producer.flush` is the command's delivery).
 """
 
 from __future__ import annotations
@@ -19,12 +21,10 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from rankstream.config import Settings
-from rankstream.errors import OperationFailed, one_line
+from rankstream.errors import OperationFailed
 from rankstream.schema import loads
 
 log = logging.getLogger("rankstream.producer")
@@ -283,20 +283,6 @@ def spool_dirs(root: str | Path) -> list[Path]:
     return sorted(found)
 
 
-def orphan_spools(root: str | Path, exclude: Path | None = None, max_bytes: int = 1 << 40) -> Iterator[Spool]:
-    """Spools under ``root`` that no live process owns, each locked for the caller (close it when done)."""
-    for directory in spool_dirs(root):
-        if exclude is not None and directory.resolve() == exclude.resolve():
-            continue
-        spool = Spool(directory, max_bytes=max_bytes)
-        try:
-            locked = spool.acquire(blocking=False)
-        except OSError:
-            continue
-        if locked:
-            yield spool
-
-
 def message_key(payload: bytes) -> bytes | None:
     """The Kafka key (run_id) of a spooled message, or None when the line is corrupt."""
     try:
@@ -304,79 +290,6 @@ def message_key(payload: bytes) -> bytes | None:
     except (ValueError, TypeError, AttributeError):
         return None
     return run_id.encode() if isinstance(run_id, str) and run_id else None
-
-
-def replay(
-    spool: Spool, producer, topic: str, timeout: float = 30.0, progress: Callable[[int], None] | None = None
-) -> int:
-    """Deliver everything in ``spool`` in order; returns the count acknowledged.
-
-    Raises :class:`rankstream.producer.kafka_io.DeliveryError` when Kafka stops
-    acknowledging; what was acknowledged before stays committed.
-    """
-    from rankstream.producer.kafka_io import deliver
-
-    delivered = 0
-    while True:
-        chunk = spool.read()
-        if chunk is None:
-            return delivered
-        records = []
-        for payload in chunk.payloads:
-            key = message_key(payload)
-            if key is None:
-                log.warning("rankstream: corrupt spooled message in %s skipped", spool.dir)
-                continue
-            records.append((key, payload))
-        deliver(producer, topic, records, timeout)
-        spool.commit(chunk)
-        delivered += len(records)
-        if progress is not None:
-            progress(len(records))
-
-
-def flush_spool(
-    spool_dir: str | Path,
-    settings: Settings,
-    progress: Callable[[int, int], None] | None = None,
-) -> int:
-    """Deliver every orphaned spool under ``spool_dir`` to ``settings``' events topic.
-
-    ``progress(delivered_so_far, total)`` is called after each acknowledged
-    batch. Directories locked by a live reporter are skipped (it delivers them
-    itself). Returns the number of events Kafka acknowledged. Raises
-    :class:`SpoolError` with a one-line reason when Kafka cannot be reached.
-    """
-    from rankstream.producer.kafka_io import DeliveryError, close_producer, make_producer
-
-    spools = list(orphan_spools(spool_dir))
-    try:
-        total = sum(s.pending for s in spools)
-        if total == 0:
-            return 0
-        try:
-            producer = make_producer(settings, client_id="rankstream-spool-flush")
-        except Exception as exc:
-            raise SpoolError(f"cannot reach Kafka at {settings.bootstrap_servers}: {one_line(exc)}") from None
-        delivered = 0
-
-        def tick(n: int) -> None:
-            nonlocal delivered
-            delivered += n
-            if progress is not None:
-                progress(delivered, total)
-
-        try:
-            for spool in spools:
-                replay(spool, producer, settings.topics.events, progress=tick)
-        except DeliveryError as exc:
-            raise SpoolError(f"Kafka stopped acknowledging after {delivered} events: {exc}") from None
-        finally:
-            close_producer(producer, timeout=5.0)
-        return delivered
-    finally:
-        for spool in spools:
-            spool.close()
 
 
 def spool_summary(spool_dir: str | Path) -> list[tuple[Path, int, int, bool]]:

@@ -25,10 +25,11 @@ def _check_dir(directory: Path) -> None:
 
 @spool_app.command("flush")
 def flush(directory: DirArg, bootstrap: BootstrapOpt = None, prefix: PrefixOpt = None) -> None:
-    """Send every orphaned spooled event to Kafka in order, then delete what was acknowledged."""
+    """Send every orphaned spooled event to Kafka (a run's ranks merged by time), then delete what was acknowledged."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from rankstream.producer.spool import SpoolError, flush_spool, spool_summary
+    from rankstream.producer.flush import flush_spool
+    from rankstream.producer.spool import SpoolError, spool_summary
 
     settings = load_settings(bootstrap_servers=bootstrap, topic_prefix=prefix)
     _check_dir(directory)

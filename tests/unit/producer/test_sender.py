@@ -266,3 +266,29 @@ def test_close_delivers_the_spool_when_the_broker_returns(settings: Settings, tr
     assert transport.seqs() == list(range(22)) == list(range(stats["enqueued"]))
     assert stats["spool_pending"] == 0 and stats["connects"] == 1, stats
     assert elapsed < 5, elapsed  # it returned once everything was delivered
+
+
+def test_a_dead_runs_orphaned_ranks_are_delivered_merged_by_time(settings: Settings, transport: FakeTransport) -> None:
+    from rankstream.producer.events import EventEncoder
+    from rankstream.producer.spool import Spool
+
+    lengths = {0: 400, 1: 350, 2: 400}
+    for rank, n in lengths.items():  # what three ranks of a dead run left on disk
+        spool = Spool(rank_dir(settings.spool_dir, "dead-run", rank))
+        encoder = EventEncoder("dead-run", rank, 3, rank, inc=f"dead{rank}")
+        spool.append([encoder.encode("step", s, 1000.0 + s + rank / 10, s, {"loss": 1.0}) for s in range(n)])
+        spool.close(remove_if_empty=False)
+    r = reporter(settings, transport, "live-run")
+    log_steps(r, range(5))
+    wait_until(lambda: r.stats["replayed"] == sum(lengths.values()), "the orphans are delivered")
+    r.close(timeout=5)
+
+    with transport.lock:
+        dead = [decode_event(value) for _, key, value in transport.acked if key == b"dead-run"]
+    assert [e["ts"] for e in dead] == sorted(e["ts"] for e in dead)  # ranks interleaved by time
+    for rank, n in lengths.items():
+        assert [(e["inc"], e["seq"]) for e in dead if e["rank"] == rank] == [(f"dead{rank}", s) for s in range(n)]
+    with transport.lock:
+        live = [decode_event(value)["seq"] for _, key, value in transport.acked if key == b"live-run"]
+    assert live == list(range(7)) == list(range(r.stats["enqueued"]))  # run_start, 5 steps, run_end
+    assert not list((settings.spool_dir / "dead-run").rglob("seg-*.log"))
