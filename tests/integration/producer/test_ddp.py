@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from rankstream.config import Settings
 from rankstream.producer import Reporter
 from rankstream.producer.loop import StepTimer
-from tests.integration.producer.test_kafka import consume, finished, seq_problems
+from tests.integration.producer.support import consume, finished, seq_problems
 
 pytestmark = pytest.mark.kafka
 

@@ -37,7 +37,7 @@ from rankstream.config import Settings
 from rankstream.dev.stack import start_broker, stop_broker
 from rankstream.kafka_admin import ensure_topics
 from rankstream.producer import Reporter
-from tests.integration.producer.test_kafka import consume, finished, seq_problems
+from tests.integration.producer.support import consume, finished, seq_problems
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rankstream.config import Settings
-from tests.integration.producer.test_kafka import consume, finished, seq_problems
+from tests.integration.producer.support import consume, finished, seq_problems
 
 pytestmark = pytest.mark.kafka
 

@@ -9,8 +9,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,61 +17,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from rankstream.config import Settings
 from rankstream.producer import Reporter
-from rankstream.schema import decode_event
+from tests.integration.producer.support import consume, finished, seq_problems
 from tests.paths import REPO_ROOT
 
 pytestmark = pytest.mark.kafka
-
-
-def consume(settings: Settings, done: Callable[[list[dict]], bool], timeout: float = 90.0) -> list[dict]:
-    """Read the events topic from the beginning until ``done(events)`` (or ``timeout`` s: then the caller's
-    assertions say what is missing)."""
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(
-        settings.topics.events,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-        **settings.kafka_python_kwargs(),
-    )
-    events: list[dict] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=500).values():
-                events.extend(decode_event(rec.value) for rec in records)
-            if done(events):
-                break
-    finally:
-        consumer.close()
-    return events
-
-
-def seq_problems(events: list[dict], run_id: str) -> dict[int, tuple[list[int], list[int]]]:
-    """Per rank: (missing seqs below the highest seen, duplicated seqs)."""
-    by_rank: dict[int, Counter] = {}
-    for e in events:
-        if e["run_id"] == run_id:
-            by_rank.setdefault(e["rank"], Counter())[e["seq"]] += 1
-    out = {}
-    for rank, counts in by_rank.items():
-        missing = [s for s in range(max(counts) + 1) if s not in counts]
-        dups = sorted(s for s, n in counts.items() if n > 1)
-        out[rank] = (missing, dups)
-    return out
-
-
-def finished(run_id: str, ranks: int) -> Callable[[list[dict]], bool]:
-    """True once every rank's run_end arrived and nothing below it is missing."""
-
-    def check(events: list[dict]) -> bool:
-        ends = {e["rank"] for e in events if e["run_id"] == run_id and e["kind"] == "run_end"}
-        if len(ends) < ranks:
-            return False
-        return all(not missing for missing, _ in seq_problems(events, run_id).values())
-
-    return check
 
 
 # ----------------------------------------------------------------- 4 ranks x 2000
