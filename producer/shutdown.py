@@ -65,7 +65,7 @@ def install(on_signal: Callable[[int], None]) -> list[int]:
     """
     if threading.current_thread() is not threading.main_thread():
         return []
-    installed = []
+    installed: list[int] = []
     for signum in HANDLED_SIGNALS:
         try:
             current = signal.getsignal(signum)
