@@ -60,6 +60,8 @@ RULES: Final = (
     "rank_silent",
     "rank_hung",
     "memory_pressure",
+    "run_lost",
+    "membership_changed",
 )
 
 META_FIELDS: Final = (

@@ -32,7 +32,12 @@ RELEASED_MEMORY = 4096
 
 def _not_pending(engine_stats: dict[str, int]) -> int:
     """How many events the engine took in without adding them to a pending step."""
-    return engine_stats["duplicates"] + engine_stats["late_events"] + engine_stats["after_eviction"]
+    return (
+        engine_stats["duplicates"]
+        + engine_stats["late_events"]
+        + engine_stats["after_eviction"]
+        + engine_stats["stale_events"]
+    )
 
 
 class ConsumedMessage(Protocol):
@@ -82,10 +87,10 @@ class Result:
 @dataclass
 class _PartitionState:
     engine: Engine
-    held: dict[tuple[str, int], list[tuple[float, PartitionOffset]]] = field(default_factory=dict)
-    released: dict[str, set[int]] = field(default_factory=dict)
-    max_ts: float = 0.0
-    wall_at_max_ts: float = 0.0
+    #: (run_id, attempt, step) -> messages waiting for that aligned step.
+    held: dict[tuple[str, int, int], list[tuple[float, PartitionOffset]]] = field(default_factory=dict)
+    #: run_id -> (attempt, step) released, to recognise late events.
+    released: dict[str, set[tuple[int, int]]] = field(default_factory=dict)
     known_runs: set[str] = field(default_factory=set)
 
 
@@ -170,22 +175,19 @@ class PartitionedPipeline:
             if run_id not in ps.known_runs:
                 ps.known_runs.add(run_id)
                 self._restore(item.partition, ps, run_id)
-            if event["ts"] > ps.max_ts:
-                ps.max_ts = event["ts"]
-                ps.wall_at_max_ts = now_wall
             engine_stats = ps.engine.stats
             not_pending_before = _not_pending(engine_stats)
             n_steps, n_alerts = len(steps), len(alerts)
-            ps.engine.process_into(event, steps, alerts)
+            ps.engine.process_into(event, steps, alerts, arrival=now_wall)
             ack = (item.partition, item.offset)
             if event["kind"] == "step":
-                step = event["step"]
-                if _not_pending(engine_stats) > not_pending_before or step in ps.released.get(run_id, ()):
+                key = (ps.engine.attempt(run_id), event["step"])
+                if _not_pending(engine_stats) > not_pending_before or key in ps.released.get(run_id, ()):
                     # a duplicate, or late for a step released earlier (possibly by the partition's
                     # previous owner, whose saved state says so): nothing pending depends on it
                     result.ackable.append(ack)
                 else:
-                    ps.held.setdefault((run_id, step), []).append((now_wall, ack))
+                    ps.held.setdefault((run_id, *key), []).append((now_wall, ack))
             else:
                 result.ackable.append(ack)
             if len(steps) > n_steps or len(alerts) > n_alerts:
@@ -194,17 +196,14 @@ class PartitionedPipeline:
         return result
 
     def advance(self) -> Result:
-        """Wall-clock fallback: move each partition's event time on by the wall time since its
-        newest event, so partial steps are released and silent/hung rules fire even when every
-        rank of a run stopped sending. Per-partition offsets keep producer clock skew out."""
+        """Wall-clock fallback: each run moves on from its newest event by the wall time since the
+        worker last heard from it, so partial steps are released and silent / hung / lost rules fire
+        even when every rank of a run stopped sending. Per run: producer clock skew stays out."""
         result = Result()
         now_wall = self._wall()
         dirty: set[tuple[int, str]] = set()
         for partition, ps in self._partitions.items():
-            if not ps.max_ts:
-                continue
-            now_event = ps.max_ts + max(0.0, now_wall - ps.wall_at_max_ts)
-            out = ps.engine.advance(now_event)
+            out = ps.engine.advance(now_wall)
             result.steps.extend(out.steps)
             result.alerts.extend(out.alerts)
             self._collect(partition, ps, out.steps, out.alerts, result, dirty)
@@ -232,12 +231,12 @@ class PartitionedPipeline:
     ) -> None:
         """Release the messages held for ``steps`` (already in ``result``) and mark their runs dirty."""
         for step in steps:
-            run_id, number = step["run_id"], step["step"]
+            run_id, number, attempt = step["run_id"], step["step"], step.get("restart", 0)
             released = ps.released.setdefault(run_id, set())
-            released.add(number)
+            released.add((attempt, number))
             if len(released) > RELEASED_MEMORY:
                 released.discard(min(released))
-            for _, ack in ps.held.pop((run_id, number), ()):
+            for _, ack in ps.held.pop((run_id, attempt, number), ()):
                 result.ackable.append(ack)
             dirty.add((partition, run_id))
         for alert in alerts:

@@ -1,15 +1,20 @@
-"""Per-run step alignment: dedup by (rank, seq), group by step, release in step order.
+"""Per-run step alignment: dedup by (rank, incarnation, seq), group by step, release in step order.
 
 A step is released when every expected rank reported, or as partial once the
 event-time watermark passes it (grace period, another rank far ahead, or too
 many pending steps). Steps are always released in increasing step order, and
 values are aggregated in rank order, so any arrival order within the grace
 period gives the same aligned output.
+
+A lost event (a seq that never arrives) holds the steps after it back at most
+until the first of them is released by the watermark: then the gap is given up
+(counted in ``seq_gaps``) and the steps behind it flow at once again.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +24,7 @@ from rankstream.stream_jobs.core.params import AlignmentParams
 
 
 class PendingStep:
-    __slots__ = ("by_rank", "step", "ts_first", "ts_last", "world_size")
+    __slots__ = ("by_rank", "seqs", "step", "ts_first", "ts_last", "world_size")
 
     def __init__(self, step: int, world_size: int, ts: float) -> None:
         self.step = step
@@ -27,6 +32,8 @@ class PendingStep:
         self.ts_first = ts
         self.ts_last = ts
         self.by_rank: dict[int, dict[str, Any]] = {}
+        #: (dedup key, seq) of each rank's event, for the settled test.
+        self.seqs: list[tuple[Hashable, int]] = []
 
 
 @dataclass(slots=True)
@@ -41,10 +48,29 @@ class Released:
     has_stage_tag: bool
 
 
-class SeqDedup:
-    """Seen (rank, seq) pairs in bounded memory: a contiguous floor plus a capped set above it."""
+#: Given-up gaps remembered per rank incarnation (ranges of lost seqs), for late arrivals of lost events.
+_GAPS_KEPT = 16
 
-    __slots__ = ("ahead", "cap", "handled", "next_seq", "trust_first")
+
+def dedup_key(ev: dict[str, Any]) -> Hashable:
+    """Whose ``seq`` counter an event belongs to: its rank's incarnation (``inc``, one per process start),
+    else the generation in its ``restart`` tag (older producers), else its rank."""
+    rank = ev["rank"]
+    inc = ev.get("inc")
+    if inc:
+        return (rank, inc)
+    tags = ev["tags"]
+    gen = tags.get("restart") if tags else None
+    return rank if gen is None else (rank, gen)
+
+
+class SeqDedup:
+    """Seen (key, seq) pairs in bounded memory: a contiguous floor plus a capped set above it.
+
+    ``key`` is :func:`dedup_key`: seq counts per rank incarnation.
+    """
+
+    __slots__ = ("ahead", "cap", "gaps", "handled", "next_seq", "refilled", "trust_first")
 
     def __init__(self, cap: int, trust_first: bool = False) -> None:
         self.cap = cap
@@ -56,6 +82,10 @@ class SeqDedup:
         #: Restored from saved state: seqs up to this were handled by a previous owner. Only a
         #: duplicate test, not a floor: seqs just above it may be committed heartbeats never re-read.
         self.handled: dict[Any, int] = {}
+        #: Seq ranges [lo, hi) given up as lost (the step after them was released without them).
+        self.gaps: dict[Any, list[tuple[int, int]]] = {}
+        #: Lost seqs that arrived after all (each counted once, then a duplicate).
+        self.refilled: dict[Any, set[int]] = {}
 
     def seen(self, key: Any, seq: int) -> bool:
         """True if (key, seq) was seen before; records it otherwise."""
@@ -75,7 +105,7 @@ class SeqDedup:
             self.next_seq[key] = nxt
             return False
         if seq < nxt:
-            return True
+            return not self._refill(key, seq)
         above = self.ahead.setdefault(key, set())
         if seq in above:
             return True
@@ -88,12 +118,47 @@ class SeqDedup:
             self.next_seq[key] = nxt
         return False
 
+    def _refill(self, key: Any, seq: int) -> bool:
+        """A seq below the floor: True when it is a lost one arriving late for the first time."""
+        gaps = self.gaps.get(key)
+        if not gaps or not any(lo <= seq < hi for lo, hi in gaps):
+            return False
+        refilled = self.refilled.setdefault(key, set())
+        if seq in refilled:
+            return False
+        if len(refilled) >= self.cap:
+            refilled.clear()
+        refilled.add(seq)
+        return True
+
+    def give_up_below(self, key: Any, seq: int) -> int:
+        """Seqs of ``key`` missing below ``seq`` are lost: move the floor past them; returns how many."""
+        nxt = self.next_seq.get(key)
+        if nxt is None or seq < nxt:
+            return 0
+        above = self.ahead.get(key) or set()
+        missing = sum(1 for s in range(nxt, seq) if s not in above) if seq - nxt <= 4 * self.cap else seq - nxt
+        gaps = self.gaps.setdefault(key, [])
+        gaps.append((nxt, seq))
+        del gaps[:-_GAPS_KEPT]
+        nxt = seq
+        while nxt in above:
+            nxt += 1
+        self.next_seq[key] = nxt
+        if above:
+            self.ahead[key] = {s for s in above if s > nxt}
+        return missing
+
 
 class Aligner:
     """Pending steps of one run and the event-time watermark that releases them."""
 
     def __init__(self, run_id: str, world_size: int, alignment: AlignmentParams, dedup: SeqDedup) -> None:
         self.run_id = run_id
+        #: Lost seqs given up per rank (see :meth:`SeqDedup.give_up_below`), and in all.
+        self.gaps_by_rank: dict[int, int] = {}
+        #: The engine's counters (``seq_gaps``), when it shares them.
+        self.stats: dict[str, int] | None = None
         self.dedup = dedup
         self.world_size = world_size
         self.cfg = alignment
@@ -124,8 +189,8 @@ class Aligner:
         self.cfg = alignment
         self._grace = self.grace_s()
 
-    def add(self, ev: dict[str, Any]) -> bool:
-        """Add a step event; False when it is late (its step was already released)."""
+    def add(self, ev: dict[str, Any], key: Hashable) -> bool:
+        """Add a step event (``key``: its :func:`dedup_key`); False when it is late (its step was released)."""
         step = ev["step"]
         if step <= self.last_released:
             return False
@@ -147,6 +212,7 @@ class Aligner:
         rank = ev["rank"]
         if rank not in p.by_rank:
             p.by_rank[rank] = ev
+            p.seqs.append((key, ev["seq"]))
         return True
 
     # -------------------------------------------------------------------- release
@@ -160,14 +226,17 @@ class Aligner:
             step = heap[0]
             p = pending[step]
             n = len(p.by_rank)
-            if (
-                not force
-                and not (n >= p.world_size and self._settled(p))
-                and self.clock - p.ts_first <= self._grace
-                and self.max_step - step < cfg.max_steps_ahead
-                and len(pending) <= cfg.max_pending_steps
-                and not (self.absent and self._absent_cover(p, n))
+            if n >= p.world_size and self._settled(p):
+                pass  # complete, and nothing earlier of its ranks can still arrive
+            elif (
+                force
+                or self.clock - p.ts_first > self._grace
+                or self.max_step - step >= cfg.max_steps_ahead
+                or len(pending) > cfg.max_pending_steps
+                or (self.absent and self._absent_cover(p, n))
             ):
+                self._give_up_gaps(p)  # released by the watermark: what its ranks still miss is lost
+            else:
                 return
             heapq.heappop(heap)
             del pending[step]
@@ -181,12 +250,23 @@ class Aligner:
         same result as any other arrival order.
         """
         next_seq = self.dedup.next_seq
-        for rank, ev in p.by_rank.items():
-            tags = ev["tags"]
-            gen = tags.get("restart") if tags else None
-            if next_seq.get(rank if gen is None else (rank, gen), 0) <= ev["seq"]:
+        for key, seq in p.seqs:  # noqa: SIM110 - a plain loop beats all(generator) on this hot path
+            if next_seq.get(key, 0) <= seq:
                 return False
         return True
+
+    def _give_up_gaps(self, p: PendingStep) -> None:
+        """Seqs still missing below the events of a step released without them will not be waited for."""
+        dedup = self.dedup
+        for rank, ev in p.by_rank.items():
+            key = dedup_key(ev)
+            nxt = dedup.next_seq.get(key)
+            if nxt is not None and nxt <= ev["seq"]:
+                missing = dedup.give_up_below(key, ev["seq"])
+                if missing:
+                    self.gaps_by_rank[rank] = self.gaps_by_rank.get(rank, 0) + missing
+                    if self.stats is not None:
+                        self.stats["seq_gaps"] += missing
 
     def _absent_cover(self, p: PendingStep, n: int) -> bool:
         missing_absent = sum(1 for r in self.absent if r < p.world_size and r not in p.by_rank)
@@ -271,6 +351,7 @@ class Aligner:
             "clock": self.clock,
             "restart": self.restart,
             "step_times": self.step_times.to_list(),
+            "gaps": {str(rank): n for rank, n in self.gaps_by_rank.items()},
             "handled_seq": [
                 [key, None, seq] if type(key) is int else [key[0], key[1], seq]
                 for key, seq in self.handled_seqs().items()
@@ -286,6 +367,7 @@ class Aligner:
         self.step_times = Window(self.cfg.median_window, state.get("step_times", []))
         self._median = self.step_times.median() if len(self.step_times) else 0.0
         self._grace = self.grace_s()
+        self.gaps_by_rank = {int(rank): int(n) for rank, n in state.get("gaps", {}).items()}
         handled = self.dedup.handled
         for rank, gen, seq in state.get("handled_seq", []):
             key = rank if gen is None else (rank, gen)
@@ -309,9 +391,7 @@ class Aligner:
                 out[key] = top
         for p in self.pending.values():
             for ev in p.by_rank.values():
-                tags = ev["tags"]
-                gen = tags.get("restart") if tags else None
-                key = ev["rank"] if gen is None else (ev["rank"], gen)
+                key = dedup_key(ev)
                 if ev["seq"] <= out.get(key, -1):
                     out[key] = ev["seq"] - 1
         return out

@@ -1,8 +1,18 @@
 """The detection engine: validated events in, aligned steps and alerts out.
 
-Pure and deterministic: no I/O, threads or clock reads. Time is the events'
-``ts`` or what the caller passes to :meth:`Engine.advance`. The Faust jobs and
+Pure and deterministic: no I/O, threads or clock reads. The Faust jobs and
 ``rankstream replay`` both drive this class.
+
+Time is per run. Each run is aligned and alerted on its own events' ``ts``; no
+run's timestamps move another run's clock. Across runs the engine keeps one
+*arrival clock*, used only to tell how long ago a run was last heard from
+(eviction, and the silent / hung / lost rules of a run that sends nothing): the
+caller's arrival time when it passes one (the worker: its wall clock), else the
+events' ``ts`` mapped onto a shared timeline by a per-run offset (zero, unless the
+run's clock is more than a minute off the others' when it is first seen, or later
+runs ahead of them), so a host whose clock is hours off neither evicts nor ages
+the other runs. A run advanced by the arrival clock moves on from its own
+newest ``ts`` by the arrival time elapsed since it was last heard from.
 """
 
 from __future__ import annotations
@@ -17,8 +27,13 @@ from rankstream.stream_jobs.core.run import RunState
 
 #: Run ids remembered after eviction, so that stragglers of a finished run are not a new run.
 _EVICTED_MEMORY = 4096
-#: Event-time seconds between two sweeps for runs to evict.
+#: Arrival-clock seconds between two sweeps for runs to evict.
 _SWEEP_EVERY_S = 60.0
+#: Arrival-clock seconds between two checks of the runs not heard from (released steps, silent / lost rules).
+_IDLE_CHECK_S = 5.0
+#: A run whose mapped time runs this far ahead of the arrival clock while other runs are heard from has a
+#: clock that jumped (or runs fast): its offset is re-anchored instead of moving everyone's arrival clock.
+_MAX_LEAD_S = 60.0
 
 STAT_NAMES = (
     "events",
@@ -33,6 +48,9 @@ STAT_NAMES = (
     "evicted_runs",
     "world_size_changes",
     "restarts",
+    "incarnations",
+    "stale_events",
+    "seq_gaps",
 )
 
 
@@ -58,10 +76,12 @@ class Engine:
         self.rules = rules if rules is not None else RulesConfig()
         self.trust_first_seq = trust_first_seq
         self._runs: dict[str, RunState] = {}
-        self._evicted: OrderedDict[str, None] = OrderedDict()
+        #: Evicted run -> (attempt, last released step): a relaunch after eviction continues from there.
+        self._evicted: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self.stats: dict[str, int] = dict.fromkeys(STAT_NAMES, 0)
         self._clock = 0.0
         self._last_sweep = 0.0
+        self._last_idle_check = 0.0
 
     # ------------------------------------------------------------------ input
 
@@ -77,34 +97,83 @@ class Engine:
             self.process_into(event, steps, alerts)
         return out
 
-    def process_into(self, ev: dict[str, Any], steps: list[dict], alerts: list[dict]) -> None:
-        """:meth:`process`, appending to the caller's lists: no ``Output`` per event in hot loops."""
+    def process_into(
+        self, ev: dict[str, Any], steps: list[dict], alerts: list[dict], arrival: float | None = None
+    ) -> None:
+        """:meth:`process`, appending to the caller's lists: no ``Output`` per event in hot loops.
+
+        ``arrival``: when the caller received the event on its own clock (the worker's wall clock); without
+        it the arrival clock follows the events' ``ts`` (replay).
+        """
         stats = self.stats
         stats["events"] += 1
         run_id = ev["run_id"]
+        ts = ev["ts"]
         run = self._runs.get(run_id)
         if run is None:
-            if run_id in self._evicted:
+            run = self._new_run(ev, arrival)
+            if run is None:
                 stats["after_eviction"] += 1
                 return
-            run = RunState(run_id, ev["world_size"], ev["ts"], self.rules, stats, self.trust_first_seq)
-            self._runs[run_id] = run
         n_alerts = len(alerts)
         run.process(ev, steps, alerts)
         stats["alerts"] += len(alerts) - n_alerts
+        clock = self._clock
+        if arrival is None:
+            mapped = ts + run.offset
+            if mapped > clock:
+                if clock and mapped > clock + _MAX_LEAD_S and self._others_heard(run):
+                    run.offset -= mapped - clock
+                else:
+                    self._clock = clock = mapped
+        elif arrival > clock:
+            self._clock = clock = arrival
+        run.heard_at = clock
+        if clock - self._last_idle_check >= _IDLE_CHECK_S:
+            self._check_idle(steps, alerts)
+        if clock - self._last_sweep >= _SWEEP_EVERY_S:
+            self._sweep(steps, alerts)
+
+    def _new_run(self, ev: dict[str, Any], arrival: float | None) -> RunState | None:
+        """State for a run seen for the first time, or relaunched after it was evicted; None: ignore the event."""
+        run_id = ev["run_id"]
         ts = ev["ts"]
-        if ts > self._clock:
-            self._clock = ts
-            if ts - self._last_sweep >= _SWEEP_EVERY_S:
-                self._sweep(steps, alerts)
+        previous = self._evicted.get(run_id)
+        if previous is not None and ev["kind"] != "run_start":
+            return None  # a straggler of a run that ended (or was evicted): nothing left to align it with
+        run = RunState(run_id, ev["world_size"], ts, self.rules, self.stats, self.trust_first_seq)
+        if previous is not None:  # a new launch of a run that had ended: it may repeat steps
+            del self._evicted[run_id]
+            run.aligner.restart, run.aligner.last_released = previous
+            run.expect_relaunch = True
+        if arrival is None and self._clock and abs(self._clock - ts) > _MAX_LEAD_S:
+            run.offset = self._clock - ts  # a clock far off the others' (or a backlog): it arrives now
+        run.heard_at = self._clock if arrival is None else arrival
+        self._runs[run_id] = run
+        return run
+
+    def _others_heard(self, run: RunState) -> bool:
+        """Another run was heard from recently: the arrival clock has evidence besides ``run``."""
+        recent = self._clock - _MAX_LEAD_S
+        return any(other is not run and other.heard_at >= recent for other in self._runs.values())
+
+    def _check_idle(self, steps: list[dict], alerts: list[dict]) -> None:
+        """Runs not heard from for a while move on by the arrival time since (steps released, silent rules)."""
+        self._last_idle_check = clock = self._clock
+        for run in list(self._runs.values()):
+            if clock - run.heard_at >= _IDLE_CHECK_S:
+                run.advance(run.last_event_ts + (clock - run.heard_at), steps, alerts)
 
     def advance(self, now: float) -> Output:
-        """Move every run's clock to ``now``: release overdue partial steps, fire silent / hung rules."""
+        """The arrival clock is ``now``: every run moves on from its newest event by the arrival time
+        since it was last heard from (overdue partial steps released, silent / hung / lost rules)."""
         out = Output()
         if now > self._clock:
             self._clock = now
+        clock = self._clock
         for run in list(self._runs.values()):
-            run.advance(now, out.steps, out.alerts)
+            run.advance(run.last_event_ts + max(0.0, clock - run.heard_at), out.steps, out.alerts)
+        self._last_idle_check = clock
         self._sweep(out.steps, out.alerts)
         self.stats["alerts"] += len(out.alerts)
         return out
@@ -122,20 +191,21 @@ class Engine:
     # -------------------------------------------------------------- eviction
 
     def _sweep(self, steps: list[dict], alerts: list[dict]) -> None:
-        self._last_sweep = self._clock
+        self._last_sweep = clock = self._clock
         for run_id, run in list(self._runs.items()):
+            idle = clock - run.heard_at
             if run.ended_at is not None:
-                if self._clock - run.ended_at > run.aligner.grace_s():
+                if idle > run.aligner.grace_s():
                     run.flush(steps, alerts)
                     self._evict(run_id)
-            elif self._clock - run.last_event_ts > run.alignment.retention_s:
+            elif idle > run.alignment.retention_s:
                 run.flush(steps, alerts)
                 self._evict(run_id)
 
     def _evict(self, run_id: str) -> None:
-        del self._runs[run_id]
+        run = self._runs.pop(run_id)
         self.stats["evicted_runs"] += 1
-        self._evicted[run_id] = None
+        self._evicted[run_id] = (run.aligner.restart, run.aligner.last_released)
         if len(self._evicted) > _EVICTED_MEMORY:
             self._evicted.popitem(last=False)
 
@@ -143,6 +213,11 @@ class Engine:
 
     def run_ids(self) -> list[str]:
         return sorted(self._runs)
+
+    def attempt(self, run_id: str) -> int:
+        """The run's current attempt (``restart`` of its aligned steps); 0 for a run not held."""
+        run = self._runs.get(run_id)
+        return run.aligner.restart if run is not None else 0
 
     def export_state(self, run_id: str) -> dict[str, Any]:
         """Bounded, JSON-serialisable detector state of a run (pending steps are not included:
@@ -158,6 +233,7 @@ class Engine:
             ws = int(state["aligner"]["world_size"])
             first = float(state["liveness"]["first_ts"])
             run = RunState(run_id, ws, first, self.rules, self.stats, self.trust_first_seq)
+            run.heard_at = self._clock
             self._runs[run_id] = run
             self._evicted.pop(run_id, None)
         run.load_state(state)

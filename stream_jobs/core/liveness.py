@@ -1,4 +1,5 @@
-"""Time-based rules per rank: rank_silent (no event at all) and rank_hung (alive, but no step progress).
+"""Time-based rules: rank_silent (a rank sends nothing), rank_hung (alive, but no step progress) and
+run_lost (every rank that has not ended went quiet: the whole job died).
 
 Thresholds scale with the run's median step time (a run with 2-minute steps is
 not hung after 3 minutes); the clock is the run's event time, or the caller's
@@ -18,7 +19,7 @@ class LivenessCheck(NamedTuple):
 
     #: Ranks found silent or hung: the aligner stops waiting for them.
     absent: set[int]
-    #: rank_silent / rank_hung findings, in that order.
+    #: rank_silent / rank_hung / run_lost findings, in that order.
     findings: list[Finding]
 
 
@@ -59,6 +60,11 @@ class Liveness:
             self.last_step[rank] = step
             if ts > self.progress_ts[rank]:
                 self.progress_ts[rank] = ts
+
+    def lost_after(self, median_step: float) -> float:
+        """Seconds of event time without any event from any rank after which the run is lost."""
+        p = self.rules.run_lost
+        return max(p.min_s, p.steps * median_step)
 
     def thresholds(self, median_step: float) -> tuple[float, float]:
         """Seconds of event time after which a rank is silent, and after which it is hung."""
@@ -135,7 +141,39 @@ class Liveness:
                         ranks=hung,
                     )
                 )
+        not_ended = [r for r in range(self.world_size) if r not in self.ended]
+        if not_ended and not alive:
+            lost = self._lost(clock, median_step, not_ended, at)
+            if lost is not None:
+                found.append(lost)
         return LivenessCheck(set(silent) | set(hung), found)
+
+    def _lost(self, clock: float, median_step: float, quiet: list[int], at: StepContext) -> Finding | None:
+        """run_lost when no rank that has not ended was heard from for the run's threshold."""
+        p = self.rules.run_lost
+        newest = max(self.last_ts[r] for r in quiet)
+        silence = clock - newest
+        lost_after = self.lost_after(median_step)
+        if not p.enabled or silence <= lost_after:
+            return None
+        ended = len(self.ended)
+        return at.finding(
+            "run_lost",
+            p.severity,
+            message=f"Every rank of {at.label} went quiet {fmt(silence)} s ago without run_end"
+            + (f" ({ended} rank(s) had ended)" if ended else "")
+            + ": the whole job has probably died (node failure, OOM kill, preemption) or lost its network; "
+            "check the scheduler and the hosts, and resume from the last checkpoint.",
+            evidence={
+                "silent_s": silence,
+                "threshold_s": lost_after,
+                "last_seen_s": {str(r): clock - self.last_ts[r] for r in quiet},
+                "last_step": max(self.last_step[r] for r in quiet),
+                "ended_ranks": sorted(self.ended),
+                "median_step_time_s": median_step,
+            },
+            ranks=quiet,
+        )
 
     def to_state(self) -> dict[str, Any]:
         return {

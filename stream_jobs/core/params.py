@@ -241,6 +241,26 @@ class MemoryPressureParams(RuleParams):
 
 
 @dataclass(frozen=True)
+class RunLostParams(RuleParams):
+    """run_lost: every rank of a run went quiet without `run_end` (the whole job died or lost its network)."""
+
+    severity: Severity = "critical"
+    cooldown_steps: int = 1000
+    min_s: float = 60.0
+    """seconds since the last event of any rank (event time, or the worker's clock when nothing arrives) ..."""
+    steps: float = 20.0
+    """... or this many median step times, whichever is longer"""
+
+
+@dataclass(frozen=True)
+class MembershipChangedParams(RuleParams):
+    """membership_changed: a `run_start` re-declared the run's world size (elastic shrink or grow, relaunch)."""
+
+    severity: Severity = "info"
+    cooldown_steps: int = 0
+
+
+@dataclass(frozen=True)
 class RuleSet:
     """Every rule's parameters for one run: the defaults, or the defaults with a rules file applied."""
 
@@ -257,6 +277,8 @@ class RuleSet:
     rank_silent: RankSilentParams = field(default_factory=RankSilentParams)
     rank_hung: RankHungParams = field(default_factory=RankHungParams)
     memory_pressure: MemoryPressureParams = field(default_factory=MemoryPressureParams)
+    run_lost: RunLostParams = field(default_factory=RunLostParams)
+    membership_changed: MembershipChangedParams = field(default_factory=MembershipChangedParams)
 
     def params(self, rule: str) -> RuleParams:
         """The parameters of the rule named ``rule`` (a name from ``rankstream.schema.RULES``)."""

@@ -1,12 +1,22 @@
-"""Everything the core knows about one run: dedup, alignment, liveness, detectors, cooldowns."""
+"""Everything the core knows about one run: dedup, alignment, liveness, detectors, cooldowns.
+
+A run may span several launches (resume from a checkpoint, elastic restart, relaunch under the
+same run_id). Each process start of a rank has its own incarnation id (``inc``) and counts ``seq``
+from 0. An incarnation belongs to the *attempt* (``restart``) in which it sent its first step; a
+new incarnation of a rank that already stepped in this attempt is a relaunch, and when its first
+step goes back to an already released one, a new attempt begins (``restart`` + 1, the steps are
+aligned again, both attempts are kept downstream). Events of an earlier attempt's incarnations
+that arrive afterwards (a dead process's spool) are counted (``stale_events``) and not aligned.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 from typing import Any
 
 from rankstream.schema import META_FIELDS
-from rankstream.stream_jobs.core.alerts import Alerter, Finding
+from rankstream.stream_jobs.core.alerts import Alerter, Finding, StepContext
 from rankstream.stream_jobs.core.align import Aligner, Released, SeqDedup
 from rankstream.stream_jobs.core.detect_ranks import RankDetector
 from rankstream.stream_jobs.core.detect_run import GradDetector, LossDetector
@@ -16,6 +26,8 @@ from rankstream.stream_jobs.core.rules import RulesConfig
 #: Event-time seconds between two liveness checks of a run (silent / hung).
 LIVENESS_CHECK_S = 1.0
 _MAX_RESTART_TAGS = 16
+#: Incarnations remembered per run beyond the world size (older ones are forgotten first).
+_MAX_INCS_EXTRA = 64
 
 
 class RunState:
@@ -42,6 +54,7 @@ class RunState:
         self.world_size = world_size
         self.dedup = SeqDedup(resolved.alignment.dedup_window, trust_first_seq)
         self.aligner = Aligner(run_id, world_size, resolved.alignment, self.dedup)
+        self.aligner.stats = stats
         self.liveness = Liveness(world_size, ts, resolved.rules)
         self.loss = LossDetector(resolved.rules)
         self.grad = GradDetector(resolved.rules)
@@ -54,6 +67,15 @@ class RunState:
         self.last_event_ts = ts
         self.ended_at: float | None = None
         self.restart_tags: list[str] = []
+        #: rank -> its incarnation that stepped in the current attempt.
+        self.attempt_ranks: dict[int, str] = {}
+        #: (rank, inc) -> the attempt it stepped in (bounded, oldest forgotten first).
+        self.inc_attempt: dict[tuple[int, str], int] = {}
+        #: The run was forgotten after all its ranks ended and came back: the next launch may repeat steps.
+        self.expect_relaunch = False
+        #: Set by the engine: this run's ``ts`` + offset = the engine's arrival clock; when it last heard from it.
+        self.offset = 0.0
+        self.heard_at = 0.0
         self.label = f"run {run_id}"
 
     # ------------------------------------------------------------------ events
@@ -62,8 +84,14 @@ class RunState:
         rank = ev["rank"]
         tags = ev["tags"]
         gen = tags.get("restart") if tags else None
-        if self.dedup.seen(rank if gen is None else (rank, gen), ev["seq"]):
+        inc = ev.get("inc")
+        key: Hashable = (rank, inc) if inc else rank if gen is None else (rank, gen)  # = dedup_key(ev)
+        if self.dedup.seen(key, ev["seq"]):
             self.stats["duplicates"] += 1
+            return
+        released: list[Released] = []
+        if inc and not self._incarnation(ev, rank, inc, released, alerts):
+            self.stats["stale_events"] += 1
             return
         ts = ev["ts"]
         aligner = self.aligner
@@ -74,17 +102,16 @@ class RunState:
         kind = ev["kind"]
         step = ev["step"]
         if ev["world_size"] != self.world_size and (kind == "run_start" or step >= aligner.max_step):
-            self._resize(ev["world_size"], ts)
+            self._resize(ev["world_size"], ts, step, alerts)
         in_world = rank < self.liveness.world_size
-        released: list[Released] = []
         if kind == "step":
             if not self.precision and tags:
                 self.precision = tags.get("precision", "")
-            if gen is not None and gen not in self.restart_tags:
+            if gen is not None and not inc and gen not in self.restart_tags:
                 self._restart(gen, step, released)
             if in_world:
                 self.liveness.seen(rank, ts, step, True)
-            if aligner.add(ev):
+            if aligner.add(ev, key):
                 self.rank_rules.on_time(rank)
                 if aligner.absent:
                     aligner.absent.discard(rank)
@@ -156,8 +183,53 @@ class RunState:
         self.grad.window.resize(resolved.rules.grad_explosion.window)
         self.grad.adapter_window.resize(resolved.rules.adapter_grad_vanishing.window)
 
-    def _resize(self, world_size: int, ts: float) -> None:
+    def _incarnation(
+        self, ev: dict[str, Any], rank: int, inc: str, released: list[Released], alerts: list[dict]
+    ) -> bool:
+        """Place an event of incarnation ``inc`` in an attempt; False when it belongs to an earlier attempt."""
+        key = (rank, inc)
+        attempt = self.inc_attempt.get(key)
+        aligner = self.aligner
+        if attempt is not None:
+            return attempt >= aligner.restart
+        if ev["kind"] != "step":
+            if self.attempt_ranks.get(rank) != inc:
+                self.liveness.ended.discard(rank)  # a new process of this rank: it has not ended
+                self.ended_at = None
+            return True  # placed by its first step; until then it is the rank's newest process
+        self.stats["incarnations"] += 1
+        before = self.attempt_ranks.get(rank)
+        step = ev["step"]
+        if (before is not None or self.expect_relaunch) and step <= aligner.last_released:
+            # A relaunch that went back to a checkpoint: a new attempt of the steps from there on.
+            self.expect_relaunch = False
+            self.stats["restarts"] += 1
+            aligner.restart_from(step, released)
+            self.liveness.last_step = [min(s, step - 1) for s in self.liveness.last_step]
+            self.attempt_ranks = {}
+        self.attempt_ranks[rank] = inc
+        self.inc_attempt[key] = aligner.restart
+        if len(self.inc_attempt) > self.world_size + _MAX_INCS_EXTRA:
+            del self.inc_attempt[next(iter(self.inc_attempt))]
+        self.liveness.ended.discard(rank)
+        self.ended_at = None
+        return True
+
+    def _resize(self, world_size: int, ts: float, step: int, alerts: list[dict]) -> None:
+        before = self.world_size
         self.stats["world_size_changes"] += 1
+        p = self.rules.membership_changed
+        if p.enabled:
+            finding = StepContext(max(step, 0), ts, False, self.label).finding(
+                "membership_changed",
+                p.severity,
+                message=f"The world size of {self.label} changed from {before} to {world_size} ranks "
+                f"(elastic {'shrink' if world_size < before else 'grow'} or a relaunch): "
+                f"{world_size} ranks are expected from step {max(step, 0)} on.",
+                evidence={"world_size_before": before, "world_size": world_size, "step": step},
+                ranks=[],
+            )
+            self._alert([finding], alerts)
         self.world_size = world_size
         self.aligner.world_size = world_size
         self.aligner.absent = {r for r in self.aligner.absent if r < world_size}
@@ -256,6 +328,9 @@ class RunState:
             "last_event_ts": self.last_event_ts,
             "ended_at": self.ended_at,
             "restart_tags": list(self.restart_tags),
+            "attempt_ranks": {str(rank): inc for rank, inc in self.attempt_ranks.items()},
+            "inc_attempt": [[rank, inc, attempt] for (rank, inc), attempt in self.inc_attempt.items()],
+            "expect_relaunch": self.expect_relaunch,
             "aligner": self.aligner.to_state(),
             "liveness": self.liveness.to_state(),
             "loss": self.loss.to_state(),
@@ -278,6 +353,9 @@ class RunState:
         self.last_event_ts = max(self.last_event_ts, float(s.get("last_event_ts", 0.0)))
         self.ended_at = s.get("ended_at")
         self.restart_tags = list(s.get("restart_tags", []))
+        self.attempt_ranks = {int(rank): str(inc) for rank, inc in s.get("attempt_ranks", {}).items()}
+        self.inc_attempt = {(int(rank), str(inc)): int(attempt) for rank, inc, attempt in s.get("inc_attempt", [])}
+        self.expect_relaunch = bool(s.get("expect_relaunch", False))
         self.aligner.load_state(s["aligner"])
         self.world_size = self.aligner.world_size
         self.liveness.load_state(s["liveness"])

@@ -42,14 +42,30 @@ def test_a_silent_rank_is_named_after_its_threshold_and_not_before() -> None:
     assert found.message.startswith(f"Rank(s) 2 of {LABEL} sent nothing for 60.5 s while 2 other rank(s) are alive")
 
 
-def test_ended_ranks_are_not_silent_and_nobody_alive_is_no_alert() -> None:
+def test_ended_ranks_are_not_silent_and_nobody_alive_is_run_lost_not_rank_silent() -> None:
     liveness = Liveness(3, 0.0, RuleSet())
     alive_until(liveness, [0, 1], 100.0, 10)
     liveness.ended.add(2)
     assert liveness.check(clock=100.0, median_step=0.5, step=10, started=True, label=LABEL).absent == set()
     everyone_quiet = Liveness(2, 0.0, RuleSet())
     check = everyone_quiet.check(clock=1000.0, median_step=0.5, step=0, started=False, label=LABEL)
-    assert check.absent == set() and check.findings == [], "no rank alive: nobody to compare with"
+    assert check.absent == set(), "no rank alive: nobody to compare with, nothing to stop waiting for"
+    assert [(f.rule, f.severity, f.ranks) for f in check.findings] == [("run_lost", "critical", (0, 1))]
+    assert check.findings[0].evidence["silent_s"] == 1000.0
+
+
+def test_run_lost_waits_for_its_threshold_and_skips_ended_ranks() -> None:
+    liveness = Liveness(3, 0.0, RuleSet())
+    alive_until(liveness, [0, 1, 2], 100.0, 10)
+    liveness.ended.add(2)  # rank 2 finished; ranks 0 and 1 died
+    early = liveness.check(clock=159.0, median_step=0.5, step=10, started=True, label=LABEL)
+    assert [f.rule for f in early.findings] == []
+    late = liveness.check(clock=161.0, median_step=0.5, step=10, started=True, label=LABEL)
+    (lost,) = late.findings
+    assert (lost.rule, lost.ranks, lost.evidence["ended_ranks"]) == ("run_lost", (0, 1), [2])
+    liveness.ended.update({0, 1})
+    done = liveness.check(clock=1000.0, median_step=0.5, step=10, started=True, label=LABEL)
+    assert done.findings == [], "a run whose every rank ended is finished, not lost"
 
 
 def test_a_disabled_rule_still_stops_the_wait() -> None:
