@@ -21,10 +21,11 @@ from typing import Any
 from rankstream.schema import SCHEMA_VERSION
 from rankstream.stream_jobs.core.aggregate import Window, aggregate
 from rankstream.stream_jobs.core.params import AlignmentParams
+from rankstream.stream_jobs.core.revise import Revisions
 
 
 class PendingStep:
-    __slots__ = ("by_rank", "seqs", "step", "ts_first", "ts_last", "world_size")
+    __slots__ = ("by_rank", "record", "revisions", "seqs", "step", "ts_first", "ts_last", "world_size")
 
     def __init__(self, step: int, world_size: int, ts: float) -> None:
         self.step = step
@@ -34,6 +35,9 @@ class PendingStep:
         self.by_rank: dict[int, dict[str, Any]] = {}
         #: (dedup key, seq) of each rank's event, for the settled test.
         self.seqs: list[tuple[Hashable, int]] = []
+        #: Once released: the aligned record, and how often late events revised it.
+        self.record: dict[str, Any] | None = None
+        self.revisions = 0
 
 
 @dataclass(slots=True)
@@ -150,6 +154,42 @@ class SeqDedup:
         return missing
 
 
+def aligned(run_id: str, p: PendingStep, attempt: int) -> Released:
+    """The aligned step of ``p``: its contract record (aggregated in rank order) and per-rank values."""
+    ranks = sorted(p.by_rank)
+    events = [p.by_rank[r] for r in ranks]
+    per_rank = [e["metrics"] for e in events]
+    ts = [e["ts"] for e in events]
+    summaries, nonfinite = aggregate(ranks, per_rank)
+    ws = p.world_size
+    complete = len(ranks) >= ws
+    missing = [] if complete else [r for r in range(ws) if r not in p.by_rank]
+    warmup_tag = False
+    has_stage = False
+    for e in events:
+        stage = e["tags"].get("stage")
+        if stage is not None:
+            has_stage = True
+            if stage == "warmup":
+                warmup_tag = True
+                break
+    record = {
+        "v": SCHEMA_VERSION,
+        "run_id": run_id,
+        "step": p.step,
+        "world_size": ws,
+        "ranks_reported": len(ranks),
+        "missing_ranks": missing,
+        "complete": complete,
+        "ts_first": p.ts_first,
+        "ts_last": p.ts_last,
+        "metrics": summaries,
+        "nonfinite": nonfinite,
+        "restart": attempt,
+    }
+    return Released(record, ranks, per_rank, ts, warmup_tag, has_stage)
+
+
 class Aligner:
     """Pending steps of one run and the event-time watermark that releases them."""
 
@@ -159,6 +199,8 @@ class Aligner:
         self.gaps_by_rank: dict[int, int] = {}
         #: The engine's counters (``seq_gaps``), when it shares them.
         self.stats: dict[str, int] | None = None
+        #: Partial steps released recently, which late events can still complete.
+        self.revisions = Revisions(run_id, alignment.revise_max_events)
         self.dedup = dedup
         self.world_size = world_size
         self.cfg = alignment
@@ -274,45 +316,29 @@ class Aligner:
 
     def flush(self, out: list[Released]) -> None:
         self.drain(out, force=True)
+        self.revisions.publish_due(self.clock, 0.0, force=True)
+
+    def late(self, ev: dict[str, Any], key: Hashable) -> dict[str, Any] | None:
+        """A step event for a released step: merged into it when it is still kept (its revision is
+        published once complete, or one grace period after the last late event); returns the released
+        step's record (None when it is no longer kept or the rank was in it)."""
+        return self.revisions.merge(ev, key, self.clock)
+
+    def publish_revisions(self) -> list[dict[str, Any]]:
+        """Revised records due now (complete, or a grace period after their last late event)."""
+        self.revisions.publish_due(self.clock, self._grace)
+        return self.revisions.take()
 
     def _release(self, p: PendingStep) -> Released:
-        ranks = sorted(p.by_rank)
-        events = [p.by_rank[r] for r in ranks]
-        per_rank = [e["metrics"] for e in events]
-        ts = [e["ts"] for e in events]
-        summaries, nonfinite = aggregate(ranks, per_rank)
-        ws = p.world_size
-        complete = len(ranks) >= ws
-        missing = [] if complete else [r for r in range(ws) if r not in p.by_rank]
-        warmup_tag = False
-        has_stage = False
-        for e in events:
-            stage = e["tags"].get("stage")
-            if stage is not None:
-                has_stage = True
-                if stage == "warmup":
-                    warmup_tag = True
-                    break
-        record = {
-            "v": SCHEMA_VERSION,
-            "run_id": self.run_id,
-            "step": p.step,
-            "world_size": ws,
-            "ranks_reported": len(ranks),
-            "missing_ranks": missing,
-            "complete": complete,
-            "ts_first": p.ts_first,
-            "ts_last": p.ts_last,
-            "metrics": summaries,
-            "nonfinite": nonfinite,
-            "restart": self.restart,
-        }
+        rel = aligned(self.run_id, p, self.restart)
+        record = rel.record
         self.last_released = p.step
         self.released_count += 1
-        if not complete:
+        if not record["complete"]:
             self.partial_count += 1
-        self._observe_step_time(p.step, p.ts_first, summaries.get("step_time_s"))
-        return Released(record, ranks, per_rank, ts, warmup_tag, has_stage)
+            self.revisions.keep(p, record)
+        self._observe_step_time(p.step, p.ts_first, record["metrics"].get("step_time_s"))
+        return rel
 
     def _observe_step_time(self, step: int, ts_first: float, step_time: dict[str, Any] | None) -> None:
         value = None
@@ -336,6 +362,7 @@ class Aligner:
     def restart_from(self, step: int, out: list[Released]) -> None:
         """A checkpoint restart: release what is pending, then accept steps from ``step`` again."""
         self.flush(out)
+        self.revisions.forget()  # late events of the old attempt are stale from now on
         self.restart += 1
         self.last_released = min(self.last_released, step - 1)
         self.max_step = step

@@ -51,6 +51,7 @@ STAT_NAMES = (
     "incarnations",
     "stale_events",
     "seq_gaps",
+    "revisions",
 )
 
 

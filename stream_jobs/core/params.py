@@ -39,6 +39,9 @@ class AlignmentParams:
     """released steps used for the run's median step time (`step_time_s` mean, else `ts` deltas)"""
     dedup_window: int = 4096
     """out-of-order seqs remembered per rank; beyond it a gap (lost events) is given up"""
+    revise_max_events: int = 16384
+    """events of recently released partial steps kept per run so that late events can complete them (a
+    revision); 0 turns revisions off"""
 
 
 @dataclass(frozen=True)

@@ -117,8 +117,7 @@ class RunState:
                     aligner.absent.discard(rank)
             else:
                 self.stats["late_events"] += 1
-                late = self.rank_rules.on_late(rank, step, ts=ts, last_released=aligner.last_released, label=self.label)
-                self._alert(late, alerts)
+                self._late(ev, key, alerts)
         elif kind == "heartbeat":
             self.stats["heartbeats"] += 1
             if in_world:
@@ -139,10 +138,23 @@ class RunState:
                 if len(self.liveness.ended) >= self.liveness.world_size and self.ended_at is None:
                     self.ended_at = ts
         aligner.drain(released)
-        for rel in released:
-            self._on_released(rel, steps, alerts)
+        self._emit(released, steps, alerts)
         if aligner.clock - self.last_check >= LIVENESS_CHECK_S:
             self.check_liveness(steps, alerts)
+
+    def _late(self, ev: dict[str, Any], key: Hashable, alerts: list[dict]) -> None:
+        """A step event after its step was released: it completes the step (a revision) when the step is
+        still kept. Only a rank whose ``ts`` is late too is lagging; a late delivery alone is not."""
+        aligner = self.aligner
+        rank, ts = ev["rank"], ev["ts"]
+        record = aligner.late(ev, key)
+        if record is not None:
+            lag = ts - record["ts_first"]
+            if lag <= self.rules.rank_lagging.skew_steps * aligner.median_step_time():
+                self.rank_rules.on_time(rank)  # stepped with the others; only its delivery was late
+                return
+        found = self.rank_rules.on_late(rank, ev["step"], ts=ts, last_released=aligner.last_released, label=self.label)
+        self._alert(found, alerts)
 
     def _start(self, ev: dict[str, Any]) -> None:
         meta = ev["meta"]
@@ -246,6 +258,15 @@ class RunState:
 
     # --------------------------------------------------------------- released steps
 
+    def _emit(self, released: list[Released], steps: list[dict], alerts: list[dict]) -> None:
+        """Steps just released (scored by the detectors), then the revisions that are due (not scored)."""
+        for rel in released:
+            self._on_released(rel, steps, alerts)
+        revised = self.aligner.publish_revisions()
+        if revised:
+            steps.extend(revised)
+            self.stats["revisions"] += len(revised)
+
     def _warmup(self, rel: Released) -> bool:
         if rel.has_stage_tag:
             self.has_stage = True
@@ -294,8 +315,7 @@ class RunState:
             aligner.absent = absent
             released: list[Released] = []
             aligner.drain(released)
-            for rel in released:
-                self._on_released(rel, steps, alerts)
+            self._emit(released, steps, alerts)
 
     def advance(self, now: float, steps: list[dict], alerts: list[dict]) -> None:
         aligner = self.aligner
@@ -303,15 +323,13 @@ class RunState:
             aligner.clock = now
         released: list[Released] = []
         aligner.drain(released)
-        for rel in released:
-            self._on_released(rel, steps, alerts)
+        self._emit(released, steps, alerts)
         self.check_liveness(steps, alerts)
 
     def flush(self, steps: list[dict], alerts: list[dict]) -> None:
         released: list[Released] = []
         self.aligner.flush(released)
-        for rel in released:
-            self._on_released(rel, steps, alerts)
+        self._emit(released, steps, alerts)
 
     # ---------------------------------------------------------------------- state
 

@@ -55,7 +55,7 @@ def test_nonfinite_values_are_counted_apart_and_output_is_json_safe() -> None:
         dumps(alert)
 
 
-def test_duplicates_ignored_and_late_events_counted_not_reaggregated() -> None:
+def test_duplicates_ignored_and_a_late_event_revises_its_partial_step() -> None:
     engine = Engine()
     out = engine.process_many([ev(0, 0, 1.0, 0, loss=1.0), ev(0, 0, 1.0, 0, loss=1.0), ev(1, 0, 1.1, 0, loss=3.0)])
     assert engine.stats["duplicates"] == 1 and out.steps[0]["metrics"]["loss"]["mean"] == 2.0
@@ -63,7 +63,31 @@ def test_duplicates_ignored_and_late_events_counted_not_reaggregated() -> None:
     out = engine.process_many([ev(0, 1, 2.0, 1, loss=1.0), ev(0, 2, 33.5, 2, loss=1.0)])
     assert [(s["step"], s["complete"], s["missing_ranks"]) for s in out.steps] == [(1, False, [1])]
     late = engine.process(ev(1, 1, 34.0, 1, loss=100.0))
-    assert late.steps == [] and engine.stats["late_events"] == 1 and engine.stats["partial_steps"] == 1
+    assert engine.stats["late_events"] == 1 and engine.stats["partial_steps"] == 1
+    (revised,) = late.steps  # the step is published again, complete, with a revision number
+    assert (revised["step"], revised["complete"], revised["missing_ranks"], revised["revision"]) == (1, True, [], 1)
+    assert revised["metrics"]["loss"]["mean"] == 50.5 and revised["ranks_reported"] == 2
+    assert engine.stats["revisions"] == 1
+    again = engine.process(ev(1, 1, 34.0, 2, loss=100.0))  # another event of rank 1 for step 1: nothing new
+    assert again.steps == []
+
+
+def test_revisions_of_partial_steps_wait_for_more_late_ranks_and_are_bounded() -> None:
+    engine = Engine(RulesConfig.from_dict({"alignment": {"revise_max_events": 6}}))
+    # 3 ranks; steps 0..3 go out with rank 0 only (ranks 1 and 2 delivered late).
+    engine.process_many([ev(0, s, float(s), s, ws=3, loss=1.0) for s in range(4)])
+    out = engine.process(ev(0, 4, 40.0, 4, ws=3, loss=1.0))
+    assert [(s["step"], s["ranks_reported"]) for s in out.steps] == [(0, 1), (1, 1), (2, 1), (3, 1)]
+    # 4 partial steps x 1 event > 6 kept? No: 4 events kept. Rank 1's late event for step 3 arrives.
+    assert engine.process(ev(1, 3, 3.0, 0, ws=3, loss=2.0)).steps == []  # not complete: waits for more
+    out = engine.process(ev(2, 3, 3.0, 0, ws=3, loss=3.0))
+    assert [(s["step"], s["ranks_reported"], s["revision"]) for s in out.steps] == [(3, 3, 1)]
+    # An incomplete revision goes out one grace period (30 s) after its last late event.
+    engine.process(ev(1, 2, 2.0, 1, ws=3, loss=2.0))
+    quiet = engine.process(ev(0, 5, 60.0, 5, ws=3, loss=1.0))
+    assert [(s["step"], s["ranks_reported"], s.get("revision")) for s in quiet.steps if s.get("revision")] == []
+    later = engine.process(ev(0, 6, 75.0, 6, ws=3, loss=1.0))
+    assert [(s["step"], s["ranks_reported"], s["revision"]) for s in later.steps if s.get("revision")] == [(2, 2, 1)]
 
 
 def test_partial_release_when_another_rank_is_far_ahead() -> None:
