@@ -1,4 +1,10 @@
-"""``rankstream runs``: the runs of a team (or all teams) seen since some time ago."""
+"""``rankstream runs``: the runs of a team (or all teams) seen since some time ago.
+
+Status: ``running``, ``finished`` (or what run_end said, e.g. ``failed``), or
+``lost`` (every rank went quiet without run_end). The last step is the step of
+the run's latest event: after a resume from a checkpoint it is the resumed
+launch's step, not the furthest step an earlier launch reached.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ SELECT r.run_id AS run_id, r.team AS team, r.run_name AS run_name, r.status AS s
 FROM rankstream.runs AS r FINAL
 LEFT JOIN
 (
-    SELECT run_id, max(step) AS last_step FROM rankstream.events
+    SELECT run_id, argMaxIf(step, ts, kind != 'run_start') AS last_step FROM rankstream.events
     WHERE ts >= now64(6) - toIntervalSecond({since:UInt64}) GROUP BY run_id
 ) AS s ON s.run_id = r.run_id
 WHERE r.updated_at >= now64(6) - toIntervalSecond({since:UInt64}) AND ({team:String} = '' OR r.team = {team:String})

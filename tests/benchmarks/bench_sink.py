@@ -107,7 +107,7 @@ def _query_latency(client, rows: int, sql: str) -> tuple[float, int]:
     per_run = 8 * 500 * 5  # ranks x steps x metrics
     client.command(
         f"""
-        INSERT INTO rankstream.metrics
+        INSERT INTO rankstream.metrics (team, run_id, metric, kind, step, rank, seq, ts, value, host, world_size)
         SELECT 'vision', concat('q-', toString(intDiv(number, {per_run}))),
                ['loss','lr','grad_norm','step_time_s','data_time_s'][number % 5 + 1], 'step',
                intDiv(number % {per_run}, 40), intDiv(number % 40, 5), intDiv(number % {per_run}, 40),

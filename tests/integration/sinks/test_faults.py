@@ -45,14 +45,15 @@ def _assert_complete(client, events: list[dict], *logs: Path) -> None:
     assert count(client, "metrics") == exp["metrics"]
 
 
-def _missing_seqs(client, events: list[dict]) -> dict[tuple[str, int], list[tuple[int, int]]]:
-    """``(run_id, rank) -> [(first, last), ...]`` seq ranges that were produced but are not in ``events``."""
-    stored: dict[tuple[str, int], set[int]] = {}
-    for run_id, rank, seq in client.query("SELECT run_id, rank, seq FROM rankstream.events FINAL").result_rows:
-        stored.setdefault((run_id, rank), set()).add(seq)
-    gaps: dict[tuple[str, int], list[tuple[int, int]]] = {}
+def _missing_seqs(client, events: list[dict]) -> dict[tuple[str, int, str], list[tuple[int, int]]]:
+    """``(run_id, rank, inc) -> [(first, last), ...]`` seq ranges that were produced but are not in ``events``."""
+    stored: dict[tuple[str, int, str], set[int]] = {}
+    query = "SELECT run_id, rank, inc, seq FROM rankstream.events FINAL"
+    for run_id, rank, inc, seq in client.query(query).result_rows:
+        stored.setdefault((run_id, rank, inc), set()).add(seq)
+    gaps: dict[tuple[str, int, str], list[tuple[int, int]]] = {}
     for e in events:
-        key = (e["run_id"], e["rank"])
+        key = (e["run_id"], e["rank"], e.get("inc", ""))
         if e["seq"] in stored.get(key, ()):
             continue
         ranges = gaps.setdefault(key, [])
@@ -161,9 +162,9 @@ def test_rows_the_store_refuses_go_to_the_dlq_and_the_rest_is_stored(kafka: Sett
     assert all(d["reason"].startswith("the store refused the rows: Constraint `no_quarantined_host`") for d in letters)
     assert all(d["source_topic"] == kafka.topics.events and d["offset"] >= 0 for d in letters)
     gone = _missing_seqs(client, events + later)
-    assert {run for run, _ in gone} == {"refused-a"}
+    assert {run for run, _, _ in gone} == {"refused-a"}
     assert {
-        (rank, seq) for (_, rank), spans in gone.items() for lo, hi in spans for seq in range(lo, hi + 1)
+        (rank, seq) for (_, rank, _), spans in gone.items() for lo, hi in spans for seq in range(lo, hi + 1)
     } == refused
     # (the wait above: a refused event's metric rows are not stored either)
     client.close()

@@ -95,17 +95,18 @@ def test_counts_per_table_are_exact(loaded: Loaded) -> None:
     assert count(c, "step_metrics") == STEPS * 2
     assert count(c, "alerts") == 3
     assert count(c, "runs") == 2
-    # no data lost: every seq of every rank is there, exactly once
+    # no data lost: every seq of every rank's incarnation is there, exactly once
     rows = c.query(
-        "SELECT run_id, rank, count(), uniqExact(seq), min(seq), max(seq) FROM rankstream.events "
-        "GROUP BY run_id, rank ORDER BY run_id, rank"
+        "SELECT run_id, rank, inc, count(), uniqExact(seq), min(seq), max(seq) FROM rankstream.events "
+        "GROUP BY run_id, rank, inc ORDER BY run_id, rank, inc"
     ).result_rows
-    per_rank = {}
+    per_rank: dict[tuple[str, int, str], int] = {}
     for e in loaded.events:
-        per_rank[(e["run_id"], e["rank"])] = per_rank.get((e["run_id"], e["rank"]), 0) + 1
+        key = (e["run_id"], e["rank"], e.get("inc", ""))
+        per_rank[key] = per_rank.get(key, 0) + 1
     assert len(rows) == len(per_rank)
-    for run_id, rank, n, uniq, lo, hi in rows:
-        assert n == uniq == per_rank[(run_id, rank)] == hi + 1 and lo == 0
+    for run_id, rank, inc, n, uniq, lo, hi in rows:
+        assert n == uniq == per_rank[(run_id, rank, inc)] == hi + 1 and lo == 0
 
 
 def test_team_is_attached_to_every_row(loaded: Loaded) -> None:

@@ -36,10 +36,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, int]
 
 def test_migrations_apply_once(server: tuple[Any, int]) -> None:
     client, _ = server
-    assert migrate(client) == ["0001_init", "0002_no_insert_dedup_log"]
+    assert migrate(client) == ["0001_init", "0002_no_insert_dedup_log", "0003_incarnations_attempts"]
     assert migrate(client) == []
     versions = client.query("SELECT version FROM rankstream.schema_migrations FINAL ORDER BY version").result_rows
-    assert versions == [("0001_init",), ("0002_no_insert_dedup_log",)]
+    assert versions == [("0001_init",), ("0002_no_insert_dedup_log",), ("0003_incarnations_attempts",)]
 
 
 def test_columns_match_the_insert_types(server: tuple[Any, int]) -> None:
@@ -58,7 +58,10 @@ def test_engines_keys_and_codecs(server: tuple[Any, int]) -> None:
             "SELECT name, sorting_key FROM system.tables WHERE database = 'rankstream' AND name != 'schema_migrations'"
         ).result_rows
     )
-    assert rows["metrics"] == "run_id, metric, kind, step, rank, seq"
+    assert rows["metrics"] == "run_id, metric, kind, step, rank, seq, inc"
+    assert rows["events"] == "run_id, rank, seq, inc"
+    assert rows["steps"] == "run_id, step, attempt"
+    assert rows["step_metrics"] == "run_id, metric, step, attempt"
     assert rows["alerts"] == "team, rule, run_id, alert_id"
     ddl = client.command("SHOW CREATE TABLE rankstream.metrics")
     assert "Gorilla" in ddl and "PARTITION BY toYYYYMM(ts)" in ddl
@@ -94,7 +97,7 @@ def test_a_retried_batch_whose_rows_are_gone_is_stored_again(server: tuple[Any, 
 def _event(run_id: str, seq: int) -> dict[str, Any]:
     return {
         "run_id": run_id, "rank": 0, "seq": seq, "kind": "step", "step": seq, "ts": 1_750_000_000.0 + seq,
-        "host": "h", "local_rank": 0, "world_size": 1, "tags": {}, "metrics": {"loss": 1.0},
+        "host": "h", "local_rank": 0, "world_size": 1, "tags": {}, "metrics": {"loss": 1.0}, "inc": "",
     }  # fmt: skip
 
 
@@ -134,7 +137,10 @@ def test_store_migrate_cli(server: tuple[Any, int]) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.strip() in ("store schema is up to date", "applied: 0001_init, 0002_no_insert_dedup_log")
+    assert ok.stdout.strip() in (
+        "store schema is up to date",
+        "applied: 0001_init, 0002_no_insert_dedup_log, 0003_incarnations_attempts",
+    )
     bad = subprocess.run(
         [RANKSTREAM, "store", "migrate", "--dsn", "ftp://x"], capture_output=True, text=True, timeout=60, check=False
     )
