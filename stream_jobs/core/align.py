@@ -39,6 +39,16 @@ class PendingStep:
         self.record: dict[str, Any] | None = None
         self.revisions = 0
 
+    def stretch(self, ev: dict[str, Any]) -> None:
+        """Widen the step's time span and world size to cover ``ev``."""
+        ts = ev["ts"]
+        if ts < self.ts_first:
+            self.ts_first = ts
+        elif ts > self.ts_last:
+            self.ts_last = ts
+        if ev["world_size"] > self.world_size:
+            self.world_size = ev["world_size"]
+
 
 @dataclass(slots=True)
 class Released:
@@ -244,13 +254,7 @@ class Aligner:
             self.pending[step] = p
             heapq.heappush(self._heap, step)
         else:
-            ts = ev["ts"]
-            if ts < p.ts_first:
-                p.ts_first = ts
-            elif ts > p.ts_last:
-                p.ts_last = ts
-            if ev["world_size"] > p.world_size:
-                p.world_size = ev["world_size"]
+            p.stretch(ev)
         rank = ev["rank"]
         if rank not in p.by_rank:
             p.by_rank[rank] = ev

@@ -57,13 +57,7 @@ class Revisions:
         p.by_rank[rank] = ev
         p.seqs.append((key, ev["seq"]))
         self._events += 1
-        ts = ev["ts"]
-        if ts < p.ts_first:
-            p.ts_first = ts
-        elif ts > p.ts_last:
-            p.ts_last = ts
-        if ev["world_size"] > p.world_size:
-            p.world_size = ev["world_size"]
+        p.stretch(ev)
         if len(p.by_rank) >= p.world_size:
             self._publish(p)
             del self._kept[p.step]

@@ -49,16 +49,23 @@ def private_broker(tmp_path: Path) -> Settings:
         stop_broker(settings)
 
 
-def test_broker_restart_mid_run_loses_nothing(private_broker: Settings, tmp_path: Path) -> None:
-    reporter = Reporter(
-        "outage-run",
-        settings=private_broker,
-        spool_dir=tmp_path / "spool",
-        rank=0,
-        world_size=1,
-        max_events_per_s=0,
-        heartbeat_s=1.0,
+def _one_rank(settings: Settings, tmp_path: Path, run_id: str, heartbeat_s: float) -> Reporter:
+    spool = tmp_path / "spool"
+    return Reporter(
+        run_id, settings=settings, spool_dir=spool, rank=0, world_size=1, max_events_per_s=0, heartbeat_s=heartbeat_s
     )
+
+
+def _every_seq_arrived(settings: Settings, run_id: str, steps: int, stats: dict[str, int]) -> None:
+    events = consume(settings, finished(run_id, 1), timeout=120)
+    missing, _duplicates = seq_problems(events, run_id)[0]  # duplicates are allowed (and detectable)
+    assert missing == []
+    assert {e["step"] for e in events if e["kind"] == "step"} == set(range(steps))
+    assert max(e["seq"] for e in events) == stats["enqueued"] - 1
+
+
+def test_broker_restart_mid_run_loses_nothing(private_broker: Settings, tmp_path: Path) -> None:
+    reporter = _one_rank(private_broker, tmp_path, "outage-run", heartbeat_s=1.0)
     stop = threading.Event()
     steps = [0]
 
@@ -85,25 +92,12 @@ def test_broker_restart_mid_run_loses_nothing(private_broker: Settings, tmp_path
     stats = reporter.stats
     assert stats["spool_pending"] == 0, stats
     assert stats["replayed"] > 0 and stats["connects"] >= 2
-
-    events = consume(private_broker, finished("outage-run", 1), timeout=120)
-    missing, _duplicates = seq_problems(events, "outage-run")[0]  # duplicates are allowed (and detectable)
-    assert missing == []
-    assert {e["step"] for e in events if e["kind"] == "step"} == set(range(steps[0]))
-    assert max(e["seq"] for e in events) == stats["enqueued"] - 1
+    _every_seq_arrived(private_broker, "outage-run", steps[0], stats)
 
 
 def test_close_reconnects_when_the_broker_returns_after_the_job(private_broker: Settings, tmp_path: Path) -> None:
     """The job ends during an outage; close() keeps reconnecting and delivers the spool once the broker is back."""
-    reporter = Reporter(
-        "late-broker-run",
-        settings=private_broker,
-        spool_dir=tmp_path / "spool",
-        rank=0,
-        world_size=1,
-        max_events_per_s=0,
-        heartbeat_s=0,
-    )
+    reporter = _one_rank(private_broker, tmp_path, "late-broker-run", heartbeat_s=0)
     reporter.log(0, loss=1.0)
     deadline = time.monotonic() + 30
     while reporter.stats["sent"] < 2 and time.monotonic() < deadline:  # run_start + step 0 acked
@@ -127,8 +121,4 @@ def test_close_reconnects_when_the_broker_returns_after_the_job(private_broker: 
     assert stats["spool_pending"] == 0, stats
     assert stats["replayed"] > 0, stats
 
-    events = consume(private_broker, finished("late-broker-run", 1), timeout=120)
-    missing, _duplicates = seq_problems(events, "late-broker-run")[0]
-    assert missing == []
-    assert {e["step"] for e in events if e["kind"] == "step"} == set(range(300))
-    assert max(e["seq"] for e in events) == stats["enqueued"] - 1
+    _every_seq_arrived(private_broker, "late-broker-run", 300, stats)
