@@ -13,49 +13,7 @@ from typing import Any
 from rankstream.dev.synthetic import generate_run
 from rankstream.schema import validate_event
 from rankstream.stream_jobs.core import Engine
-
-LIVENESS_RULES = {"rank_silent", "rank_hung", "rank_lagging", "run_lost"}
-
-
-def launch(
-    events: list[dict[str, Any]],
-    *,
-    inc: str,
-    from_step: int = 0,
-    to_step: int | None = None,
-    start_ts: float | None = None,
-    ended: bool = True,
-) -> list[dict[str, Any]]:
-    """The events of one launch: run_start, steps/heartbeats/evals in [from_step, to_step), run_end if ``ended``.
-
-    seq restarts at 0 per rank, every event carries ``inc`` (+ rank), and times are shifted so the launch's
-    run_start is at ``start_ts``.
-    """
-    starts = [e for e in events if e["kind"] == "run_start"]
-    body = [
-        e
-        for e in events
-        if e["kind"] in ("step", "heartbeat", "eval")
-        and e["step"] >= from_step
-        and (to_step is None or e["step"] < to_step)
-    ]
-    ends = [e for e in events if e["kind"] == "run_end"] if ended and to_step is None else []
-    if ended and to_step is not None:  # the launch stopped cleanly at to_step (e.g. SIGTERM, preemption)
-        last_ts = max(e["ts"] for e in body)
-        ends = [{**e, "kind": "run_end", "step": to_step - 1, "ts": last_ts + 0.5, "metrics": {}} for e in starts]
-    first_body_ts = min(e["ts"] for e in body)
-    shift = 0.0 if start_ts is None else start_ts + 5.0 - first_body_ts
-    out = []
-    seq: Counter[int] = Counter()
-    for e in starts:
-        out.append({**e, "ts": first_body_ts - 5.0 + shift + e["rank"] * 1e-3, "step": from_step})
-    out += [{**e, "ts": e["ts"] + shift} for e in body + ends]
-    out.sort(key=lambda e: (e["kind"] != "run_start", e["ts"]))
-    for e in out:
-        e["seq"] = seq[e["rank"]]
-        seq[e["rank"]] += 1
-        e["inc"] = f"{inc}{e['rank']}"
-    return out
+from tests.lifecycle_kit import LIVENESS_RULES, latest_by_step, launch
 
 
 def run(events: list[dict[str, Any]], engine: Engine | None = None) -> tuple[list[dict], list[dict], Engine]:
@@ -63,14 +21,6 @@ def run(events: list[dict[str, Any]], engine: Engine | None = None) -> tuple[lis
     out = engine.process_many(validate_event(e) for e in events)
     end = engine.finish()
     return out.steps + end.steps, out.alerts + end.alerts, engine
-
-
-def latest_by_step(steps: list[dict]) -> dict[int, dict]:
-    latest: dict[int, dict] = {}
-    for s in steps:
-        if s["step"] not in latest or s["restart"] >= latest[s["step"]]["restart"]:
-            latest[s["step"]] = s
-    return latest
 
 
 def test_relaunch_under_one_run_id_keeps_both_launches_and_aligns_every_step() -> None:
