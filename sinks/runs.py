@@ -15,8 +15,10 @@ from rankstream.schema import dumps
 from rankstream.sinks.records import jsonable, micros
 
 _META_COLUMNS = ("run_name", "project", "task_type", "model_name", "model_architecture")
-#: Run statuses the sink sets itself (run_end sets the others: ``finished`` by default, or its ``meta.status``).
+#: Run statuses the sink sets itself (run_end sets the others: its ``tags.status``, ``finished`` by default).
 RUNNING, LOST = "running", "lost"
+#: When the ranks of one launch end differently, the row shows the most telling status.
+_END_PRECEDENCE = {"finished": 0, "terminated": 1, "failed": 2}
 #: The alert rule that marks a run lost (every rank went quiet without run_end).
 RUN_LOST_RULE = "run_lost"
 
@@ -42,14 +44,20 @@ def run_row_from_start(event: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_row_from_end(previous: dict[str, Any] | None, event: dict[str, Any]) -> dict[str, Any]:
-    """The ``runs`` row after run_end: previous metadata kept, status from ``meta.status`` or 'finished'."""
+    """The ``runs`` row after run_end: previous metadata kept, status from the producer's ``tags.status``
+    (older producers: ``meta.status``), else 'finished'. When another rank of the same launch already
+    ended, the more telling status stays (failed > terminated > finished)."""
     ts = micros(event["ts"])
     row = dict(previous) if previous else run_row_from_start({**event, "meta": {}})
     if not previous:
         row["started_at"] = ts
-    status = event["meta"].get("status") if isinstance(event["meta"], dict) else None
-    row["status"] = status if isinstance(status, str) and status else "finished"
-    row["ended_at"] = ts
+    status = _end_status(event)
+    if previous and previous.get("ended_at") is not None:
+        before = str(previous.get("status", ""))
+        if _END_PRECEDENCE.get(before, 1) > _END_PRECEDENCE.get(status, 1):
+            status = before
+    row["status"] = status
+    row["ended_at"] = ts if row.get("ended_at") is None else max(ts, row["ended_at"])
     row["updated_at"] = max(ts, row["updated_at"] + 1)
     return row
 
@@ -57,9 +65,10 @@ def run_row_from_end(previous: dict[str, Any] | None, event: dict[str, Any]) -> 
 def merge_run_start(previous: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
     """A run_start row, keeping metadata an earlier run_start (e.g. rank 0's) already provided.
 
-    A run that ended keeps its status; a lost run is running again only when
-    the run_start was stamped after it was declared lost (a relaunch, not a
-    backlog of the first launch's run_start).
+    A run that ended keeps its status unless the run_start was stamped after it
+    ended (a relaunch under the same run_id: running again); a lost run is running
+    again only when the run_start was stamped after it was declared lost (a
+    relaunch, not a backlog of the first launch's run_start).
     """
     if not previous:
         return new
@@ -70,7 +79,11 @@ def merge_run_start(previous: dict[str, Any] | None, new: dict[str, Any]) -> dic
     merged["started_at"] = min(previous["started_at"], new["started_at"])
     merged["updated_at"] = max(previous["updated_at"], new["updated_at"])
     revived = previous.get("status") == LOST and new["updated_at"] > previous["updated_at"]
-    if previous.get("status") not in (RUNNING, None) and not revived:
+    ended_at = previous.get("ended_at")
+    relaunched = ended_at is not None and new["started_at"] > ended_at
+    if relaunched:
+        merged["status"], merged["ended_at"] = RUNNING, None
+    elif previous.get("status") not in (RUNNING, None) and not revived:
         merged["status"], merged["ended_at"] = previous["status"], previous.get("ended_at")
     return merged
 
@@ -106,6 +119,14 @@ def run_row_revived(previous: dict[str, Any] | None, event: dict[str, Any]) -> d
     if ts <= previous["updated_at"]:
         return None
     return {**previous, "status": RUNNING, "ended_at": None, "updated_at": ts}
+
+
+def _end_status(event: dict[str, Any]) -> str:
+    for source in (event.get("tags"), event.get("meta")):
+        status = source.get("status") if isinstance(source, dict) else None
+        if isinstance(status, str) and status:
+            return status
+    return "finished"
 
 
 def _meta_str(meta: dict[str, Any], key: str) -> str:

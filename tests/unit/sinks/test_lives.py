@@ -9,7 +9,14 @@ import pytest
 
 from rankstream.schema import decode_event, encode_event
 from rankstream.sinks.records import Batch, InvalidRecord, validate_alert, validate_step
-from rankstream.sinks.runs import RunCache, merge_run_start, run_row_from_start, run_row_lost, run_row_revived
+from rankstream.sinks.runs import (
+    RunCache,
+    merge_run_start,
+    run_row_from_end,
+    run_row_from_start,
+    run_row_lost,
+    run_row_revived,
+)
 from rankstream.sinks.store.tables import column_names
 from rankstream.sinks.writer import BatchWriter, Item
 
@@ -149,3 +156,28 @@ def test_a_run_lost_alert_makes_the_writer_look_the_run_up() -> None:
     writer = BatchWriter()
     items: list[Item] = [("alert", _alert(ts=200.0, run_id="a")), ("alert", _alert(ts=200.0, run_id="b", rule="x"))]
     assert writer.unknown_runs(items) == ["a"]
+
+
+def test_run_end_status_comes_from_the_producers_tags_and_the_most_telling_wins() -> None:
+    start = run_row_from_start(_event("run_start", ts=100.0))
+    finished = run_row_from_end(start, _event("run_end", ts=200.0, tags={"status": "finished", "reason": "normal"}))
+    assert finished["status"] == "finished"
+    failed = run_row_from_end(finished, _event("run_end", ts=201.0, rank=1, tags={"status": "failed"}))
+    assert failed["status"] == "failed" and failed["ended_at"] == 201_000_000
+    # A third rank ending normally after that does not hide the failure of the launch.
+    assert run_row_from_end(failed, _event("run_end", ts=202.0, tags={"status": "finished"}))["status"] == "failed"
+    terminated = run_row_from_end(
+        start, _event("run_end", ts=200.0, tags={"status": "terminated", "reason": "SIGTERM"})
+    )
+    assert terminated["status"] == "terminated"
+    legacy = run_row_from_end(start, _event("run_end", ts=200.0, meta={"status": "failed"}))
+    assert legacy["status"] == "failed"
+
+
+def test_a_relaunch_stamped_after_the_run_ended_reopens_it_and_a_backlog_run_start_does_not() -> None:
+    start = run_row_from_start(_event("run_start", ts=100.0))
+    ended = run_row_from_end(start, _event("run_end", ts=200.0, tags={"status": "terminated"}))
+    backlog = merge_run_start(ended, run_row_from_start(_event("run_start", ts=100.5, rank=1)))
+    assert (backlog["status"], backlog["ended_at"]) == ("terminated", 200_000_000)
+    relaunch = merge_run_start(ended, run_row_from_start(_event("run_start", ts=500.0)))
+    assert (relaunch["status"], relaunch["ended_at"], relaunch["started_at"]) == ("running", None, 100_000_000)
