@@ -8,16 +8,33 @@
 4. Latency: a paced producer sends a live 64-rank run at ~5k events/s with
    injected anomalies; latency = arrival on `.alerts` - produce time of the event
    that completed the trigger step.
+5. Gap release (a separate phase, so the hold does not distort the figures above): a
+   fresh worker, then `--gap-runs` live 8-rank runs paced on the wall clock (`ts` = wall
+   time), each with ONE step event of a random rank dropped mid-run (a lost seq: the
+   steps after it are held until the gap is given up, at most one grace period). For
+   every step from the dropped one to grace / step time after it, latency = broker
+   append time of the step's first publication on `.steps` - the moment its last event
+   (every rank's but the dropped one) was produced, i.e. how much later than with no
+   loss the step came out. `gap_release_latency_p99_s` is the p99 over those steps of
+   all runs; target: `gap_grace_s` (the alignment grace, 30 s by default) + 1 s or less.
+   The 0.5 s step time keeps `max_steps_ahead` (100 steps = 50 s) from releasing the
+   held steps before the grace does; `gap_steps_measured` should be
+   runs x (grace / step time + 1) = 488 (fewer: some held steps never came out).
 
 Prints one JSON line: {"bench":"stream","events_per_s":..,"baseline":"consumer_decode_floor",
-"baseline_events_per_s":..,"ratio":..,"alert_latency_p50_s":..,"alert_latency_p99_s":..}
+"baseline_events_per_s":..,"ratio":..,"alert_latency_p50_s":..,"alert_latency_p99_s":..,
+"gap_grace_s":..,"gap_steps_measured":..,"gap_release_latency_p50_s":..,"gap_release_latency_p99_s":..,
+"gap_release_latency_max_s":..}
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import heapq
 import json
+import math
+import random
 import statistics
 import sys
 import tempfile
@@ -36,6 +53,7 @@ from rankstream.dev.stack import broker_status, start_broker, stop_broker  # noq
 from rankstream.dev.synthetic import Fault, generate_run  # noqa: E402
 from rankstream.kafka_admin import ensure_topics  # noqa: E402
 from rankstream.schema import dumps  # noqa: E402
+from rankstream.stream_jobs.core.params import AlignmentParams  # noqa: E402
 from tests.integration.streamkit import WorkerProcess  # noqa: E402
 
 BENCH_PORT = 19392
@@ -145,11 +163,74 @@ def _latency(base: Settings, tmp: Path, rate: float, seconds: float) -> list[flo
     return [t - completed_at[step] for t, step in arrivals.values() if step in completed_at]
 
 
+def _percentile(sorted_values: list[float], q: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def _gap_release(base: Settings, tmp: Path, runs: int, step_time: float) -> tuple[float, list[float]]:
+    """Release latency of the steps held behind one lost event per run (see the module docstring)."""
+    settings = _settings(base, 3)
+    ranks = 8
+    grace = max(AlignmentParams().grace_min_s, AlignmentParams().grace_steps * step_time)
+    held_steps = math.ceil(grace / step_time)
+    pre_gap_steps = int(8.0 / step_time)
+    steps = pre_gap_steps + runs + held_steps + int(8.0 / step_time)
+    worker = WorkerProcess(settings.with_overrides(state_dir=str(tmp / "gw")), tmp / "gap-worker.log")
+    time.sleep(8)  # group join
+    rng = random.Random(18)
+    start = time.time() + 1.0
+    measured: dict[tuple[str, int], None] = {}
+    streams = []
+    for i in range(runs):
+        run_id = f"gap-run-{i}"
+        events = generate_run(run_id, world_size=ranks, steps=steps, seed=i, start_ts=start, step_time_s=step_time)
+        gap_step, gap_rank = pre_gap_steps + i, rng.randrange(ranks)  # staggered: one gap per run
+        dropped = [e for e in events if e["kind"] == "step" and e["step"] == gap_step and e["rank"] == gap_rank]
+        assert len(dropped) == 1
+        events.remove(dropped[0])
+        measured.update(dict.fromkeys((run_id, s) for s in range(gap_step, gap_step + held_steps + 1)))
+        streams.append(events)
+    produced_last: dict[tuple[str, int], float] = {}
+    published: dict[tuple[str, int], float] = {}
+    stop = threading.Event()
+
+    def consume() -> None:
+        consumer = KafkaConsumer(settings.topics.steps, auto_offset_reset="earliest", **settings.kafka_python_kwargs())
+        while not stop.is_set():
+            for batch in consumer.poll(timeout_ms=200).values():
+                for r in batch:
+                    step = json.loads(r.value)
+                    if not step.get("revision"):  # its first publication
+                        published.setdefault((step["run_id"], step["step"]), r.timestamp / 1000.0)
+        consumer.close()
+
+    reader = threading.Thread(target=consume, daemon=True)
+    reader.start()
+    producer = KafkaProducer(linger_ms=2, **settings.kafka_python_kwargs())
+    for e in heapq.merge(*streams, key=lambda e: e["ts"]):
+        delay = e["ts"] - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        producer.send(settings.topics.events, key=e["run_id"].encode(), value=dumps(e))
+        if e["kind"] == "step":
+            produced_last[(e["run_id"], e["step"])] = time.time()
+    producer.flush(60)
+    deadline = time.monotonic() + grace + 30
+    while not measured.keys() <= published.keys() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stop.set()
+    reader.join(10)
+    worker.stop()
+    return grace, [published[k] - produced_last[k] for k in measured if k in published]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3000, help="steps of the 64-rank throughput run")
     parser.add_argument("--rate", type=float, default=5000.0, help="events/s for the latency phase")
     parser.add_argument("--latency-seconds", type=float, default=30.0)
+    parser.add_argument("--gap-runs", type=int, default=8, help="live runs with one dropped event each")
+    parser.add_argument("--gap-step-time", type=float, default=0.5, help="step time of the gap runs (s)")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="rankstream-bench-stream-"))
@@ -173,10 +254,12 @@ def main() -> None:
         worker.stop()
         ours = len(events) / span if span == span and span > 0 else 0.0
         latencies = sorted(_latency(base, tmp, args.rate, args.latency_seconds))
+        grace, gap_latencies = _gap_release(base, tmp, args.gap_runs, args.gap_step_time)
+        gap_latencies.sort()
     finally:
         if started:
             stop_broker(base)
-    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else float("nan")
+    p99 = _percentile(latencies, 0.99) if latencies else float("nan")
     print(
         json.dumps(
             {
@@ -190,6 +273,11 @@ def main() -> None:
                 "alerts_measured": len(latencies),
                 "alert_latency_p50_s": round(statistics.median(latencies), 3) if latencies else None,
                 "alert_latency_p99_s": round(p99, 3) if latencies else None,
+                "gap_grace_s": grace,
+                "gap_steps_measured": len(gap_latencies),
+                "gap_release_latency_p50_s": round(statistics.median(gap_latencies), 3) if gap_latencies else None,
+                "gap_release_latency_p99_s": round(_percentile(gap_latencies, 0.99), 3) if gap_latencies else None,
+                "gap_release_latency_max_s": round(gap_latencies[-1], 3) if gap_latencies else None,
             }
         )
     )
