@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer
@@ -44,9 +45,16 @@ class WorkerProcess:
     """A `rankstream worker` subprocess with its log in a file; stopped by its PID."""
 
     def __init__(
-        self, settings: Settings, log_path: Path, *, group: str | None = None, entry: list[str] | None = None
+        self,
+        settings: Settings,
+        log_path: Path,
+        *,
+        group: str | None = None,
+        entry: list[str] | None = None,
+        rules: Path | None = None,
     ) -> None:
-        """``entry`` replaces ``python -m rankstream.cli`` (a wrapper script that injects a fault)."""
+        """``entry`` replaces ``python -m rankstream.cli`` (a wrapper script that injects a fault); ``rules``
+        is a rules YAML (``--rules``)."""
         cmd = [
             *(entry or [sys.executable, "-m", "rankstream.cli"]),
             "worker",
@@ -61,6 +69,8 @@ class WorkerProcess:
         ]
         if group:
             cmd += ["--group", group]
+        if rules is not None:
+            cmd += ["--rules", str(rules)]
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ))
@@ -85,6 +95,35 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")[-3000:]
 
 
+@dataclass(frozen=True)
+class Published:
+    """A record read back with the wall time its producer stamped on it (Kafka CreateTime, seconds)."""
+
+    at: float
+    value: dict
+
+
+def collect_published(
+    settings: Settings,
+    topic: str,
+    done: Callable[[list[Published]], bool],
+    timeout_s: float = 120.0,
+) -> list[Published]:
+    """:func:`collect` with each record's publication time: how late the worker published it."""
+    consumer = KafkaConsumer(topic, auto_offset_reset="earliest", **settings.kafka_python_kwargs())
+    records: list[Published] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(Published(r.timestamp / 1000.0, loads(r.value)) for r in batch)
+            if done(records):
+                break
+    finally:
+        consumer.close()
+    return records
+
+
 def collect(
     settings: Settings,
     topic: str,
@@ -92,18 +131,32 @@ def collect(
     timeout_s: float = 120.0,
 ) -> list[dict]:
     """Read ``topic`` from the beginning until ``done(records)`` or the timeout."""
-    consumer = KafkaConsumer(topic, auto_offset_reset="earliest", **settings.kafka_python_kwargs())
-    records: list[dict] = []
-    deadline = time.monotonic() + timeout_s
+    published = collect_published(settings, topic, lambda records: done([r.value for r in records]), timeout_s)
+    return [r.value for r in published]
+
+
+def at_wall_time(events: list[dict], start: float) -> list[dict]:
+    """``events`` (in ts order) shifted so that the first one is stamped ``start`` (e.g. ``time.time()``)."""
+    shift = start - events[0]["ts"]
+    return [{**e, "ts": e["ts"] + shift} for e in events]
+
+
+def produce_in_real_time(settings: Settings, events: Iterable[dict]) -> list[float]:
+    """Send each event (in ts order) once the wall clock reaches its ``ts``, as a live job would; returns
+    the wall time at which each was handed to the producer. The pauses pace the job, they synchronise nothing."""
+    producer = KafkaProducer(linger_ms=5, **settings.kafka_python_kwargs())
+    sent: list[float] = []
     try:
-        while time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(loads(r.value) for r in batch)
-            if done(records):
-                break
+        for event in events:
+            ahead = event["ts"] - time.time()
+            if ahead > 0:
+                time.sleep(ahead)
+            producer.send(settings.topics.events, key=event["run_id"].encode(), value=dumps(event))
+            sent.append(time.time())
+        producer.flush(60)
     finally:
-        consumer.close()
-    return records
+        producer.close()
+    return sent
 
 
 def step_keys(records: Iterable[dict]) -> set[tuple[str, int]]:
