@@ -1,0 +1,230 @@
+"""The broker is SIGKILLed for ~30 s in the middle of a 4-rank run: the aligned view still comes out whole.
+
+Four real reporters (one thread per rank, in lockstep like synchronous training,
+wall-clock ``ts``) keep stepping through the outage and spool; when the broker
+is back each delivers its backlog at its own moment. The worker must hold or
+revise steps rather than publish them partial, and must not mistake late
+delivery for a lagging, silent, hung or lost rank (issue 18). The broker is
+private (free ports), since killing the shared test broker would break the
+other tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from rankstream.config import Settings
+from rankstream.dev.stack import start_broker, stop_broker
+from rankstream.kafka_admin import ensure_topics
+from rankstream.producer import Reporter
+from rankstream.schema import loads
+from tests.integration.producer.support import consume, finished, inc_seq_problems
+from tests.integration.streamkit import WorkerProcess, collect
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+RANKS = 4
+STEP_S = 0.05  # ~20 steps/s per rank
+OUTAGE_S = 30.0
+LIVENESS_RULES = {"rank_silent", "rank_hung", "run_lost", "rank_lagging"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[Settings]:
+    port, cport = _free_port(), _free_port()
+    settings = Settings(
+        state_dir=str(tmp_path / "broker"),
+        kafka_port=port,
+        kafka_controller_port=cport,
+        bootstrap_servers=f"127.0.0.1:{port}",
+        topic_prefix="outage",
+        partitions=1,
+    )
+    start_broker(settings)
+    ensure_topics(settings)
+    try:
+        yield settings
+    finally:
+        stop_broker(settings)
+
+
+def kill_broker(settings: Settings, timeout_s: float = 30.0) -> None:
+    """SIGKILL the broker of ``settings`` (a crash: no controlled shutdown) and wait until it is gone."""
+    pid_file = settings.state_path / "kafka" / "broker.pid"
+    pid = int(pid_file.read_text().strip())
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)  # our child (start_broker): reap it
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return
+        if state == "Z":
+            continue
+        time.sleep(0.1)
+    raise AssertionError(f"broker pid {pid} still alive {timeout_s:.0f}s after SIGKILL")
+
+
+def read_to_end(settings: Settings, topic: str, timeout_s: float = 60.0) -> list[dict]:
+    """Every record of ``topic`` up to its end offsets as of now."""
+    consumer = KafkaConsumer(**settings.kafka_python_kwargs(), enable_auto_commit=False, group_id=None)
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        ends = consumer.end_offsets(parts)
+        records: list[dict] = []
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < ends[tp] for tp in parts) and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(loads(r.value) for r in batch)
+    finally:
+        consumer.close()
+    return records
+
+
+def best_versions(steps: list[dict], run_id: str) -> dict[tuple[int, int], dict]:
+    """Per (step, restart) the published version with the most ranks (what the store keeps)."""
+    best: dict[tuple[int, int], dict] = {}
+    for s in steps:
+        if s["run_id"] != run_id:
+            continue
+        key = (s["step"], s["restart"])
+        if key not in best or s["ranks_reported"] > best[key]["ranks_reported"]:
+            best[key] = s
+    return best
+
+
+class Lockstep:
+    """Ranks stepping together on a wall-clock schedule, like synchronous data-parallel training."""
+
+    def __init__(self, reporters: list[Reporter]) -> None:
+        self.reporters = reporters
+        self.t0 = time.monotonic() + 0.5
+        self.last_step = 10**9
+        self.threads = [threading.Thread(target=self._train, args=(r,), name=f"rank-{r.rank}") for r in reporters]
+
+    def _train(self, reporter: Reporter) -> None:
+        step = 0
+        while step <= self.last_step:
+            delay = self.t0 + step * STEP_S - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            reporter.log(step, loss=2.0 / (step + 1) + 0.01 * reporter.rank, lr=1e-3, grad_norm=1.0)
+            step += 1
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def finish(self, extra_steps: int = 10) -> int:
+        """End the run a few steps from now (every rank reaches the same last step); returns it."""
+        self.last_step = int((time.monotonic() - self.t0) / STEP_S) + extra_steps
+        for t in self.threads:
+            t.join(60)
+            assert not t.is_alive(), f"{t.name} did not finish"
+        return self.last_step
+
+
+def _wait(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_broker_sigkilled_mid_run_every_step_aligned_without_false_alerts(
+    private_broker: Settings, tmp_path: Path
+) -> None:
+    run_id = "outage-run"
+    settings = private_broker
+    worker = WorkerProcess(settings.with_overrides(state_dir=str(tmp_path / "worker")), tmp_path / "worker.log")
+    try:
+        _run_through_outage(settings, run_id, worker, tmp_path)
+    finally:
+        code = worker.stop()
+    assert code == 0, worker.log()
+
+
+def _run_through_outage(settings: Settings, run_id: str, worker: WorkerProcess, tmp_path: Path) -> None:
+    reporters = [
+        Reporter(
+            run_id,
+            settings=settings,
+            spool_dir=tmp_path / "spool",
+            rank=rank,
+            world_size=RANKS,
+            handle_signals=False,  # ranks are threads here; the test owns the process's signals
+        )
+        for rank in range(RANKS)
+    ]
+    loop = Lockstep(reporters)
+    loop.start()
+    try:
+        # the worker is up and aligning before the outage
+        early = collect(settings, settings.topics.steps, lambda r: len(r) >= 60, timeout_s=90)
+        assert len(early) >= 60, worker.log()
+        kill_broker(settings)
+        killed_at = time.monotonic()
+        _wait(lambda: all(r.stats["spooled"] > 0 for r in reporters), 20, "every rank to spool")
+        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - killed_at)))  # the outage itself
+        start_broker(settings)
+        _wait(lambda: all(r.stats["replayed"] > 0 for r in reporters), 60, "every rank to replay its spool")
+    finally:
+        last_step = loop.finish()
+        for r in reporters:
+            r.close(timeout=60)
+    stats = {r.rank: r.stats for r in reporters}
+    assert all(s["spool_pending"] == 0 and s["connects"] >= 2 for s in stats.values()), stats
+
+    # every (rank, inc, seq) reached the events topic
+    events = consume(settings, finished(run_id, RANKS), timeout=120)
+    problems = inc_seq_problems(events, run_id)
+    assert sorted(rank for rank, _inc in problems) == list(range(RANKS)), problems.keys()
+    for (rank, inc), (missing, _duplicates) in problems.items():  # duplicates are allowed (dedup drops them)
+        assert missing == [], (rank, inc, missing[:20], len(missing))
+        top = max(e["seq"] for e in events if e["run_id"] == run_id and e["rank"] == rank and e["inc"] == inc)
+        assert top == stats[rank]["enqueued"] - 1, (rank, top, stats[rank])
+    for rank in range(RANKS):
+        stepped = {e["step"] for e in events if e["kind"] == "step" and e["rank"] == rank}
+        assert stepped == set(range(last_step + 1)), rank
+
+    # the worker's aligned view: every step complete with all ranks in its latest (fullest) version
+    def aligned(records: list[dict]) -> bool:
+        best = best_versions(records, run_id)
+        return all(best.get((s, 0), {}).get("ranks_reported") == RANKS for s in range(last_step + 1))
+
+    steps = collect(settings, settings.topics.steps, aligned, timeout_s=150)
+    best = best_versions(steps, run_id)
+    assert {restart for _step, restart in best} == {0}
+    partial = sorted(step for (step, _), s in best.items() if s["ranks_reported"] < RANKS)
+    missing_steps = sorted(set(range(last_step + 1)) - {step for step, _ in best})
+    revised = sum(1 for s in steps if s["run_id"] == run_id and s.get("revision"))
+    assert not missing_steps and not partial, (
+        f"{len(missing_steps)} steps never published {missing_steps[:10]}, {len(partial)} still partial "
+        f"{partial[:10]} (of {last_step + 1}; {revised} revisions)\n{worker.log()}"
+    )
+    assert all(s["complete"] and s["missing_ranks"] == [] for s in best.values())
+
+    # late delivery is not a liveness or lagging problem
+    alerts = read_to_end(settings, settings.topics.alerts)
+    false_alarms = [a for a in alerts if a["rule"] in LIVENESS_RULES and a["severity"] in ("warning", "critical")]
+    assert false_alarms == [], false_alarms[:5]
