@@ -13,6 +13,7 @@ with per-rank ``compute_time_s`` / ``data_time_s``.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from collections.abc import Sequence
@@ -104,8 +105,12 @@ def generate_run(
     heartbeat_every_s: float = 10.0,
     model_name: str = "tiny-llama",
     stage_tags: bool = True,
+    incarnations: bool = False,
 ) -> list[dict[str, Any]]:
-    """A run of ``world_size`` ranks for ``steps`` steps, as wire events in arrival order."""
+    """A run of ``world_size`` ranks for ``steps`` steps, as wire events in arrival order.
+
+    ``incarnations``: every event carries an ``inc`` per rank, as the producer sends it (deterministic here).
+    """
     rng = random.Random(f"{run_id}:{seed}")
     faults = tuple(faults)
     for f in faults:
@@ -242,7 +247,8 @@ def generate_run(
             )
         )
     stream.sort(key=lambda item: (item[0], item[1]))
-    events = _finalise(stream, run_id, world_size, hosts)
+    incs = [_incarnation(run_id, seed, r) if incarnations else "" for r in range(world_size)]
+    events = _finalise(stream, run_id, world_size, hosts, incs)
     dups = [f for f in faults if f.kind == "duplicate_delivery"]
     if dups:
         events = _duplicate(events, dups, rng)
@@ -286,7 +292,7 @@ def _heartbeats(
             )
 
 
-def _finalise(stream: list, run_id: str, world_size: int, hosts: list[str]) -> list[dict[str, Any]]:
+def _finalise(stream: list, run_id: str, world_size: int, hosts: list[str], incs: list[str]) -> list[dict[str, Any]]:
     seq = [0] * world_size
     out = []
     for ts, r, body in stream:
@@ -306,9 +312,16 @@ def _finalise(stream: list, run_id: str, world_size: int, hosts: list[str]) -> l
         }
         if body["meta"]:
             ev["meta"] = body["meta"]
+        if incs[r]:
+            ev["inc"] = incs[r]
         seq[r] += 1
         out.append(ev)
     return out
+
+
+def _incarnation(run_id: str, seed: int, rank: int) -> str:
+    """A producer-like incarnation id (12 hex digits), the same for the same arguments."""
+    return hashlib.sha256(f"{run_id}:{seed}:{rank}".encode()).hexdigest()[:12]
 
 
 def _duplicate(events: list[dict[str, Any]], dups: list[Fault], rng: random.Random) -> list[dict[str, Any]]:

@@ -26,7 +26,9 @@ WORLD_SIZE = 64
 
 def write_run(path: Path, steps: int) -> int:
     faults = [Fault("straggler", steps // 3, rank=7, duration=50), Fault("loss_spike", steps // 2)]
-    events = generate_run("bench-run", WORLD_SIZE, steps, faults=faults, seed=1, heartbeat_every_s=5.0)
+    events = generate_run(
+        "bench-run", WORLD_SIZE, steps, faults=faults, seed=1, heartbeat_every_s=5.0, incarnations=True
+    )
     with path.open("wb") as fh:
         fh.write(b"".join(dumps(ev) + b"\n" for ev in events))
     return len(events)

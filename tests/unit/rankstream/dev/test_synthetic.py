@@ -74,3 +74,14 @@ def test_expected_rules_and_validation() -> None:
         Fault("meteor", 1)
     with pytest.raises(ValueError, match="outside world_size"):
         generate_run("r", 2, 10, faults=[Fault("silent", 1, rank=5)])
+
+
+def test_incarnations_are_per_rank_stable_and_optional() -> None:
+    plain = generate_run("inc", 3, 20)
+    assert all("inc" not in e for e in plain)
+    events = generate_run("inc", 3, 20, incarnations=True)
+    by_rank = {r: {e["inc"] for e in events if e["rank"] == r} for r in range(3)}
+    assert all(len(incs) == 1 for incs in by_rank.values())
+    assert len({next(iter(incs)) for incs in by_rank.values()}) == 3
+    assert events == generate_run("inc", 3, 20, incarnations=True)
+    assert [{k: v for k, v in e.items() if k != "inc"} for e in events] == plain
