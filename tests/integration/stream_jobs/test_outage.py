@@ -4,9 +4,11 @@ Four real reporters (one thread per rank, in lockstep like synchronous training,
 wall-clock ``ts``) keep stepping through the outage and spool; when the broker
 is back each delivers its backlog at its own moment. The worker must hold or
 revise steps rather than publish them partial, and must not mistake late
-delivery for a lagging, silent, hung or lost rank (issue 18). The broker is
-private (free ports), since killing the shared test broker would break the
-other tests.
+delivery for a lagging, silent, hung or lost rank (issue 18). A second test
+ends the job while the broker is still down (close() spools what it could not
+send) and delivers the spool with `rankstream spool flush` once it is back.
+The broker is private (free ports), since killing the shared test broker would
+break the other tests.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -151,63 +155,51 @@ def _wait(condition, timeout_s: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def test_broker_sigkilled_mid_run_every_step_aligned_without_false_alerts(
-    private_broker: Settings, tmp_path: Path
-) -> None:
-    run_id = "outage-run"
-    settings = private_broker
-    worker = WorkerProcess(settings.with_overrides(state_dir=str(tmp_path / "worker")), tmp_path / "worker.log")
-    try:
-        _run_through_outage(settings, run_id, worker, tmp_path)
-    finally:
-        code = worker.stop()
-    assert code == 0, worker.log()
-
-
-def _run_through_outage(settings: Settings, run_id: str, worker: WorkerProcess, tmp_path: Path) -> None:
-    reporters = [
+def _reporters(settings: Settings, run_id: str, spool_dir: Path) -> list[Reporter]:
+    return [
         Reporter(
             run_id,
             settings=settings,
-            spool_dir=tmp_path / "spool",
+            spool_dir=spool_dir,
             rank=rank,
             world_size=RANKS,
             handle_signals=False,  # ranks are threads here; the test owns the process's signals
         )
         for rank in range(RANKS)
     ]
-    loop = Lockstep(reporters)
-    loop.start()
-    try:
-        # the worker is up and aligning before the outage
-        early = collect(settings, settings.topics.steps, lambda r: len(r) >= 60, timeout_s=90)
-        assert len(early) >= 60, worker.log()
-        kill_broker(settings)
-        killed_at = time.monotonic()
-        _wait(lambda: all(r.stats["spooled"] > 0 for r in reporters), 20, "every rank to spool")
-        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - killed_at)))  # the outage itself
-        start_broker(settings)
-        _wait(lambda: all(r.stats["replayed"] > 0 for r in reporters), 60, "every rank to replay its spool")
-    finally:
-        last_step = loop.finish()
-        for r in reporters:
-            r.close(timeout=60)
-    stats = {r.rank: r.stats for r in reporters}
-    assert all(s["spool_pending"] == 0 and s["connects"] >= 2 for s in stats.values()), stats
 
-    # every (rank, inc, seq) reached the events topic
+
+@pytest.fixture
+def worker(private_broker: Settings, tmp_path: Path) -> Iterator[WorkerProcess]:
+    """A stream worker on the private broker; it must survive the outage and exit cleanly."""
+    proc = WorkerProcess(private_broker.with_overrides(state_dir=str(tmp_path / "worker")), tmp_path / "worker.log")
+    try:
+        yield proc
+    finally:
+        code = proc.stop()
+    assert code == 0, proc.log()
+
+
+def _wait_until_aligning(settings: Settings, worker: WorkerProcess) -> None:
+    early = collect(settings, settings.topics.steps, lambda r: len(r) >= 60, timeout_s=90)
+    assert len(early) >= 60, worker.log()
+
+
+def _assert_whole_run(
+    settings: Settings, run_id: str, enqueued: dict[int, int], last_step: int, worker: WorkerProcess
+) -> None:
+    """Every seq on the events topic; every step complete in its fullest version; no false alert."""
     events = consume(settings, finished(run_id, RANKS), timeout=120)
     problems = inc_seq_problems(events, run_id)
     assert sorted(rank for rank, _inc in problems) == list(range(RANKS)), problems.keys()
     for (rank, inc), (missing, _duplicates) in problems.items():  # duplicates are allowed (dedup drops them)
         assert missing == [], (rank, inc, missing[:20], len(missing))
         top = max(e["seq"] for e in events if e["run_id"] == run_id and e["rank"] == rank and e["inc"] == inc)
-        assert top == stats[rank]["enqueued"] - 1, (rank, top, stats[rank])
+        assert top == enqueued[rank] - 1, (rank, top, enqueued[rank])
     for rank in range(RANKS):
         stepped = {e["step"] for e in events if e["kind"] == "step" and e["rank"] == rank}
         assert stepped == set(range(last_step + 1)), rank
 
-    # the worker's aligned view: every step complete with all ranks in its latest (fullest) version
     def aligned(records: list[dict]) -> bool:
         best = best_versions(records, run_id)
         return all(best.get((s, 0), {}).get("ranks_reported") == RANKS for s in range(last_step + 1))
@@ -228,3 +220,64 @@ def _run_through_outage(settings: Settings, run_id: str, worker: WorkerProcess, 
     alerts = read_to_end(settings, settings.topics.alerts)
     false_alarms = [a for a in alerts if a["rule"] in LIVENESS_RULES and a["severity"] in ("warning", "critical")]
     assert false_alarms == [], false_alarms[:5]
+
+
+def test_broker_sigkilled_mid_run_every_step_aligned_without_false_alerts(
+    private_broker: Settings, worker: WorkerProcess, tmp_path: Path
+) -> None:
+    settings, run_id = private_broker, "outage-run"
+    reporters = _reporters(settings, run_id, tmp_path / "spool")
+    loop = Lockstep(reporters)
+    loop.start()
+    try:
+        _wait_until_aligning(settings, worker)
+        kill_broker(settings)
+        killed_at = time.monotonic()
+        _wait(lambda: all(r.stats["spooled"] > 0 for r in reporters), 20, "every rank to spool")
+        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - killed_at)))  # the outage itself
+        start_broker(settings)
+        _wait(lambda: all(r.stats["replayed"] > 0 for r in reporters), 60, "every rank to replay its spool")
+    finally:
+        last_step = loop.finish()
+        for r in reporters:
+            r.close(timeout=60)
+    stats = {r.rank: r.stats for r in reporters}
+    assert all(s["spool_pending"] == 0 and s["connects"] >= 2 for s in stats.values()), stats
+    _assert_whole_run(settings, run_id, {rank: s["enqueued"] for rank, s in stats.items()}, last_step, worker)
+
+
+def test_broker_back_after_the_job_ended_and_spool_flushed(
+    private_broker: Settings, worker: WorkerProcess, tmp_path: Path
+) -> None:
+    """The job ends during the outage (close() gives up and spools); `rankstream spool flush` delivers later."""
+    settings, run_id = private_broker, "flushed-run"
+    spool_dir = tmp_path / "spool"
+    reporters = _reporters(settings, run_id, spool_dir)
+    loop = Lockstep(reporters)
+    loop.start()
+    try:
+        _wait_until_aligning(settings, worker)
+        kill_broker(settings)
+        killed_at = time.monotonic()
+        _wait(lambda: all(r.stats["spooled"] > 0 for r in reporters), 20, "every rank to spool")
+    finally:
+        last_step = loop.finish(extra_steps=100)  # ~5 s more of training while the broker is down
+        closers = [threading.Thread(target=r.close, kwargs={"timeout": 3}) for r in reporters]
+        for t in closers:
+            t.start()
+        for t in closers:
+            t.join(30)
+    stats = {r.rank: r.stats for r in reporters}
+    assert all(s["spool_pending"] > 0 for s in stats.values()), stats  # left on disk for the flush
+    time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - killed_at)))  # the rest of the outage
+    start_broker(settings)
+    cli = [sys.executable, "-m", "rankstream.cli", "spool", "flush", str(spool_dir)]
+    flush = subprocess.run(
+        [*cli, "--bootstrap", settings.bootstrap_servers, "--prefix", settings.topic_prefix],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert flush.returncode == 0, flush.stdout + flush.stderr
+    _assert_whole_run(settings, run_id, {rank: s["enqueued"] for rank, s in stats.items()}, last_step, worker)
