@@ -62,6 +62,7 @@ RULES: Final = (
     "memory_pressure",
     "run_lost",
     "membership_changed",
+    "clock_skew",
 )
 
 META_FIELDS: Final = (

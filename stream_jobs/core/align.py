@@ -25,13 +25,16 @@ from rankstream.stream_jobs.core.revise import Revisions
 
 
 class PendingStep:
-    __slots__ = ("by_rank", "record", "revisions", "seqs", "step", "ts_first", "ts_last", "world_size")
+    __slots__ = ("anchor", "by_rank", "record", "revisions", "seqs", "step", "ts_first", "ts_last", "world_size")
 
-    def __init__(self, step: int, world_size: int, ts: float) -> None:
+    def __init__(self, step: int, world_size: int, ts: float, anchor: float | None = None) -> None:
         self.step = step
         self.world_size = world_size
         self.ts_first = ts
         self.ts_last = ts
+        #: The run's clock when the step was first seen: its grace period counts from here (an event
+        #: stamped by a clock far behind, or delivered late, does not make the step old at once).
+        self.anchor = ts if anchor is None else max(ts, anchor)
         self.by_rank: dict[int, dict[str, Any]] = {}
         #: (dedup key, seq) of each rank's event, for the settled test.
         self.seqs: list[tuple[Hashable, int]] = []
@@ -250,7 +253,7 @@ class Aligner:
             self.max_step = step
         p = self.pending.get(step)
         if p is None:
-            p = PendingStep(step, ev["world_size"], ev["ts"])
+            p = PendingStep(step, ev["world_size"], ev["ts"], self.clock)
             self.pending[step] = p
             heapq.heappush(self._heap, step)
         else:
@@ -276,7 +279,7 @@ class Aligner:
                 pass  # complete, and nothing earlier of its ranks can still arrive
             elif (
                 force
-                or self.clock - p.ts_first > self._grace
+                or self.clock - p.anchor > self._grace
                 or self.max_step - step >= cfg.max_steps_ahead
                 or len(pending) > cfg.max_pending_steps
                 or (self.absent and self._absent_cover(p, n))

@@ -14,6 +14,7 @@ from rankstream.stream_jobs.core.aggregate import median
 from rankstream.stream_jobs.core.alerts import Finding, StepContext, fmt
 from rankstream.stream_jobs.core.align import Released
 from rankstream.stream_jobs.core.params import RuleSet
+from rankstream.stream_jobs.core.skew import MIN_OFFSET_S
 
 
 def _bump(counts: dict[int, int], flagged: dict[int, Any]) -> None:
@@ -81,7 +82,7 @@ class RankDetector:
             med_ts = median(rel.ts)
             for rank, t in zip(rel.ranks, rel.ts, strict=True):
                 skew = t - med_ts
-                if skew >= p.skew_frac * median_step:
+                if p.skew_frac * median_step <= skew < MIN_OFFSET_S:  # further off: a clock (clock_skew)
                     flagged[rank] = {"ts_skew_s": skew, "median_step_time_s": median_step, "signal": "ts skew"}
         _bump(self.straggle, flagged)
         if not p.enabled:
@@ -120,7 +121,7 @@ class RankDetector:
         if median_step > 0 and rel.record["ts_last"] - rel.record["ts_first"] >= threshold:
             med_ts = median(rel.ts)
             for rank, t in zip(rel.ranks, rel.ts, strict=True):
-                if t - med_ts >= threshold:
+                if threshold <= t - med_ts < MIN_OFFSET_S:  # further off: a host clock (clock_skew)
                     flagged[rank] = t - med_ts
         _bump(self.lag, flagged)
         if not p.enabled:

@@ -108,17 +108,16 @@ class Engine:
         """
         stats = self.stats
         stats["events"] += 1
-        run_id = ev["run_id"]
-        ts = ev["ts"]
-        run = self._runs.get(run_id)
+        run = self._runs.get(ev["run_id"])
         if run is None:
             run = self._new_run(ev, arrival)
             if run is None:
                 stats["after_eviction"] += 1
                 return
         n_alerts = len(alerts)
-        run.process(ev, steps, alerts)
+        run.process(ev, steps, alerts, None if arrival is None else arrival - run.offset)
         stats["alerts"] += len(alerts) - n_alerts
+        ts = ev["ts"]  # corrected for a skewed host clock
         clock = self._clock
         if arrival is None:
             mapped = ts + run.offset

@@ -264,6 +264,13 @@ class MembershipChangedParams(RuleParams):
 
 
 @dataclass(frozen=True)
+class ClockSkewParams(RuleParams):
+    """clock_skew: a rank's host clock runs at least 30 s off the other ranks' (found and corrected once)."""
+
+    cooldown_steps: int = 1000
+
+
+@dataclass(frozen=True)
 class RuleSet:
     """Every rule's parameters for one run: the defaults, or the defaults with a rules file applied."""
 
@@ -282,6 +289,7 @@ class RuleSet:
     memory_pressure: MemoryPressureParams = field(default_factory=MemoryPressureParams)
     run_lost: RunLostParams = field(default_factory=RunLostParams)
     membership_changed: MembershipChangedParams = field(default_factory=MembershipChangedParams)
+    clock_skew: ClockSkewParams = field(default_factory=ClockSkewParams)
 
     def params(self, rule: str) -> RuleParams:
         """The parameters of the rule named ``rule`` (a name from ``rankstream.schema.RULES``)."""

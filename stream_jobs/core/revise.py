@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 class Revisions:
     """Recently released partial steps of one run, late events merged into them, revised records out."""
 
-    __slots__ = ("_dirty", "_events", "_kept", "_max_events", "_outbox", "run_id")
+    __slots__ = ("_dirty", "_events", "_kept", "_max_events", "_outbox", "active", "run_id")
 
     def __init__(self, run_id: str, max_events: int) -> None:
         self.run_id = run_id
@@ -34,6 +34,8 @@ class Revisions:
         #: step -> event time of the last late event merged into it (revision not yet published).
         self._dirty: dict[int, float] = {}
         self._outbox: list[dict[str, Any]] = []
+        #: Revisions are waiting or ready (the per-event path checks this plain attribute only).
+        self.active = False
 
     def keep(self, p: PendingStep, record: dict[str, Any]) -> None:
         """Remember a step just released partial."""
@@ -64,6 +66,7 @@ class Revisions:
             self._events -= len(p.by_rank)
         else:
             self._dirty[p.step] = clock
+            self.active = True
         return p.record
 
     def publish_due(self, clock: float, grace: float, force: bool = False) -> None:
@@ -81,6 +84,7 @@ class Revisions:
     def take(self) -> list[dict[str, Any]]:
         """The revised records published since the last call."""
         out, self._outbox = self._outbox, []
+        self.active = bool(self._dirty)
         return out
 
     def forget(self) -> None:
@@ -99,3 +103,4 @@ class Revisions:
         record["warmup"] = original.get("warmup", False)
         record["revision"] = p.revisions
         self._outbox.append(record)
+        self.active = True

@@ -16,16 +16,19 @@ from collections.abc import Hashable
 from typing import Any
 
 from rankstream.schema import META_FIELDS
-from rankstream.stream_jobs.core.alerts import Alerter, Finding, StepContext
+from rankstream.stream_jobs.core.alerts import Alerter, Finding, StepContext, fmt
 from rankstream.stream_jobs.core.align import Aligner, Released, SeqDedup
 from rankstream.stream_jobs.core.detect_ranks import RankDetector
 from rankstream.stream_jobs.core.detect_run import GradDetector, LossDetector
 from rankstream.stream_jobs.core.liveness import Liveness
 from rankstream.stream_jobs.core.rules import RulesConfig
+from rankstream.stream_jobs.core.skew import ClockSkew
 
 #: Event-time seconds between two liveness checks of a run (silent / hung).
 LIVENESS_CHECK_S = 1.0
 _MAX_RESTART_TAGS = 16
+#: One rank alone this far ahead of every other rank does not move the run's clock (seconds).
+_LEAD_GUARD_S = 10.0
 #: Incarnations remembered per run beyond the world size (older ones are forgotten first).
 _MAX_INCS_EXTRA = 64
 
@@ -73,6 +76,10 @@ class RunState:
         self.inc_attempt: dict[tuple[int, str], int] = {}
         #: The run was forgotten after all its ranks ended and came back: the next launch may repeat steps.
         self.expect_relaunch = False
+        self.skew = ClockSkew()
+        #: Events of this run so far, and the count at each rank's latest event (who is reporting now).
+        self._events = 0
+        self._heard: dict[int, int] = {}
         #: Set by the engine: this run's ``ts`` + offset = the engine's arrival clock; when it last heard from it.
         self.offset = 0.0
         self.heard_at = 0.0
@@ -80,7 +87,8 @@ class RunState:
 
     # ------------------------------------------------------------------ events
 
-    def process(self, ev: dict[str, Any], steps: list[dict], alerts: list[dict]) -> None:
+    def process(self, ev: dict[str, Any], steps: list[dict], alerts: list[dict], arrival: float | None = None) -> None:
+        """One validated event; ``arrival``: the caller's arrival time in this run's time, if it has one."""
         rank = ev["rank"]
         tags = ev["tags"]
         gen = tags.get("restart") if tags else None
@@ -90,13 +98,32 @@ class RunState:
             self.stats["duplicates"] += 1
             return
         released: list[Released] = []
-        if inc and not self._incarnation(ev, rank, inc, released, alerts):
-            self.stats["stale_events"] += 1
-            return
+        skew = self.skew
+        if inc:
+            attempt = self.inc_attempt.get(key)  # key == (rank, inc)
+            if attempt is None or attempt < self.aligner.restart:
+                if not self._incarnation(ev, rank, inc, released, alerts):
+                    self.stats["stale_events"] += 1
+                    return
+                if skew.incs.get(rank) != inc:  # a new process of this rank: maybe another host and clock
+                    skew.forget(rank, inc)
+        if skew.offset:
+            off = skew.offset.get(rank)
+            if off:
+                ev["ts"] -= off  # this host's clock is off: the run's own time from here on
+        if skew.watching and self.world_size >= 3:
+            found = skew.observe(rank, ev["ts"], arrival, self.world_size)
+            if found:
+                self._skewed(found, ev, alerts)
         ts = ev["ts"]
         aligner = self.aligner
+        self._events += 1
+        self._heard[rank] = self._events
         if ts > aligner.clock:
-            aligner.clock = ts
+            if ts - aligner.clock <= _LEAD_GUARD_S or self.world_size < 3:
+                aligner.clock = ts
+            else:
+                self._jump_clock(rank, ts)
         if ts > self.last_event_ts:
             self.last_event_ts = ts
         kind = ev["kind"]
@@ -141,6 +168,49 @@ class RunState:
         self._emit(released, steps, alerts)
         if aligner.clock - self.last_check >= LIVENESS_CHECK_S:
             self.check_liveness(steps, alerts)
+
+    def _jump_clock(self, rank: int, ts: float) -> None:
+        """An event more than ``_LEAD_GUARD_S`` past the run's clock: the clock follows it unless that rank
+        alone is that far ahead of every other rank (a skewed clock not yet found: it would make every
+        pending step look overdue); then it goes only as far as the newest other rank."""
+        last_ts = self.liveness.last_ts
+        heard = self._heard
+        recent = self._events - 4 * len(last_ts)  # the others that sent something in the last few rounds
+        others = max((t for r, t in enumerate(last_ts) if r != rank and heard.get(r, recent - 1) >= recent), default=ts)
+        clock = ts if ts - others <= _LEAD_GUARD_S else others
+        if clock > self.aligner.clock:
+            self.aligner.clock = clock
+
+    def _skewed(self, found: list[tuple[int, float]], ev: dict[str, Any], alerts: list[dict]) -> None:
+        """Ranks found with a skewed clock: correct what they already moved, report each once."""
+        liveness = self.liveness
+        for rank, offset in found:
+            if rank == ev["rank"]:
+                ev["ts"] -= offset
+            if rank < liveness.world_size:  # its uncorrected ts must not make it look fresher or staler
+                now = ev["ts"] if rank == ev["rank"] else liveness.last_ts[rank] - offset
+                liveness.last_ts[rank] = now
+                liveness.progress_ts[rank] = min(liveness.progress_ts[rank] - offset, now)
+        # The run's clocks were moved by the skewed ranks' uncorrected events: back to the others' time.
+        newest = max(liveness.last_ts) if liveness.last_ts else ev["ts"]
+        self.aligner.clock = min(self.aligner.clock, newest)
+        self.last_event_ts = newest
+        p = self.rules.clock_skew
+        if not p.enabled:
+            return
+        at = StepContext(max(self.aligner.max_step, 0), ev["ts"], False, self.label)
+        for rank, offset in found:
+            direction = "ahead of" if offset > 0 else "behind"
+            host = ev["host"] if rank == ev["rank"] else "its host"
+            finding = at.finding(
+                "clock_skew",
+                p.severity,
+                message=f"The clock of rank {rank} of {self.label} ({host}) runs {fmt(abs(offset))} s {direction} "
+                "the other ranks': its timestamps are corrected from now on; fix the host's time sync (NTP/chrony).",
+                evidence={"offset_s": offset, "rank": rank},
+                ranks=[rank],
+            )
+            self._alert([finding], alerts)
 
     def _late(self, ev: dict[str, Any], key: Hashable, alerts: list[dict]) -> None:
         """A step event after its step was released: it completes the step (a revision) when the step is
@@ -229,6 +299,7 @@ class RunState:
 
     def _resize(self, world_size: int, ts: float, step: int, alerts: list[dict]) -> None:
         before = self.world_size
+        self.skew.reopen(world_size)
         self.stats["world_size_changes"] += 1
         p = self.rules.membership_changed
         if p.enabled:
@@ -262,10 +333,11 @@ class RunState:
         """Steps just released (scored by the detectors), then the revisions that are due (not scored)."""
         for rel in released:
             self._on_released(rel, steps, alerts)
-        revised = self.aligner.publish_revisions()
-        if revised:
-            steps.extend(revised)
-            self.stats["revisions"] += len(revised)
+        if self.aligner.revisions.active:
+            revised = self.aligner.publish_revisions()
+            if revised:
+                steps.extend(revised)
+                self.stats["revisions"] += len(revised)
 
     def _warmup(self, rel: Released) -> bool:
         if rel.has_stage_tag:
@@ -349,6 +421,7 @@ class RunState:
             "attempt_ranks": {str(rank): inc for rank, inc in self.attempt_ranks.items()},
             "inc_attempt": [[rank, inc, attempt] for (rank, inc), attempt in self.inc_attempt.items()],
             "expect_relaunch": self.expect_relaunch,
+            "clock_offsets": self.skew.to_state(),
             "aligner": self.aligner.to_state(),
             "liveness": self.liveness.to_state(),
             "loss": self.loss.to_state(),
@@ -374,6 +447,7 @@ class RunState:
         self.attempt_ranks = {int(rank): str(inc) for rank, inc in s.get("attempt_ranks", {}).items()}
         self.inc_attempt = {(int(rank), str(inc)): int(attempt) for rank, inc, attempt in s.get("inc_attempt", [])}
         self.expect_relaunch = bool(s.get("expect_relaunch", False))
+        self.skew.load_state(s.get("clock_offsets", {}))
         self.aligner.load_state(s["aligner"])
         self.world_size = self.aligner.world_size
         self.liveness.load_state(s["liveness"])

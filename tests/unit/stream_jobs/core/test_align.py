@@ -82,11 +82,12 @@ def test_revisions_of_partial_steps_wait_for_more_late_ranks_and_are_bounded() -
     assert engine.process(ev(1, 3, 3.0, 0, ws=3, loss=2.0)).steps == []  # not complete: waits for more
     out = engine.process(ev(2, 3, 3.0, 0, ws=3, loss=3.0))
     assert [(s["step"], s["ranks_reported"], s["revision"]) for s in out.steps] == [(3, 3, 1)]
-    # An incomplete revision goes out one grace period (30 s) after its last late event.
+    # An incomplete revision goes out one grace period (30 s) after its last late event: ranks 0 and 1
+    # go on (rank 2 never catches up with step 2), the run's clock passes 40 + 30 s.
     engine.process(ev(1, 2, 2.0, 1, ws=3, loss=2.0))
-    quiet = engine.process(ev(0, 5, 60.0, 5, ws=3, loss=1.0))
+    quiet = engine.process_many([ev(1, 5, 60.0, 2, ws=3, loss=1.0), ev(0, 5, 60.0, 5, ws=3, loss=1.0)])
     assert [(s["step"], s["ranks_reported"], s.get("revision")) for s in quiet.steps if s.get("revision")] == []
-    later = engine.process(ev(0, 6, 75.0, 6, ws=3, loss=1.0))
+    later = engine.process_many([ev(1, 6, 75.0, 3, ws=3, loss=1.0), ev(0, 6, 75.0, 6, ws=3, loss=1.0)])
     assert [(s["step"], s["ranks_reported"], s["revision"]) for s in later.steps if s.get("revision")] == [(2, 2, 1)]
 
 

@@ -142,3 +142,34 @@ def test_a_lost_event_holds_later_steps_back_at_most_the_grace_period() -> None:
     later = [delays[s] for s in range(175, 290)]
     assert max(later) < 1.0, max(later)
     assert engine.stats["seq_gaps"] == 1
+
+
+def _skewed_host(rank: int, offset_s: float, world: int = 4, steps: int = 400) -> list[dict[str, Any]]:
+    """A healthy run in arrival (real-time) order whose ``rank`` stamps its events ``offset_s`` off."""
+    events = generate_run(f"skew{rank}{offset_s:+.0f}", world, steps, heartbeat_every_s=5.0, incarnations=True)
+    return [{**e, "ts": e["ts"] + offset_s} if e["rank"] == rank else e for e in events]
+
+
+def test_a_host_clock_minutes_off_inside_a_run_is_corrected_and_reported_once() -> None:
+    for rank, offset in ((2, 180.0), (1, -150.0)):
+        steps, alerts, engine = run(_skewed_host(rank, offset))
+        latest = latest_by_step(steps)
+        assert sorted(latest) == list(range(400))
+        assert all(s["complete"] for s in latest.values()), [s["step"] for s in latest.values() if not s["complete"]]
+        first = {s["step"]: s for s in steps if not s.get("revision")}  # as first released
+        assert sum(not s["complete"] for s in first.values()) <= 3, "only the steps before the offset is known"
+        assert not [a for a in alerts if a["rule"] in LIVENESS_RULES], alerts
+        (skew,) = [a for a in alerts if a["rule"] == "clock_skew"]
+        assert skew["ranks"] == [rank] and abs(skew["evidence"]["offset_s"] - offset) < 1.0, skew
+        assert skew["severity"] == "warning"
+
+
+def test_a_rank_whose_first_events_come_late_from_a_spool_is_not_taken_for_a_skewed_clock() -> None:
+    events = generate_run("backlog", 4, 300, heartbeat_every_s=5.0, incarnations=True)
+    rank3 = [e for e in events if e["rank"] == 3 and e["ts"] < events[0]["ts"] + 60.0]  # spooled for a minute
+    rest = [e for e in events if e not in rank3]
+    cut = next(i for i, e in enumerate(rest) if e["ts"] >= events[0]["ts"] + 60.0)
+    steps, alerts, _engine = run(rest[:cut] + rank3 + rest[cut:])  # delivered in a burst a minute late
+    assert not [a for a in alerts if a["rule"] == "clock_skew"], alerts
+    latest = latest_by_step(steps)
+    assert all(s["complete"] for s in latest.values())

@@ -46,7 +46,7 @@ PER_RANK = {"nonfinite_loss", "straggler", "rank_lagging", "rank_silent", "rank_
 
 #: Rules about a run's life rather than its numbers: their scenarios (relaunch, elastic, whole-job death) are
 #: in test_lifecycles.py.
-LIFECYCLE_RULES = {"run_lost", "membership_changed"}
+LIFECYCLE_RULES = {"run_lost", "membership_changed", "clock_skew"}
 
 
 def test_every_contract_rule_has_a_scenario() -> None:
