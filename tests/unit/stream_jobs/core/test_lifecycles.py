@@ -152,7 +152,7 @@ def _skewed_host(rank: int, offset_s: float, world: int = 4, steps: int = 400) -
 
 def test_a_host_clock_minutes_off_inside_a_run_is_corrected_and_reported_once() -> None:
     for rank, offset in ((2, 180.0), (1, -150.0)):
-        steps, alerts, engine = run(_skewed_host(rank, offset))
+        steps, alerts, _engine = run(_skewed_host(rank, offset))
         latest = latest_by_step(steps)
         assert sorted(latest) == list(range(400))
         assert all(s["complete"] for s in latest.values()), [s["step"] for s in latest.values() if not s["complete"]]
