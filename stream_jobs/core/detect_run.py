@@ -46,6 +46,16 @@ class LossDetector:
         self.best: float | None = None
         self.best_step = -1
 
+    def new_attempt(self, step: int) -> None:
+        """The run resumed from a checkpoint at ``step``: the loss goes back to the checkpoint's value, which
+        is not a rise; the trend and plateau readings start over (the spike window is kept: same run)."""
+        self.sustained = 0
+        self.rise_ewma = None
+        self.rise_count = 0
+        self.plat_ewma = None
+        self.best = None
+        self.best_step = step
+
     def on_step(self, rel: Released, *, warmup: bool, label: str) -> list[Finding]:
         """Score one released step; findings come in the order their rules are checked."""
         rec = rel.record

@@ -288,6 +288,7 @@ class RunState:
             self.stats["restarts"] += 1
             aligner.restart_from(step, released)
             self.liveness.last_step = [min(s, step - 1) for s in self.liveness.last_step]
+            self.loss.new_attempt(step)
             self.attempt_ranks = {}
         self.attempt_ranks[rank] = inc
         self.inc_attempt[key] = aligner.restart

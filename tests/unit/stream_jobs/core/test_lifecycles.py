@@ -38,6 +38,8 @@ def test_relaunch_under_one_run_id_keeps_both_launches_and_aligns_every_step() -
     assert {step for step, n in attempts.items() if n == 2} == set(range(500, 600))  # both attempts kept
     assert all(latest[step]["restart"] == 1 for step in range(500, 1000))
     assert not [a for a in alerts if a["rule"] in LIVENESS_RULES and a["severity"] != "info"], alerts
+    # The loss going back to the checkpoint's value is the resume, not a rising loss.
+    assert not [a for a in alerts if a["rule"] in ("loss_rising", "loss_plateau")], alerts
 
 
 def test_a_preempted_run_relaunched_after_it_was_forgotten_continues_its_attempts() -> None:
