@@ -110,7 +110,7 @@ class SeqDedup:
         if nxt is None:
             done = self.handled.get(key)
             if done is not None and seq <= done:
-                return True
+                return not self._refill(key, seq)  # a lost seq given up by the previous owner may still come
             nxt = seq if self.trust_first else (0 if done is None else done + 1)
         if seq == nxt:
             nxt += 1
@@ -386,6 +386,12 @@ class Aligner:
             "restart": self.restart,
             "step_times": self.step_times.to_list(),
             "gaps": {str(rank): n for rank, n in self.gaps_by_rank.items()},
+            "revisable": self.revisions.to_state(),
+            "lost_seqs": [
+                [key, None, lo, hi] if type(key) is int else [key[0], key[1], lo, hi]
+                for key, ranges in self.dedup.gaps.items()
+                for lo, hi in ranges
+            ],
             "handled_seq": [
                 [key, None, seq] if type(key) is int else [key[0], key[1], seq]
                 for key, seq in self.handled_seqs().items()
@@ -402,6 +408,11 @@ class Aligner:
         self._median = self.step_times.median() if len(self.step_times) else 0.0
         self._grace = self.grace_s()
         self.gaps_by_rank = {int(rank): int(n) for rank, n in state.get("gaps", {}).items()}
+        self.revisions.load_state(state.get("revisable", []), self.clock)
+        for rank, gen, lo, hi in state.get("lost_seqs", []):
+            ranges = self.dedup.gaps.setdefault(rank if gen is None else (rank, gen), [])
+            if (lo, hi) not in ranges:
+                ranges.append((lo, hi))
         handled = self.dedup.handled
         for rank, gen, seq in state.get("handled_seq", []):
             key = rank if gen is None else (rank, gen)

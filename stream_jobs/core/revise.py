@@ -8,7 +8,9 @@ once and do not run again; the store keeps the version with the most ranks (Repl
 ``ranks_reported``).
 
 Bounded: the partial steps kept hold at most ``revise_max_events`` events per run (oldest steps are
-forgotten first; a late event for a forgotten step is only counted as late).
+forgotten first; a late event for a forgotten step is only counted as late). The newest of them (at
+most ``STATE_EVENTS`` events) are part of the run's saved state, so a worker that takes the run over
+(restart, rebalance: e.g. after a broker outage expired its session) can still revise them.
 """
 
 from __future__ import annotations
@@ -17,8 +19,13 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
+from rankstream.schema import encode_metric
+
 if TYPE_CHECKING:
     from rankstream.stream_jobs.core.align import PendingStep
+
+#: Events of kept partial steps saved with the run's state (newest steps first): ~100 B a metric value.
+STATE_EVENTS = 256
 
 
 class Revisions:
@@ -92,6 +99,65 @@ class Revisions:
         self.publish_due(0.0, 0.0, force=True)
         self._kept.clear()
         self._events = 0
+
+    def to_state(self) -> list[dict[str, Any]]:
+        """The newest kept steps, at most ``STATE_EVENTS`` events, JSON-ready (non-finite values as strings)."""
+        out: list[dict[str, Any]] = []
+        budget = STATE_EVENTS
+        for p in reversed(self._kept.values()):
+            if len(p.by_rank) > budget:
+                break
+            budget -= len(p.by_rank)
+            record = p.record or {}
+            out.append(
+                {
+                    "step": p.step,
+                    "world_size": p.world_size,
+                    "ts": [p.ts_first, p.ts_last, p.anchor],
+                    "restart": record.get("restart", 0),
+                    "warmup": record.get("warmup", False),
+                    "revisions": p.revisions,
+                    "dirty": p.step in self._dirty,
+                    "ranks": [
+                        [
+                            rank,
+                            ev["ts"],
+                            ev["seq"],
+                            {k: encode_metric(v) for k, v in ev["metrics"].items()},
+                            (ev["tags"] or {}).get("stage"),
+                        ]
+                        for rank, ev in p.by_rank.items()
+                    ],
+                }
+            )
+        return out[::-1]
+
+    def load_state(self, saved: list[dict[str, Any]], clock: float) -> None:
+        """Kept steps from saved state (a run taken over); a revision pending there is due a grace from now."""
+        from rankstream.stream_jobs.core.align import PendingStep
+
+        for s in saved:
+            ts_first, ts_last, anchor = (float(v) for v in s["ts"])
+            p = PendingStep(int(s["step"]), int(s["world_size"]), ts_first, anchor)
+            p.ts_last = ts_last
+            p.revisions = int(s.get("revisions", 0))
+            p.record = {"restart": int(s.get("restart", 0)), "warmup": bool(s.get("warmup")), "ts_first": ts_first}
+            for rank, ts, seq, metrics, stage in s["ranks"]:
+                p.by_rank[int(rank)] = {
+                    "rank": int(rank),
+                    "ts": float(ts),
+                    "seq": int(seq),
+                    "metrics": {k: float(v) for k, v in metrics.items()},
+                    "tags": {"stage": stage} if stage else {},
+                    "world_size": p.world_size,
+                    "step": p.step,
+                }
+            if p.step not in self._kept:
+                self._kept[p.step] = p
+                self._events += len(p.by_rank)
+                if s.get("dirty"):
+                    self._dirty[p.step] = clock
+                    self.active = True
 
     def _publish(self, p: PendingStep) -> None:
         from rankstream.stream_jobs.core.align import aligned

@@ -234,3 +234,20 @@ def test_bounded_disorder_within_grace_gives_the_same_output_with_defaults(
     keyed += [(i + rng.uniform(0, window), e) for i, e in enumerate(_RUN) if rng.random() < dup_frac]
     events = [e for _, e in sorted(keyed, key=lambda kv: kv[0])]
     assert _aligned(events) == _DEFAULT_BASE
+
+
+def test_a_partial_step_is_still_revised_by_the_run_s_next_owner() -> None:
+    """Saved state carries the kept partial steps: a worker taking the run over (restart, rebalance after a
+    broker outage) revises them when their late events come."""
+    first = Engine()
+    events = [ev(r, s, float(s), s, ws=3, loss=float(r + 1)) for s in range(3) for r in range(3)]
+    events = [e for e in events if not (e["step"] == 1 and e["rank"] == 2)]  # rank 2's step 1 is late
+    first.process_many(events)
+    out = first.process_many([ev(0, 3, 40.0, 3, ws=3, loss=1.0), ev(1, 3, 40.0, 3, ws=3, loss=2.0)])
+    assert [(s["step"], s["complete"]) for s in out.steps] == [(1, False), (2, True)]
+    saved = loads(dumps(first.export_state("r")))
+    second = Engine(trust_first_seq=True)
+    second.import_state("r", saved)
+    revised = second.process(ev(2, 1, 1.0, 1, ws=3, loss=3.0)).steps
+    assert [(s["step"], s["complete"], s["revision"], s["ranks_reported"]) for s in revised] == [(1, True, 1, 3)]
+    assert revised[0]["metrics"]["loss"]["mean"] == 2.0
