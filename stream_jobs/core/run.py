@@ -100,7 +100,7 @@ class RunState:
         released: list[Released] = []
         skew = self.skew
         if inc:
-            attempt = self.inc_attempt.get(key)  # key == (rank, inc)
+            attempt = self.inc_attempt.get((rank, inc))
             if attempt is None or attempt < self.aligner.restart:
                 if not self._incarnation(ev, rank, inc, released, alerts):
                     self.stats["stale_events"] += 1
