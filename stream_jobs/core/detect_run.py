@@ -56,8 +56,10 @@ class LossDetector:
         self.best = None
         self.best_step = step
 
-    def on_step(self, rel: Released, *, warmup: bool, label: str) -> list[Finding]:
-        """Score one released step; findings come in the order their rules are checked."""
+    def on_step(self, rel: Released, *, warmup: bool, label: str, trend: bool = True) -> list[Finding]:
+        """Score one released step; findings come in the order their rules are checked. ``trend`` False: the
+        step's mean loss is not the run's (fewer than half the ranks reported, e.g. while backlogs drain
+        after a broker outage), so only the per-rank check (non-finite) runs."""
         rec = rel.record
         step = rec["step"]
         at = StepContext(step, rec["ts_last"], warmup, label)
@@ -82,7 +84,7 @@ class LossDetector:
                     )
                 )
         summary = rec["metrics"].get("loss")
-        if summary is None:
+        if summary is None or not trend:
             return found
         x = summary["mean"]
         flagged = self._spike(x, at, found)

@@ -363,7 +363,8 @@ class RunState:
             self.stats["partial_steps"] += 1
         fp16 = self.precision == "fp16" or (not self.precision and "loss_scale" in rec["metrics"])
         label = self.label
-        self._alert(self.loss.on_step(rel, warmup=warmup, label=label), alerts)
+        trend = rec["ranks_reported"] * 2 >= rec["world_size"]  # a mean over a few ranks is not the run's
+        self._alert(self.loss.on_step(rel, warmup=warmup, label=label, trend=trend), alerts)
         self._alert(self.grad.on_step(rel, warmup=warmup, fp16=fp16, label=label), alerts)
         median_step = self.aligner.median_step_time()
         self._alert(self.rank_rules.on_step(rel, median_step=median_step, warmup=warmup, label=label), alerts)

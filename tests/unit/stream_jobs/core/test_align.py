@@ -251,3 +251,18 @@ def test_a_partial_step_is_still_revised_by_the_run_s_next_owner() -> None:
     revised = second.process(ev(2, 1, 1.0, 1, ws=3, loss=3.0)).steps
     assert [(s["step"], s["complete"], s["revision"], s["ranks_reported"]) for s in revised] == [(1, True, 1, 3)]
     assert revised[0]["metrics"]["loss"]["mean"] == 2.0
+
+
+def test_a_step_with_fewer_than_half_its_ranks_does_not_feed_the_loss_trend() -> None:
+    engine = Engine()
+    # 4 ranks at loss 1.0 for 60 steps, then steps that only rank 3 delivered (loss 9.0: its own offset)
+    healthy = [ev(r, s, float(s), s, ws=4, loss=1.0 + 0.001 * (s % 3)) for s in range(60) for r in range(4)]
+    lone = [ev(3, s, float(s), s, ws=4, loss=9.0) for s in range(60, 80)]
+    out = engine.process_many(healthy + lone)
+    out.extend(engine.advance(200.0))
+    assert any(not s["complete"] and s["ranks_reported"] == 1 for s in out.steps)
+    assert not [a for a in out.alerts if a["rule"].startswith("loss_")], out.alerts
+    # The same loss on every rank is a real spike.
+    spike = Engine()
+    spiked = spike.process_many(healthy + [ev(r, 60, 60.0, 60, ws=4, loss=9.0) for r in range(4)])
+    assert [a["rule"] for a in spiked.alerts if a["rule"] == "loss_spike"] == ["loss_spike"]
