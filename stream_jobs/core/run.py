@@ -16,13 +16,13 @@ from collections.abc import Hashable
 from typing import Any
 
 from rankstream.schema import META_FIELDS
-from rankstream.stream_jobs.core.alerts import Alerter, Finding, StepContext, fmt
+from rankstream.stream_jobs.core.alerts import Alerter, Finding, StepContext
 from rankstream.stream_jobs.core.align import Aligner, Released, SeqDedup
 from rankstream.stream_jobs.core.detect_ranks import RankDetector
 from rankstream.stream_jobs.core.detect_run import GradDetector, LossDetector
 from rankstream.stream_jobs.core.liveness import Liveness
 from rankstream.stream_jobs.core.rules import RulesConfig
-from rankstream.stream_jobs.core.skew import ClockSkew
+from rankstream.stream_jobs.core.skew import ClockSkew, skew_finding
 
 #: Event-time seconds between two liveness checks of a run (silent / hung).
 LIVENESS_CHECK_S = 1.0
@@ -195,22 +195,10 @@ class RunState:
         newest = max(liveness.last_ts) if liveness.last_ts else ev["ts"]
         self.aligner.clock = min(self.aligner.clock, newest)
         self.last_event_ts = newest
-        p = self.rules.clock_skew
-        if not p.enabled:
-            return
-        at = StepContext(max(self.aligner.max_step, 0), ev["ts"], False, self.label)
-        for rank, offset in found:
-            direction = "ahead of" if offset > 0 else "behind"
-            host = ev["host"] if rank == ev["rank"] else "its host"
-            finding = at.finding(
-                "clock_skew",
-                p.severity,
-                message=f"The clock of rank {rank} of {self.label} ({host}) runs {fmt(abs(offset))} s {direction} "
-                "the other ranks': its timestamps are corrected from now on; fix the host's time sync (NTP/chrony).",
-                evidence={"offset_s": offset, "rank": rank},
-                ranks=[rank],
-            )
-            self._alert([finding], alerts)
+        if self.rules.clock_skew.enabled:
+            at = StepContext(max(self.aligner.max_step, 0), ev["ts"], False, self.label)
+            hosts = {ev["rank"]: ev["host"]}
+            self._alert([skew_finding(at, self.rules.clock_skew, r, off, hosts.get(r, "")) for r, off in found], alerts)
 
     def _late(self, ev: dict[str, Any], key: Hashable, alerts: list[dict]) -> None:
         """A step event after its step was released: it completes the step (a revision) when the step is

@@ -20,6 +20,9 @@ import math
 import statistics
 from typing import Any
 
+from rankstream.stream_jobs.core.alerts import Finding, StepContext, fmt
+from rankstream.stream_jobs.core.params import ClockSkewParams
+
 #: Events per rank whose (ts - arrival) must agree before an offset is trusted ...
 SAMPLES = 5
 #: ... spread over at least this many seconds of arrival time (a burst from a spool is not a clock).
@@ -123,3 +126,17 @@ class ClockSkew:
         self.offset = {int(rank): float(offset) for rank, offset in state.get("offset", {}).items()}
         self.incs = {int(rank): str(inc) for rank, inc in state.get("incs", {}).items()}
         self.decided |= set(self.offset)
+
+
+def skew_finding(at: StepContext, params: ClockSkewParams, rank: int, offset: float, host: str) -> Finding:
+    """The clock_skew finding of one rank found ``offset`` seconds off (reported once per incarnation)."""
+    direction = "ahead of" if offset > 0 else "behind"
+    where = f" ({host})" if host else ""
+    return at.finding(
+        "clock_skew",
+        params.severity,
+        message=f"The clock of rank {rank} of {at.label}{where} runs {fmt(abs(offset))} s {direction} the other "
+        "ranks': its timestamps are corrected from now on; fix the host's time sync (NTP/chrony).",
+        evidence={"offset_s": offset, "rank": rank},
+        ranks=[rank],
+    )

@@ -6,7 +6,6 @@ broker on free ports and stops only that one.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from pathlib import Path
@@ -15,38 +14,12 @@ import pytest
 
 from rankstream.config import Settings
 from rankstream.dev.stack import start_broker, stop_broker
-from rankstream.kafka_admin import ensure_topics
 from rankstream.producer import Reporter
 from tests.integration.producer.support import consume, finished, seq_problems
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 OUTAGE_S = 12.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def private_broker(tmp_path: Path) -> Settings:
-    port, cport = _free_port(), _free_port()
-    settings = Settings(
-        state_dir=str(tmp_path / "broker"),
-        kafka_port=port,
-        kafka_controller_port=cport,
-        bootstrap_servers=f"127.0.0.1:{port}",
-        topic_prefix="outage",
-        partitions=1,
-    )
-    start_broker(settings)
-    ensure_topics(settings)
-    try:
-        yield settings
-    finally:
-        stop_broker(settings)
 
 
 def _one_rank(settings: Settings, tmp_path: Path, run_id: str, heartbeat_s: float) -> Reporter:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,8 +27,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from rankstream.config import Settings
-from rankstream.dev.stack import start_broker, stop_broker
-from rankstream.kafka_admin import ensure_topics
+from rankstream.dev.stack import start_broker
 from rankstream.producer import Reporter
 from rankstream.schema import loads
 from tests.integration.producer.support import consume, finished, inc_seq_problems
@@ -41,31 +39,6 @@ RANKS = 4
 STEP_S = 0.05  # ~20 steps/s per rank
 OUTAGE_S = 30.0
 LIVENESS_RULES = {"rank_silent", "rank_hung", "run_lost", "rank_lagging"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def private_broker(tmp_path: Path) -> Iterator[Settings]:
-    port, cport = _free_port(), _free_port()
-    settings = Settings(
-        state_dir=str(tmp_path / "broker"),
-        kafka_port=port,
-        kafka_controller_port=cport,
-        bootstrap_servers=f"127.0.0.1:{port}",
-        topic_prefix="outage",
-        partitions=1,
-    )
-    start_broker(settings)
-    ensure_topics(settings)
-    try:
-        yield settings
-    finally:
-        stop_broker(settings)
 
 
 def kill_broker(settings: Settings, timeout_s: float = 30.0) -> None:
