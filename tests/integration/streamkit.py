@@ -161,3 +161,27 @@ def produce_in_real_time(settings: Settings, events: Iterable[dict]) -> list[flo
 
 def step_keys(records: Iterable[dict]) -> set[tuple[str, int]]:
     return {(r["run_id"], r["step"]) for r in records}
+
+
+def committed_offsets(settings: Settings, group: str, topic: str) -> int:
+    """The sum of ``group``'s committed offsets on ``topic`` (0 while nothing is committed)."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(**settings.kafka_python_kwargs())
+    try:
+        offsets = admin.list_group_offsets(group).get(group, {})
+    finally:
+        admin.close()
+    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
+
+
+def wait_committed(settings: Settings, group: str, topic: str, at_least: int, timeout_s: float = 60.0) -> int:
+    """Wait until ``group`` committed at least ``at_least`` offsets on ``topic`` in all; the sum."""
+    deadline = time.monotonic() + timeout_s
+    total = 0
+    while time.monotonic() < deadline:
+        total = committed_offsets(settings, group, topic)
+        if total >= at_least:
+            return total
+        time.sleep(0.25)
+    raise AssertionError(f"{group} committed {total} offsets on {topic}, expected >= {at_least} in {timeout_s:.0f}s")

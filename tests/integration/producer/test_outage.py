@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,13 @@ def _one_rank(settings: Settings, tmp_path: Path, run_id: str, heartbeat_s: floa
     return Reporter(
         run_id, settings=settings, spool_dir=spool, rank=0, world_size=1, max_events_per_s=0, heartbeat_s=heartbeat_s
     )
+
+
+def _wait(condition: Callable[[], bool], what: str, timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 def _every_seq_arrived(settings: Settings, run_id: str, steps: int, stats: dict[str, int]) -> None:
@@ -51,13 +59,17 @@ def test_broker_restart_mid_run_loses_nothing(private_broker: Settings, tmp_path
     loop = threading.Thread(target=train)
     loop.start()
     try:
-        time.sleep(2.0)
-        assert reporter.stats["sent"] > 0
+        _wait(lambda: reporter.stats["sent"] > 100, "events delivered before the outage")
         stop_broker(private_broker)
-        time.sleep(OUTAGE_S)
-        assert reporter.stats["spooled"] > 0  # the outage was noticed and the events went to disk
+        outage_end = time.monotonic() + OUTAGE_S  # the training loop keeps stepping through it
+        _wait(lambda: reporter.stats["spooled"] > 0, "the outage noticed, events spooled")
+        while time.monotonic() < outage_end:
+            time.sleep(0.2)
+        spooled = reporter.stats["spooled"]
         start_broker(private_broker)
-        time.sleep(2.0)
+        # Reconnected while the job still runs: the backlog is being replayed and new events flow.
+        _wait(lambda: reporter.stats["replayed"] > 0, "the spool replayed after the broker came back")
+        assert reporter.stats["spooled"] >= spooled
     finally:
         stop.set()
         loop.join()
