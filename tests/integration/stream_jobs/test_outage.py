@@ -195,6 +195,15 @@ def _assert_whole_run(
     assert false_alarms == [], false_alarms[:5]
 
 
+def _kill_the_broker_mid_run(settings: Settings, worker: WorkerProcess, reporters: list[Reporter]) -> float:
+    """Once the worker aligns the run, SIGKILL the broker and wait until every rank spools; when it died."""
+    _wait_until_aligning(settings, worker)
+    kill_broker(settings)
+    killed_at = time.monotonic()
+    _wait(lambda: all(r.stats["spooled"] > 0 for r in reporters), 20, "every rank to spool")
+    return killed_at
+
+
 def test_broker_sigkilled_mid_run_every_step_aligned_without_false_alerts(
     private_broker: Settings, worker: WorkerProcess, tmp_path: Path
 ) -> None:
@@ -203,10 +212,7 @@ def test_broker_sigkilled_mid_run_every_step_aligned_without_false_alerts(
     loop = Lockstep(reporters)
     loop.start()
     try:
-        _wait_until_aligning(settings, worker)
-        kill_broker(settings)
-        killed_at = time.monotonic()
-        _wait(lambda: all(r.stats["spooled"] > 0 for r in reporters), 20, "every rank to spool")
+        killed_at = _kill_the_broker_mid_run(settings, worker, reporters)
         time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - killed_at)))  # the outage itself
         start_broker(settings)
         _wait(lambda: all(r.stats["replayed"] > 0 for r in reporters), 60, "every rank to replay its spool")
@@ -229,10 +235,7 @@ def test_broker_back_after_the_job_ended_and_spool_flushed(
     loop = Lockstep(reporters)
     loop.start()
     try:
-        _wait_until_aligning(settings, worker)
-        kill_broker(settings)
-        killed_at = time.monotonic()
-        _wait(lambda: all(r.stats["spooled"] > 0 for r in reporters), 20, "every rank to spool")
+        killed_at = _kill_the_broker_mid_run(settings, worker, reporters)
     finally:
         last_step = loop.finish(extra_steps=100)  # ~5 s more of training while the broker is down
         closers = [threading.Thread(target=r.close, kwargs={"timeout": 3}) for r in reporters]
