@@ -55,6 +55,11 @@ STAT_NAMES = (
 )
 
 
+def _advance_by_arrival(run: RunState, clock: float, steps: list[dict], alerts: list[dict]) -> None:
+    """Move ``run`` on from its newest event by the arrival time since it was last heard from."""
+    run.advance(run.last_event_ts + max(0.0, clock - run.heard_at), steps, alerts)
+
+
 @dataclass
 class Output:
     """What one call produced: aligned steps and alerts, in contract shape, JSON-ready."""
@@ -162,7 +167,7 @@ class Engine:
         self._last_idle_check = clock = self._clock
         for run in list(self._runs.values()):
             if clock - run.heard_at >= _IDLE_CHECK_S:
-                run.advance(run.last_event_ts + (clock - run.heard_at), steps, alerts)
+                _advance_by_arrival(run, clock, steps, alerts)
 
     def advance(self, now: float) -> Output:
         """The arrival clock is ``now``: every run moves on from its newest event by the arrival time
@@ -172,7 +177,7 @@ class Engine:
             self._clock = now
         clock = self._clock
         for run in list(self._runs.values()):
-            run.advance(run.last_event_ts + max(0.0, clock - run.heard_at), out.steps, out.alerts)
+            _advance_by_arrival(run, clock, out.steps, out.alerts)
         self._last_idle_check = clock
         self._sweep(out.steps, out.alerts)
         self.stats["alerts"] += len(out.alerts)
