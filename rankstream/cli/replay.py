@@ -1,7 +1,8 @@
 """``rankstream replay`` and ``rankstream import``: run the detection core over a file, no broker needed.
 
 Alerts go to stdout as JSON lines, a one-line summary to stderr; malformed lines
-are reported with their line number (capped) and skipped.
+are reported with their line number (capped) and skipped. An empty file, or an
+imported file with no training or eval log entry, exits 1 with one line.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import IO, Annotated, Any
 
 import typer
 
-from rankstream.cli.common import EXIT_CONFIG, fail
+from rankstream.cli.common import EXIT_CONFIG, EXIT_FAILURE, fail
+from rankstream.errors import one_line
 
 #: Malformed lines reported one by one before the rest are only counted.
 MAX_REPORTED_ERRORS = 20
@@ -88,31 +90,42 @@ def replay_lines(
 
 
 def _imported_lines(path: Path, fmt: str, run_id: str | None, on_error: Callable[[str], None]) -> list[bytes]:
-    from rankstream.importers import import_hf_trainer_state, import_swift_jsonl
+    """The file as v1 event lines; a file with nothing to import exits 1 with one line."""
+    from rankstream.importers import NothingToImport, import_hf_trainer_state, import_swift_jsonl, require_logged
     from rankstream.schema import dumps
 
     rid = run_id or path.stem
-    start_ts = path.stat().st_mtime
+    end_ts = path.stat().st_mtime  # written last when the run ended (or died): imported times end there
     if fmt == "hf":
-        result = import_hf_trainer_state(path.read_bytes(), run_id=rid, start_ts=start_ts, run_name=rid)
+        result = import_hf_trainer_state(path.read_bytes(), run_id=rid, end_ts=end_ts, run_name=rid)
     else:
         with path.open("rb") as fh:
-            result = import_swift_jsonl(fh, run_id=rid, start_ts=start_ts, run_name=rid)
+            result = import_swift_jsonl(fh, run_id=rid, end_ts=end_ts, run_name=rid)
+    try:
+        require_logged(result, f"{path} ({fmt} file)")
+    except NothingToImport as exc:
+        fail(one_line(exc), exc.exit_code)
     for err in result.errors:
         on_error(err)
     return [dumps(ev) for ev in result.events]
 
 
 def _resolve_format(path: Path, fmt: str) -> str:
-    from rankstream.importers import FORMATS, sniff_format
+    """The format to read ``path`` as; an empty file exits 1 with one line whatever the format."""
+    from rankstream.importers import FORMATS, is_blank, sniff_format
 
-    if fmt == "auto":
-        with path.open("rb") as fh:
-            head = fh.read(65536).decode("utf-8", "replace")
-        return sniff_format(head)
-    if fmt not in FORMATS:
+    if fmt != "auto" and fmt not in FORMATS:
         fail(f"unknown --format {fmt!r} (expected auto, {', '.join(FORMATS)})", EXIT_CONFIG)
-    return fmt
+    with path.open("rb") as fh:
+        head = fh.read(65536).decode("utf-8", "replace")
+    if is_blank(head) and _is_blank_file(path):
+        fail(f"{path} is empty: nothing to replay or import", EXIT_FAILURE)
+    return sniff_format(head) if fmt == "auto" else fmt
+
+
+def _is_blank_file(path: Path) -> bool:
+    with path.open("rb") as fh:
+        return all(not chunk.replace(b"\xef\xbb\xbf", b"").strip() for chunk in iter(lambda: fh.read(1 << 20), b""))
 
 
 def _check_input(path: Path) -> None:
