@@ -83,8 +83,14 @@ MAX_INC_CHARS: Final = 64
 MAX_METRICS: Final = 512
 MAX_TAGS: Final = 128
 MAX_TAG_CHARS: Final = 1024
-#: More ranks than any job runs; bounds what a forged world_size can make the aligner allocate.
-MAX_WORLD_SIZE: Final = 1 << 20
+#: The largest world size the pipeline carries. Set by what one Kafka message holds
+#: (default max.message.bytes ~1 MB): an aligned step lists its missing ranks (~6 bytes
+#: each: 380 KB at 65,536 ranks, one rank reporting) and a run's detector state keeps
+#: per-rank liveness (~3 MB of JSON at 65,536 ranks, ~0.15-0.5 MB compressed). 2^20
+#: made a 7.3 MB step and a 48 MB state that no topic accepted (docs/stream.md, "Bounds").
+MAX_WORLD_SIZE: Final = 1 << 16
+#: A dead letter carries at most this many bytes of JSON; a longer original is cut (``original_truncated``).
+MAX_DLQ_BYTES: Final = 512 * 1024
 #: step and seq are stored as 64-bit integers.
 MAX_INT64: Final = (1 << 63) - 1
 
@@ -338,16 +344,37 @@ def step_key(run_id: str, step: int) -> str:
     return f"{run_id}:{step}"
 
 
-def dlq_record(raw: bytes, reason: str, source_topic: str, partition: int, offset: int) -> bytes:
-    """Dead-letter message: the original bytes (as latin-1 text, lossless) plus the reason."""
-    return dumps(
-        {
-            "v": SCHEMA_VERSION,
-            "reason": reason,
-            "source_topic": source_topic,
-            "partition": partition,
-            "offset": offset,
-            "original": raw.decode("latin-1"),
-            "original_encoding": "latin-1",
-        }
-    )
+def dlq_record(
+    raw: bytes, reason: str, source_topic: str, partition: int, offset: int, *, keep: int | None = None
+) -> bytes:
+    """Dead-letter message: the original bytes (as latin-1 text, lossless) plus the reason.
+
+    Bounded by :data:`MAX_DLQ_BYTES`: a message up to the topic's limit can grow 6x as
+    JSON text (control bytes become ``\\u00XX``), and a dead letter the DLQ topic refuses
+    would stall the partition it came from. A cut original keeps its head and says so
+    (``original_truncated``, ``original_bytes``: additive fields); it cannot be re-driven.
+    ``keep`` cuts the original to that many bytes in any case (an output too large to publish).
+    """
+    letter: dict[str, Any] = {
+        "v": SCHEMA_VERSION,
+        "reason": reason,
+        "source_topic": source_topic,
+        "partition": partition,
+        "offset": offset,
+        "original": raw.decode("latin-1"),
+        "original_encoding": "latin-1",
+    }
+    if keep is not None and keep < len(raw):
+        letter["original"] = raw[:keep].decode("latin-1")
+        letter["original_truncated"] = True
+        letter["original_bytes"] = len(raw)
+    else:
+        keep = len(raw)
+    encoded = dumps(letter)
+    while len(encoded) > MAX_DLQ_BYTES and keep > 0:
+        keep = min(keep - 1, int(keep * MAX_DLQ_BYTES / len(encoded) * 0.9))
+        letter["original"] = raw[: max(keep, 0)].decode("latin-1")
+        letter["original_truncated"] = True
+        letter["original_bytes"] = len(raw)
+        encoded = dumps(letter)
+    return encoded

@@ -60,7 +60,7 @@ def dlq(
         if wanted and wanted not in why.lower():
             continue
         reasons[_reason_kind(why)] += 1
-        if redrive and is_refusal(why):
+        if redrive and is_refusal(why) and not letter.get("original_truncated"):
             selected.append((record.key, letter))
         if output == "json":
             print(json.dumps(letter), flush=True)
@@ -81,8 +81,8 @@ def dlq(
         )
         if total > len(selected):
             console.print(
-                f"{total - len(selected)} letter(s) are invalid input, not refusals, and were not re-sent: "
-                "fix what produced them",
+                f"{total - len(selected)} letter(s) are invalid input, not refusals, or too large to keep whole, "
+                "and were not re-sent: fix what produced them",
                 markup=False,
                 soft_wrap=True,
             )
@@ -96,6 +96,8 @@ def _reason_kind(reason: str) -> str:
 def _line(letter: dict[str, Any]) -> str:
     original = str(letter.get("original", ""))
     preview = original if len(original) <= PREVIEW_CHARS else original[:PREVIEW_CHARS] + f"... ({len(original)} chars)"
+    if letter.get("original_truncated"):
+        preview += f" (cut: the original had {letter.get('original_bytes', '?')} bytes)"
     where = f"{letter.get('source_topic', '?')}/{letter.get('partition', '?')}@{letter.get('offset', '?')}"
     return f"{where}  {letter.get('reason', '')}\n    original: {preview!r}"
 

@@ -5,11 +5,14 @@ import math
 import pytest
 
 from rankstream.schema import (
+    MAX_DLQ_BYTES,
     MAX_EVENT_BYTES,
+    MAX_WORLD_SIZE,
     InvalidEvent,
     alert_id,
     decode_event,
     dlq_record,
+    dumps,
     encode_event,
     loads,
     validate_event,
@@ -73,7 +76,7 @@ def test_undecodable(raw: bytes, reason: str) -> None:
         ({"metrics": [1]}, "'metrics' must be an object"),
         ({"tags": {"a": 1}}, "tag 'a' must be a string"),
         # out of what the store's columns hold, or what the aligner should allocate for
-        ({"world_size": 2**31, "rank": 0}, "'world_size' must be <= 1048576"),
+        ({"world_size": 2**31, "rank": 0}, "'world_size' must be <= 65536"),
         ({"step": 2**63}, "'step' must be <= "),
         ({"seq": 2**64}, "'seq' must be <= "),
         ({"kind": "run_start", "step": -(2**70)}, "'step' is out of the 64-bit range"),
@@ -102,3 +105,29 @@ def test_dlq_record_keeps_original_bytes() -> None:
     record = loads(dlq_record(raw, "not valid JSON", "p.events", 2, 17))
     assert record["original"].encode("latin-1") == raw
     assert record["reason"] == "not valid JSON" and record["offset"] == 17
+
+
+@pytest.mark.parametrize("byte", [b"\x00", b"\xff", b"a"])
+def test_a_dead_letter_stays_under_its_bound_whatever_the_original(byte: bytes) -> None:
+    raw = byte * (1 << 20)  # a message at Kafka's default limit; NUL bytes grow 6x as JSON text
+    encoded = dlq_record(raw, "message too large", "p.events", 0, 3)
+    record = loads(encoded)
+    assert len(encoded) <= MAX_DLQ_BYTES
+    assert record["original_truncated"] is True and record["original_bytes"] == len(raw)
+    assert raw.startswith(record["original"].encode("latin-1")) and len(record["original"]) > 50_000
+
+
+def test_an_event_beyond_the_largest_world_size_is_refused() -> None:
+    event = {
+        "v": 1,
+        "kind": "step",
+        "run_id": "r",
+        "rank": 0,
+        "world_size": MAX_WORLD_SIZE + 1,
+        "step": 1,
+        "ts": 1.0,
+        "seq": 0,
+        "metrics": {"loss": 1.0},
+    }
+    with pytest.raises(InvalidEvent, match=f"'world_size' must be <= {MAX_WORLD_SIZE}"):
+        decode_event(dumps(event))

@@ -75,7 +75,7 @@ def test_step_record_keeps_unknown_fields_and_non_finite_aggregates() -> None:
         ({"run_id": ""}, "run_id"),
         # values the store's columns cannot hold: rejected (DLQ), not retried forever
         ({"step": 2**63}, "'step' must be <= "),
-        ({"world_size": 2**32}, "'world_size' must be <= 1048576"),
+        ({"world_size": 2**32}, "'world_size' must be <= 65536"),
         ({"missing_ranks": [2**32]}, "missing_ranks"),
         ({"metrics": {"loss": {"mean": 1.0, "n": 2**33}}}, "'n' must be an integer in"),
     ],

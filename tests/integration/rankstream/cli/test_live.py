@@ -119,7 +119,7 @@ def test_dlq_lists_reasons_and_redrives_the_selected_letters(kafka: Settings) ->
     redriven = _cli(kafka, "dlq", "--redrive")  # only what the store refused goes back, for the sink alone
     assert redriven.returncode == 0, redriven.stderr
     assert "re-sent 3 message(s) the store had refused" in redriven.stdout
-    assert "1 letter(s) are invalid input, not refusals, and were not re-sent" in redriven.stdout
+    assert "1 letter(s) are invalid input, not refusals, or too large to keep whole, and were not re-sent" in redriven.stdout
     consumer = KafkaConsumer(kafka.topics.events, auto_offset_reset="earliest", **kafka.kafka_python_kwargs())
     back: list[tuple[bytes, bytes, list]] = []
     for _ in range(40):
