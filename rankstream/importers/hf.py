@@ -2,8 +2,10 @@
 
 One JSON document (``json.dumps(asdict(state), indent=2, sort_keys=True)``)
 whose ``log_history`` list holds every dict ``Trainer.log`` logged, each with
-``step``; the last one is the ``train()`` summary (``train_runtime``...). Under
-ms-swift the entries also carry its keys (its callbacks extend the same dicts).
+``step`` (``Trainer.log`` appends ``{**logs, "step": global_step}``); the last one
+is the ``train()`` summary (``train_runtime``...). ms-swift's extra keys
+(``memory(GiB)``...) are added to the callbacks' dict after that copy, so they
+are not in here; they are in ``logging.jsonl``.
 """
 
 from __future__ import annotations

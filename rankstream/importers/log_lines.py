@@ -1,9 +1,10 @@
 """Trainer log entries (HF ``log_history`` items, ms-swift / Megatron-swift ``logging.jsonl`` lines) -> events.
 
-Both writers log the same dicts: ms-swift's callbacks add their keys to the very
-dict HF Trainer appends to ``state.log_history`` (``swift/trainers/patcher.py``,
-``add_train_message``), and Megatron-swift writes the same shape from its own
-loop. So one reading serves every format:
+Both files hold the same dicts: HF ``Trainer.log`` appends a copy of each log
+with ``step`` to ``state.log_history`` and hands the dict itself to the callbacks,
+where ms-swift adds its own keys and appends it to ``logging.jsonl``
+(``swift/trainers/patcher.py``, ``add_train_message``); Megatron-swift writes the
+same shape from its own loop. So one reading serves every format:
 
 * an entry is a *training* line, an *eval* line (``eval_*`` keys), the *summary*
   HF logs once at the end of ``train()`` (``train_runtime``, ``train_loss``...) or
@@ -109,6 +110,7 @@ class _Reading:
     end_metrics: dict[str, float] = field(default_factory=dict)
     end_step: int | None = None
     runtime: float | None = None
+    end_elapsed: float = 0.0
     errors: list[str] = field(default_factory=list)
 
 
@@ -129,6 +131,9 @@ def _read_end(obj: Mapping[str, Any], kind: EntryKind, reading: _Reading) -> Non
     step = logged_step(obj)
     if step is not None:
         reading.end_step = step
+    elapsed = _elapsed(obj)
+    if elapsed is not None and math.isfinite(elapsed):
+        reading.end_elapsed = max(reading.end_elapsed, elapsed)
 
 
 def read_entries(entries: Sequence[tuple[str, Any]], *, require_step: bool) -> _Reading:
@@ -208,7 +213,7 @@ def build_events(
 ) -> ImportResult:
     """The events of one run from its log entries; ``end_ts`` (the file's time) sets the start when given."""
     reading = read_entries(entries, require_step=require_step)
-    run_seconds = max([reading.runtime or 0.0, *(e.seconds for e in reading.logged)])
+    run_seconds = max([reading.runtime or 0.0, reading.end_elapsed, *(e.seconds for e in reading.logged)])
     if end_ts is not None:
         start_ts = end_ts - run_seconds
     b = EventBuilder(run_id, source, start_ts, run_name, team)
