@@ -1,9 +1,12 @@
 """Waiting out a store (or Kafka) that is down: retries with backoff, consumption paused, one log line per change.
 
 While a call fails, the consumer's partitions are paused and polled now and
-then, so the sink stays in its group without reading more (memory stays bounded);
-a refusal of the rows themselves (:class:`~rankstream.sinks.rejections.Rejected`)
-is not an outage and is raised at once.
+then, so the sink stays in its group without reading more (memory stays bounded).
+A rebalance during the wait hands out partitions unpaused: whatever a keep-alive
+poll returns then is not kept but rewound (``seek``) and paused again, so an
+outage that spans rebalances never buffers more than before it began. A refusal
+of the rows themselves (:class:`~rankstream.sinks.rejections.Rejected`) is not
+an outage and is raised at once.
 """
 
 from __future__ import annotations
@@ -32,15 +35,14 @@ class Stopped(Exception):
 class Retrier:
     """Retries calls for the worker; ``consumer`` (once it exists) is paused and kept alive meanwhile.
 
-    ``on_outage`` is called once per failing stretch; ``on_records(topic, record)``
-    takes the messages a keep-alive poll returns (only right after a rebalance reset the pause).
+    ``on_outage`` is called once per failing stretch.
     """
 
-    def __init__(self, on_outage: Callable[[], None], on_records: Callable[[str, Any], None]) -> None:
+    def __init__(self, on_outage: Callable[[], None]) -> None:
         self.consumer: Any = None
         self.stop = threading.Event()
         self._on_outage = on_outage
-        self._on_records = on_records
+        self.rewound = 0  # messages a keep-alive poll returned and left for later (tests, logs)
 
     def with_store(self, fn: Callable[[], T], what: str, *, paused: bool = True, deadline: float | None = None) -> T:
         """Call ``fn`` until it succeeds; while it fails, consumption is paused and retried with backoff."""
@@ -112,7 +114,17 @@ class Retrier:
             if left <= 0:
                 return
             records = self.consumer.poll(timeout_ms=int(min(left, 0.5) * 1000))
-            if records:  # only possible right after a rebalance reset the pause; keep them for later
-                for tp, batch in records.items():
-                    for record in batch:
-                        self._on_records(tp.topic, record)
+            if records:  # only right after a rebalance reset the pause
+                self._rewind(records)
+
+    def _rewind(self, records: dict[Any, list[Any]]) -> None:
+        """Leave polled ``records`` in Kafka: seek each partition back to its first one and pause again.
+
+        Keeping them would let a store outage that spans rebalances buffer without
+        bound (every rebalance unpauses); their offsets are not committed, so they
+        are read again once the store is back.
+        """
+        for tp, batch in records.items():
+            self.consumer.seek(tp, batch[0].offset)
+            self.rewound += len(batch)
+        self._pause(True)

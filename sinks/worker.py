@@ -11,8 +11,10 @@ rebalances. Guarantees:
   every table is a ReplacingMergeTree on natural keys, so replays never show as
   duplicates in the documented (FINAL) queries;
 * while the store is down or slow, consumption pauses (memory stays bounded by two
-  batches: the one being inserted and the one being filled), the insert is retried
-  with backoff, and one log line marks each change;
+  batches: the one being inserted and the one being filled, also when rebalances
+  happen meanwhile), the insert is retried with backoff, and one log line marks each change;
+* every row carries its run's team once the team is known: rows stored before
+  (their run_start not seen yet) are re-stamped between inserts (:mod:`.teams`);
 * rows the store refuses for their data (a constraint, a value a column cannot hold)
   are not an outage: the batch is inserted in halves around them, and the refused
   messages go to the dead-letter topic with the store's reason (:mod:`.rejections`).
@@ -69,7 +71,10 @@ class SinkStats:
     dlq: int = 0
     rejected: int = 0  # messages the store refused for their data (also counted in dlq)
     outages: int = 0
-    max_buffered_rows: int = 0
+    max_buffered_rows: int = 0  # rows of the batch being filled
+    max_held_rows: int = 0  # that plus the batch being inserted (the bound: two batches)
+    restamped_runs: int = 0  # runs whose rows stored without a team got it (rankstream.sinks.teams)
+    restamped_rows: int = 0
     committed: dict[str, int] = field(default_factory=dict)
 
 
@@ -114,7 +119,7 @@ class SinkWorker:
         self._inserter: ThreadPoolExecutor | None = None
         self._consumer: Any = None
         self._producer: Any = None
-        self._retrier = Retrier(self._count_outage, self._accept)
+        self._retrier = Retrier(self._count_outage)
         self._stop = self._retrier.stop
 
     # ------------------------------------------------------------------ lifecycle
@@ -132,6 +137,7 @@ class SinkWorker:
                 self.writer.client = self._retrier.with_store(
                     lambda: open_for_writing(self.dsn.raw), "open", paused=False
                 )
+                self._retrier.with_store(self.writer.adopt_stored_teamless, "team-less runs", paused=False)
             except Stopped:
                 log.info("sink: stopped while waiting for the store; uncommitted messages will be re-read")
                 return False
@@ -142,11 +148,13 @@ class SinkWorker:
         try:
             if not self.open(stop_event):
                 return
-            self._consumer = self._retrier.consumer = self._make_consumer()
+            from rankstream.sinks.worker_rebalance import make_consumer
+
+            self._consumer = self._retrier.consumer = make_consumer(self)
             self.ready.set()
             log.info(
                 "sink: consuming %s, %s, %s into %s (group %s)",
-                *self._topics(),
+                *self.topics(),
                 self.dsn.raw if self.dsn.embedded else self.dsn.scheme + "://...",
                 self.group_id,
             )
@@ -156,37 +164,9 @@ class SinkWorker:
         finally:
             self.close()
 
-    def _topics(self) -> tuple[str, str, str]:
+    def topics(self) -> tuple[str, str, str]:
         topics = self.settings.topics
         return topics.events, topics.steps, topics.alerts
-
-    def _make_consumer(self) -> Any:
-        from kafka import KafkaConsumer
-        from kafka.record import util as record_util
-
-        if getattr(record_util, "crc32c_c", None) is None:
-            log.warning("sink: the crc32c package is missing; Kafka CRC checks run in pure Python (slow)")
-        from rankstream.sinks.worker_rebalance import subscribe
-
-        consumer = KafkaConsumer(
-            group_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=self.max_poll_records,
-            fetch_max_bytes=64 * 1024 * 1024,
-            max_partition_fetch_bytes=32 * 1024 * 1024,
-            client_id=f"rankstream-sink-{self.group_id}",
-            check_crcs=True,
-            # A crashed sink's partitions move to its restarted successor after 10 s, not the 45 s default.
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=2_000,
-            # Topics created after the sink joined (e.g. the compose `topics` service racing it) are
-            # picked up within 30 s instead of kafka-python's 5 min metadata refresh.
-            metadata_max_age_ms=30_000,
-            **self.settings.kafka_python_kwargs(),
-        )
-        subscribe(consumer, self._topics(), self)
-        return consumer
 
     def close(self) -> None:
         """Release the insert thread, the consumer, the DLQ producer and the store client (idempotent)."""
@@ -221,8 +201,10 @@ class SinkWorker:
         consumer = self._consumer
         rejoin = RejoinWatch()
         while not self._stop.is_set():
-            rejoin.check(consumer, self._topics(), self)
+            rejoin.check(consumer, self.topics(), self)
             self._settle()
+            if self.writer.restamp_due():
+                self._restamp_teams()
             # While an insert runs, poll briefly so its offsets are committed soon after it lands.
             records = consumer.poll(timeout_ms=100 if self._inflight is None else 10)
             for tp, batch in records.items():
@@ -239,14 +221,15 @@ class SinkWorker:
                 self._flush()
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
         self._flush(deadline=deadline, wait=True)
+        if self.writer.restamp_due(force=True):
+            self._restamp_teams(deadline)
+        stats = self.stats
         log.info(
             "sink: stopped after %d batches, %d rows, %d message(s) to the dead-letter topic (%d refused by the "
-            "store), at most %d rows buffered (plus the batch being inserted)",
-            self.stats.batches,
-            self.stats.rows_written,
-            self.stats.dlq,
-            self.stats.rejected,
-            self.stats.max_buffered_rows,
+            "store), at most %d rows buffered (plus the batch being inserted: %d rows held at most), %d message(s) "
+            "left in Kafka by outage waits, %d run(s) re-stamped with their team",
+            *(stats.batches, stats.rows_written, stats.dlq, stats.rejected, stats.max_buffered_rows),
+            *(stats.max_held_rows, self._retrier.rewound, stats.restamped_runs),
         )
 
     def _caught_up(self, pending: PendingBatch) -> bool:
@@ -271,7 +254,9 @@ class SinkWorker:
         self.stats.messages += 1
         pending = self._pending
         pending.accept(topic, record, self._events_topic, self._steps_topic)
-        self.stats.max_buffered_rows = max(self.stats.max_buffered_rows, pending.rows)
+        stats, inflight = self.stats, self._inflight
+        stats.max_buffered_rows = max(stats.max_buffered_rows, pending.rows)
+        stats.max_held_rows = max(stats.max_held_rows, pending.rows + (inflight.pending.rows if inflight else 0))
 
     # ------------------------------------------------------------------ flushing
 
@@ -299,6 +284,19 @@ class SinkWorker:
             self._finish_inflight()
         finally:
             self._flushing = False
+
+    def _restamp_teams(self, deadline: float | None = None) -> None:
+        """Give rows stored before their run's team was known the team (with no insert in flight)."""
+        if self._flushing:
+            return
+        self._flushing = True
+        try:
+            self._finish_inflight(deadline)
+            runs, rows = self._retrier.with_store(self.writer.restamp, "team re-stamp", deadline=deadline)
+        finally:
+            self._flushing = False
+        self.stats.restamped_runs += runs
+        self.stats.restamped_rows += rows
 
     def _handover(self, deadline: float | None, wait: bool) -> None:
         pending = self._pending

@@ -1,4 +1,4 @@
-"""Rebalances of the sink's consumer: flush before partitions go away, and rejoin a group that forgot us.
+"""The sink's consumer: its settings, a flush before partitions go away, and rejoining a group that forgot us.
 
 kafka-python rebalances eagerly: every partition is revoked and the positions
 of the new assignment start from the committed offsets, so a batch that cannot
@@ -32,6 +32,34 @@ class RevokeListener(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("sink: assigned %d partition(s)", len(assigned))
+
+
+def make_consumer(worker: SinkWorker) -> Any:
+    """The sink's Kafka consumer (manual commits), subscribed with ``worker``'s rebalance listener."""
+    from kafka import KafkaConsumer
+    from kafka.record import util as record_util
+
+    if getattr(record_util, "crc32c_c", None) is None:
+        log.warning("sink: the crc32c package is missing; Kafka CRC checks run in pure Python (slow)")
+    consumer = KafkaConsumer(
+        group_id=worker.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=worker.max_poll_records,
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=32 * 1024 * 1024,
+        client_id=f"rankstream-sink-{worker.group_id}",
+        check_crcs=True,
+        # A crashed sink's partitions move to its restarted successor after 10 s, not the 45 s default.
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=2_000,
+        # Topics created after the sink joined (e.g. the compose `topics` service racing it) are
+        # picked up within 30 s instead of kafka-python's 5 min metadata refresh.
+        metadata_max_age_ms=30_000,
+        **worker.settings.kafka_python_kwargs(),
+    )
+    subscribe(consumer, worker.topics(), worker)
+    return consumer
 
 
 def subscribe(consumer: Any, topics: tuple[str, ...], worker: SinkWorker) -> None:

@@ -2,7 +2,8 @@
 
 :class:`BatchWriter` builds a :class:`~rankstream.sinks.records.Batch` (with
 each run's team from a bounded cache and, for runs it does not know, one store
-lookup), inserts it, and tells rows the store refuses for their data
+lookup), inserts it, re-stamps rows it stored before their run's team was
+known (:mod:`rankstream.sinks.teams`), and tells rows the store refuses for their data
 (:class:`~rankstream.sinks.rejections.Rejected`, never retried) from a store
 that is down (any other exception: the caller retries). It knows nothing of
 Kafka: :mod:`rankstream.sinks.worker` feeds it and commits offsets.
@@ -44,13 +45,15 @@ from rankstream.sinks.runs import (
 )
 from rankstream.sinks.store import DATABASE, open_store
 from rankstream.sinks.store.tables import TABLE_ORDER, column_names, column_types, qualified
+from rankstream.sinks.teams import GIVE_UP_S, TeamlessRuns, lookup_teams, restamp, stored_teamless_runs
 
 log = logging.getLogger("rankstream.sink")
 
 #: A decoded message: ``("event" | "step" | "alert", record)``.
 Item = tuple[str, dict[str, Any]]
 
-NEGATIVE_LOOKUP_S = 10.0  # a run the store did not know is not looked up again for this long
+NEGATIVE_LOOKUP_S = 2.0  # a run whose team the store did not know is not looked up again for this long
+RESTAMP_CHECK_S = 0.5  # how often the consumer loop asks whether team-less rows can be re-stamped
 RUN_LOOKUP_COLUMNS = column_names("runs")
 _LC_STRING = "LowCardinality(String)"
 
@@ -148,13 +151,17 @@ class BatchWriter:
 
     The run cache is how rows get their team: raw events carry it only in rank
     0's run_start, so the writer remembers each run's row and asks the store
-    for runs it has not seen (once per :data:`NEGATIVE_LOOKUP_S` for unknown ones).
+    for runs whose team it does not know (once per :data:`NEGATIVE_LOOKUP_S` for
+    unknown ones). Rows built without a team are re-stamped once it is known
+    (``teamless``, :meth:`restamp`).
     """
 
     def __init__(self, client: Any = None) -> None:
         self.client = client
         self.runs = RunCache()
+        self.teamless = TeamlessRuns()
         self._unknown_runs: dict[str, float] = {}
+        self._restamp_check_at = 0.0
 
     def unknown_runs(self, items: list[Item]) -> list[str]:
         """Runs of ``items`` whose team the run cache does not know (and that were not looked up lately)."""
@@ -165,19 +172,30 @@ class BatchWriter:
             {
                 run_id
                 for run_id in {rec["run_id"] for kind, rec in items if kind != "alert" or rec["rule"] == RUN_LOST_RULE}
-                if run_id not in runs and run_id not in starts and now - negative.get(run_id, -1e9) > NEGATIVE_LOOKUP_S
+                if not runs.team(run_id)
+                and run_id not in starts
+                and now - negative.get(run_id, -1e9) > NEGATIVE_LOOKUP_S
             }
         )
 
     def resolve_runs(self, unknown: list[str]) -> None:
-        """Make the run cache know the team of the ``unknown`` runs (one store query)."""
+        """Make the run cache know the team of the ``unknown`` runs (one store query, two in a rare race).
+
+        The store's row is at least as new as the cached one (the caller lets no
+        insert run meanwhile). When its latest version has no team (a run_end
+        stored by a sink that had not seen the run_start), an older version's team is used.
+        """
         if not unknown:
             return
         now = time.monotonic()
         found = lookup_runs(self.client, unknown)
+        hidden = [run_id for run_id, row in found.items() if not row["team"]]
+        for run_id, team in (lookup_teams(self.client, hidden) if hidden else {}).items():
+            found[run_id]["team"] = team
         for run_id in unknown:
             if run_id in found:
                 self.runs.put(found[run_id])
+            if self.runs.team(run_id):
                 self._unknown_runs.pop(run_id, None)
             else:
                 self._unknown_runs[run_id] = now
@@ -216,17 +234,68 @@ class BatchWriter:
                 runs.put(row)
                 touched[row["run_id"]] = row
         batch = Batch()
+        teamless = {run_id for run_id, row in touched.items() if not row["team"]}
         for row in touched.values():
             batch.add_run(row)
         if events:
             team = {run_id: runs.team(run_id) for run_id in {rec["run_id"] for rec in events}}
+            teamless.update(run_id for run_id, name in team.items() if not name)
             batch.add_events(events, [team[rec["run_id"]] for rec in events])
         for kind, rec in others:
             if kind == "step":
-                batch.add_step(rec, runs.team(rec["run_id"]))
+                step_team = runs.team(rec["run_id"])
+                if not step_team:
+                    teamless.add(rec["run_id"])
+                batch.add_step(rec, step_team)
             else:
                 batch.add_alert(rec)
+        if teamless:
+            self.teamless.note(teamless, time.monotonic())
         return batch
+
+    # ------------------------------------------------------------------ re-stamping (rankstream.sinks.teams)
+
+    def adopt_stored_teamless(self) -> int:
+        """Follow the runs with team-less rows in the store (left by a sink that stopped before re-stamping)."""
+        found = stored_teamless_runs(self.client)
+        self.teamless.note(found, time.monotonic())
+        return len(found)
+
+    def restamp_due(self, *, force: bool = False) -> bool:
+        """True when a followed run's team is known or its store lookup is due (checked every RESTAMP_CHECK_S)."""
+        if not self.teamless:
+            return False
+        now = time.monotonic()
+        if not force and now < self._restamp_check_at:
+            return False
+        self._restamp_check_at = now + RESTAMP_CHECK_S
+        return self.teamless.due_soon(now) or any(self.runs.team(run_id) for run_id in self.teamless.runs())
+
+    def restamp(self) -> tuple[int, int]:
+        """Look up the due teams, then re-stamp the rows of every followed run whose team is known.
+
+        Store calls: the caller retries the whole call (idempotent) and lets no insert run meanwhile.
+        Returns ``(runs, rows)`` re-stamped.
+        """
+        now = time.monotonic()
+        given_up = self.teamless.expired(now)
+        if given_up:
+            example = given_up[0]
+            log.warning(
+                "sink: no team for %d run(s) after %.0f s (e.g. %s): rows kept with team ''",
+                len(given_up),
+                GIVE_UP_S,
+                example,
+            )
+        due = [run_id for run_id in self.teamless.due(now) if not self.runs.team(run_id)]
+        if due:
+            self.resolve_runs(due)
+        ready = {run_id: team for run_id in self.teamless.runs() if (team := self.runs.team(run_id))}
+        rows = restamp(self.client, ready)
+        self.teamless.forget(ready)
+        if ready:
+            log.info("sink: re-stamped %d row(s) of %d run(s) stored before their team was known", rows, len(ready))
+        return len(ready), rows
 
     def _run_row(self, item: Item) -> dict[str, Any] | None:
         """The ``runs`` row after one lifecycle message, or None when it changes nothing."""
