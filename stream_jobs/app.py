@@ -160,7 +160,7 @@ class StreamJob:
 
     # ------------------------------------------------------------------ helpers
 
-    async def _send(self, topic: str, key: bytes | None, value: bytes, partition: int | None) -> Any:
+    async def _send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None) -> Any:
         return await self.app.producer.send(topic, key, value, partition=partition, timestamp=None, headers=None)
 
     def _ack_offsets(self, partition: int, offsets: Any) -> None:
@@ -184,7 +184,7 @@ class StreamJob:
         s = self.pipeline.stats
         log.info(
             "rankstream worker: events=%d steps=%d alerts=%d invalid=%d held=%d produced=%d send_retries=%d "
-            "publishing=%d",
+            "dead_lettered_outputs=%d publishing=%d",
             s["events"],
             s["steps"],
             s["alerts"],
@@ -192,6 +192,7 @@ class StreamJob:
             self.pipeline.held_count(),
             self.publisher.stats.produced,
             self.publisher.stats.send_retries,
+            self.publisher.stats.dead_lettered,
             self.publisher.pending(),
         )
 

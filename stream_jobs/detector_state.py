@@ -3,16 +3,25 @@
 A run's state is written to the same partition number as the run's events (the
 topic has the events topic's partition count), so a worker assigned events
 partitions reads exactly those partitions of the state topic (docs/stream.md,
-"Detector state").
+"Detector state"). An evicted run's key gets a tombstone (value None), so
+compaction drops its state and the next owner of the partition does not load it.
 """
 
 from __future__ import annotations
+
+import logging
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from rankstream.config import Settings
 from rankstream.errors import ServiceUnavailable
-from rankstream.schema import loads
+from rankstream.stream_jobs.state_codec import CorruptState, decode_state
+
+log = logging.getLogger("rankstream.worker")
+
+#: How long compaction keeps a tombstone (ms): a reader of the state topic must reach it within that to
+#: see the state it deletes; reading a partition to its end at assignment takes seconds.
+TOMBSTONE_RETENTION_MS = 3_600_000
 
 
 class StateTopicUnavailable(ServiceUnavailable):
@@ -24,7 +33,9 @@ def state_topic(settings: Settings) -> str:
 
 
 async def load_state(settings: Settings, partitions: list[int]) -> dict[tuple[int, str], dict]:
-    """Read the compacted state topic's partitions to their end: the latest state per (partition, run_id)."""
+    """Read the compacted state topic's partitions to their end: the latest state per (partition, run_id).
+
+    A tombstone (an evicted run) deletes the state written before it."""
     topic = state_topic(settings)
     consumer = AIOKafkaConsumer(enable_auto_commit=False, **settings.aiokafka_kwargs())
     await consumer.start()
@@ -40,8 +51,16 @@ async def load_state(settings: Settings, partitions: list[int]) -> dict[tuple[in
             batch = await consumer.getmany(*remaining, timeout_ms=1000)
             for tp, records in batch.items():
                 for record in records:
-                    if record.key is not None and record.value is not None:
-                        states[(tp.partition, record.key.decode())] = loads(record.value)
+                    if record.key is not None:
+                        key = (tp.partition, record.key.decode())
+                        if record.value is None:
+                            states.pop(key, None)
+                        else:
+                            try:
+                                states[key] = decode_state(record.value)
+                            except (CorruptState, ValueError) as exc:  # that run starts afresh; the rest loads
+                                states.pop(key, None)
+                                log.warning("rankstream worker: saved state of run %s unreadable: %s", key[1], exc)
                     if record.offset + 1 >= end[tp]:
                         remaining.discard(tp)
             if not batch:
@@ -82,7 +101,11 @@ def ensure_state_topic(settings: Settings) -> None:
                         state_topic(settings),
                         num_partitions=partitions,
                         replication_factor=min(3, len(admin.describe_cluster()["brokers"])),
-                        topic_configs={"cleanup.policy": "compact", "segment.ms": "600000"},
+                        topic_configs={
+                            "cleanup.policy": "compact",
+                            "segment.ms": "600000",
+                            "delete.retention.ms": str(TOMBSTONE_RETENTION_MS),
+                        },
                     )
                 ]
             )

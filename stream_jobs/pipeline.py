@@ -10,6 +10,12 @@ until its aligned step is released; other events until the batch's outputs are
 produced. The shell acks the returned offsets only after Kafka acknowledged the
 outputs, so the committed offset never passes an event whose step is pending,
 and a restarted worker re-reads and rebuilds pending alignment from the log.
+
+Memory stays flat however many runs a worker has seen: when the engine evicts a
+run (ended, or silent for the retention), everything kept here for it goes too
+(held offsets are acked, released step numbers forgotten) and the result carries
+a tombstone for its saved detector state, so the next owner of the partition does
+not read it back.
 """
 
 from __future__ import annotations
@@ -78,20 +84,25 @@ class Result:
     alerts: list[dict] = field(default_factory=list)
     dlq: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     state: dict[tuple[int, str], dict] = field(default_factory=dict)  # (partition, run_id) -> detector state
+    #: (partition, run_id) of runs evicted, whose saved state is deleted (a tombstone); never also in ``state``.
+    evicted: set[tuple[int, str]] = field(default_factory=set)
     ackable: list[PartitionOffset] = field(default_factory=list)
 
     def empty(self) -> bool:
-        return not (self.steps or self.alerts or self.dlq or self.state or self.ackable)
+        return not (self.steps or self.alerts or self.dlq or self.state or self.evicted or self.ackable)
+
+
+#: Messages held for one aligned step: (wall time held since, where the message sits).
+_Held = list[tuple[float, PartitionOffset]]
 
 
 @dataclass
 class _PartitionState:
     engine: Engine
-    #: (run_id, attempt, step) -> messages waiting for that aligned step.
-    held: dict[tuple[str, int, int], list[tuple[float, PartitionOffset]]] = field(default_factory=dict)
+    #: run_id -> (attempt, step) -> messages waiting for that aligned step.
+    held: dict[str, dict[tuple[int, int], _Held]] = field(default_factory=dict)
     #: run_id -> (attempt, step) released, to recognise late events.
     released: dict[str, set[tuple[int, int]]] = field(default_factory=dict)
-    known_runs: set[str] = field(default_factory=set)
 
 
 class PartitionedPipeline:
@@ -129,7 +140,8 @@ class PartitionedPipeline:
     def _partition(self, partition: int) -> _PartitionState:
         state = self._partitions.get(partition)
         if state is None:
-            state = self._partitions[partition] = _PartitionState(Engine(self._rules, trust_first_seq=True))
+            engine = Engine(self._rules, trust_first_seq=True, report_evictions=True)
+            state = self._partitions[partition] = _PartitionState(engine)
         return state
 
     def revoke(self, partitions: Iterable[int]) -> None:
@@ -138,7 +150,7 @@ class PartitionedPipeline:
             self._partitions.pop(p, None)
 
     def held_count(self) -> int:
-        return sum(len(v) for ps in self._partitions.values() for v in ps.held.values())
+        return sum(len(v) for ps in self._partitions.values() for run in ps.held.values() for v in run.values())
 
     def engine_stats(self) -> dict[str, int]:
         total: dict[str, int] = {}
@@ -171,27 +183,29 @@ class PartitionedPipeline:
                 continue
             self.stats["events"] += 1
             ps = self._partition(item.partition)
+            engine = ps.engine
             run_id = event["run_id"]
-            if run_id not in ps.known_runs:
-                ps.known_runs.add(run_id)
+            if not engine.has_run(run_id):
                 self._restore(item.partition, ps, run_id)
-            engine_stats = ps.engine.stats
+            engine_stats = engine.stats
             not_pending_before = _not_pending(engine_stats)
             n_steps, n_alerts = len(steps), len(alerts)
-            ps.engine.process_into(event, steps, alerts, arrival=now_wall)
+            engine.process_into(event, steps, alerts, arrival=now_wall)
             ack = (item.partition, item.offset)
             if event["kind"] == "step":
-                key = (ps.engine.attempt(run_id), event["step"])
+                key = (engine.attempt(run_id), event["step"])
                 if _not_pending(engine_stats) > not_pending_before or key in ps.released.get(run_id, ()):
-                    # a duplicate, or late for a step released earlier (possibly by the partition's
-                    # previous owner, whose saved state says so): nothing pending depends on it
+                    # a duplicate, late for a step released earlier, or a straggler of an evicted run:
+                    # nothing pending depends on it
                     result.ackable.append(ack)
                 else:
-                    ps.held.setdefault((run_id, *key), []).append((now_wall, ack))
+                    ps.held.setdefault(run_id, {}).setdefault(key, []).append((now_wall, ack))
             else:
                 result.ackable.append(ack)
             if len(steps) > n_steps or len(alerts) > n_alerts:
                 self._collect(item.partition, ps, steps[n_steps:], alerts[n_alerts:], result, dirty)
+            if engine.evicted:  # after _collect: the steps flushed at eviction are released first
+                self._forget(item.partition, ps, result)
         self._finish(result, dirty)
         return result
 
@@ -207,6 +221,8 @@ class PartitionedPipeline:
             result.steps.extend(out.steps)
             result.alerts.extend(out.alerts)
             self._collect(partition, ps, out.steps, out.alerts, result, dirty)
+            if ps.engine.evicted:
+                self._forget(partition, ps, result)
             self._force_old(ps, now_wall, result)
         self._finish(result, dirty)
         return result
@@ -214,7 +230,8 @@ class PartitionedPipeline:
     # -------------------------------------------------------------------- helpers
 
     def _restore(self, partition: int, ps: _PartitionState, run_id: str) -> None:
-        if self._state_lookup is None:
+        """Load the saved state of a run the engine does not hold (not for an evicted run: its state is stale)."""
+        if self._state_lookup is None or ps.engine.was_evicted(run_id):
             return
         saved = self._state_lookup(partition, run_id)
         if saved:
@@ -236,24 +253,39 @@ class PartitionedPipeline:
             released.add((attempt, number))
             if len(released) > RELEASED_MEMORY:
                 released.discard(min(released))
-            for _, ack in ps.held.pop((run_id, attempt, number), ()):
-                result.ackable.append(ack)
+            run_held = ps.held.get(run_id)
+            if run_held:
+                for _, ack in run_held.pop((attempt, number), ()):
+                    result.ackable.append(ack)
             dirty.add((partition, run_id))
         for alert in alerts:
             dirty.add((partition, alert["run_id"]))
 
+    def _forget(self, partition: int, ps: _PartitionState, result: Result) -> None:
+        """Drop what is kept for the runs the engine evicted: their held messages are acked (whatever
+        they fed went out with the eviction's flush, or never will), their saved state gets a tombstone."""
+        for run_id in ps.engine.take_evicted():
+            ps.released.pop(run_id, None)
+            for messages in ps.held.pop(run_id, {}).values():
+                result.ackable.extend(ack for _, ack in messages)
+            result.evicted.add((partition, run_id))
+
     def _force_old(self, ps: _PartitionState, now_wall: float, result: Result) -> None:
         cutoff = now_wall - self._max_hold_s
-        for key in [k for k, v in ps.held.items() if v and v[0][0] < cutoff]:
-            for _, ack in ps.held.pop(key):
-                result.ackable.append(ack)
-                self.stats["forced_acks"] += 1
+        for run_held in ps.held.values():
+            for key in [k for k, v in run_held.items() if v and v[0][0] < cutoff]:
+                for _, ack in run_held.pop(key):
+                    result.ackable.append(ack)
+                    self.stats["forced_acks"] += 1
 
     def _finish(self, result: Result, dirty: set[tuple[int, str]]) -> None:
         for partition, run_id in dirty:
             ps = self._partitions.get(partition)
-            if ps is not None and run_id in ps.engine.run_ids():
+            if ps is not None and ps.engine.has_run(run_id):
                 result.state[(partition, run_id)] = ps.engine.export_state(run_id)
+        # a run evicted and relaunched within the batch is live: its new state replaces the old one
+        for key in [k for k in result.evicted if k in result.state]:
+            result.evicted.discard(key)
         self.stats["steps"] += len(result.steps)
         self.stats["alerts"] += len(result.alerts)
 

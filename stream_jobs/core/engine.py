@@ -25,8 +25,9 @@ from typing import Any
 from rankstream.stream_jobs.core.rules import RulesConfig
 from rankstream.stream_jobs.core.run import RunState
 
-#: Run ids remembered after eviction, so that stragglers of a finished run are not a new run.
-_EVICTED_MEMORY = 4096
+#: Run ids remembered after eviction (per engine, oldest forgotten first), so that stragglers of a finished
+#: run are not a new run. The only thing an engine keeps of a run after it is evicted.
+EVICTED_MEMORY = 4096
 #: Arrival-clock seconds between two sweeps for runs to evict.
 _SWEEP_EVERY_S = 60.0
 #: Arrival-clock seconds between two checks of the runs not heard from (released steps, silent / lost rules).
@@ -75,12 +76,22 @@ class Output:
 class Engine:
     """Aligns, aggregates and detects over many runs at once; one instance per worker / replay."""
 
-    def __init__(self, rules: RulesConfig | None = None, *, trust_first_seq: bool = False) -> None:
+    def __init__(
+        self, rules: RulesConfig | None = None, *, trust_first_seq: bool = False, report_evictions: bool = False
+    ) -> None:
         """``trust_first_seq``: for a consumer resuming mid-log (the stream worker), a rank's
         first seq seen is its floor instead of waiting for earlier seqs that were consumed
-        before the restart. Replay reads from the start and keeps the default."""
+        before the restart. Replay reads from the start and keeps the default.
+
+        ``report_evictions``: evicted run ids are listed in :attr:`evicted` until the caller
+        takes them (:meth:`take_evicted`), so that it can drop what it keeps per run (the
+        stream worker: held offsets, released steps, the saved state). Off for callers that
+        never take them (replay), whose list would only grow."""
         self.rules = rules if rules is not None else RulesConfig()
         self.trust_first_seq = trust_first_seq
+        self._report_evictions = report_evictions
+        #: Runs evicted since the caller last took them (only with ``report_evictions``), oldest first.
+        self.evicted: list[str] = []
         self._runs: dict[str, RunState] = {}
         #: Evicted run -> (attempt, last released step): a relaunch after eviction continues from there.
         self._evicted: OrderedDict[str, tuple[int, int]] = OrderedDict()
@@ -211,13 +222,28 @@ class Engine:
         run = self._runs.pop(run_id)
         self.stats["evicted_runs"] += 1
         self._evicted[run_id] = (run.aligner.restart, run.aligner.last_released)
-        if len(self._evicted) > _EVICTED_MEMORY:
+        if len(self._evicted) > EVICTED_MEMORY:
             self._evicted.popitem(last=False)
+        if self._report_evictions:
+            self.evicted.append(run_id)
+
+    def take_evicted(self) -> list[str]:
+        """The runs evicted since the last call (a run evicted and relaunched since may be live again)."""
+        evicted, self.evicted = self.evicted, []
+        return evicted
+
+    def was_evicted(self, run_id: str) -> bool:
+        """Whether ``run_id`` is remembered as evicted (its stragglers are ignored, a run_start relaunches it)."""
+        return run_id in self._evicted
 
     # ----------------------------------------------------------------- state
 
     def run_ids(self) -> list[str]:
         return sorted(self._runs)
+
+    def has_run(self, run_id: str) -> bool:
+        """Whether the engine holds ``run_id`` now (seen and not evicted since)."""
+        return run_id in self._runs
 
     def attempt(self, run_id: str) -> int:
         """The run's current attempt (``restart`` of its aligned steps); 0 for a run not held."""

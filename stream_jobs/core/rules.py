@@ -76,7 +76,9 @@ class RulesConfig:
     overrides: list[Override] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._cache: dict[tuple[str, str], Resolved] = {}
+        #: Resolved settings per set of matching overrides (their indices): a handful of entries however
+        #: many runs (a cache per team / run_name grew with every run ever seen).
+        self._cache: dict[tuple[int, ...], Resolved] = {}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, source: str = "rules") -> RulesConfig:
@@ -97,17 +99,20 @@ class RulesConfig:
         return cfg
 
     def resolve(self, team: str = "", run_name: str = "") -> Resolved:
-        key = (team, run_name)
+        """The settings of a run: defaults changed by every matching override, in file order.
+
+        Runs that match the same overrides get the same (identical) objects."""
+        key = tuple(i for i, ov in enumerate(self.overrides) if ov.matches(team, run_name))
         hit = self._cache.get(key)
         if hit is not None:
             return hit
         alignment = self.alignment
         rules = self.rules
-        for ov in self.overrides:
-            if ov.matches(team, run_name):
-                if ov.alignment:
-                    alignment = replace(alignment, **ov.alignment)
-                rules = rules.with_changes(ov.rules)
+        for i in key:
+            ov = self.overrides[i]
+            if ov.alignment:
+                alignment = replace(alignment, **ov.alignment)
+            rules = rules.with_changes(ov.rules)
         resolved = Resolved(alignment, rules)
         self._cache[key] = resolved
         return resolved
