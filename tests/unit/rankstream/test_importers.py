@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import json
 
-from rankstream.importers import import_hf_trainer_state, import_swift_jsonl, parse_duration, sniff_format
+import pytest
+
+from rankstream.importers import (
+    NothingToImport,
+    import_hf_trainer_state,
+    import_swift_jsonl,
+    parse_duration,
+    require_logged,
+    sniff_format,
+)
 from rankstream.schema import dumps, validate_event
 from rankstream.stream_jobs.core import Engine
 
@@ -83,3 +92,55 @@ def test_durations_and_format_sniffing() -> None:
     assert sniff_format('{"log_history": []}') == "hf"
     assert sniff_format(SWIFT[0]) == "swift"
     assert sniff_format('{"v":1,"kind":"step","run_id":"r"}\n') == "events"
+
+
+def test_a_finished_swift_log_is_not_taken_for_a_trainer_state() -> None:
+    final = json.dumps({"last_model_checkpoint": "ckpt-2", "global_step": 2, "log_history": [], "memory": 17.4})
+    head = "\n".join([SWIFT[0], SWIFT[1], final])
+    assert '"log_history"' in head and sniff_format(head) == "swift"
+    result = import_swift_jsonl([SWIFT[0], SWIFT[1], final], run_id="sw")
+    assert [(e["kind"], e["step"]) for e in result.events][1:] == [("step", 1), ("step", 2), ("run_end", 2)]
+    assert sniff_format('{\n  "global_step": 2,\n  "log_history": [\n') == "hf"  # indented trainer_state.json
+    assert sniff_format("\ufeff" + SWIFT[0]) == "swift"
+
+
+def test_numbers_written_as_strings_and_string_iterations() -> None:
+    lines = [
+        '{"loss": "2.5", "grad_norm": "nan", "learning_rate": "1e-4", "iteration": "10/20", "elapsed_time": "10s"}',
+        '{"loss": 2.4, "iteration": "20/20", "elapsed_time": "20s", "train_speed(s/it)": "1.0"}',
+    ]
+    events = [validate_event(e) for e in import_swift_jsonl(lines, run_id="s").events]
+    first, second = events[1], events[2]
+    assert first["step"] == 10 and first["metrics"]["loss"] == 2.5 and first["metrics"]["lr"] == 1e-4
+    assert first["metrics"]["grad_norm"] != first["metrics"]["grad_norm"]
+    assert second["step"] == 20 and second["metrics"]["step_time_s"] == 1.0
+
+
+def test_a_relaunch_appended_to_the_same_log_keeps_the_clock_running() -> None:
+    lines = [
+        json.dumps({"loss": 2.0, "global_step/max_steps": f"{s}/8", "elapsed_time": f"{e}s"})
+        for s, e in ((1, 10), (2, 20), (3, 5), (4, 15))  # the second launch's clock starts again at 0
+    ]
+    events = import_swift_jsonl(lines, run_id="s", end_ts=1000.0).events
+    ts = [e["ts"] for e in events if e["kind"] == "step"]
+    assert ts == sorted(ts) and ts[-1] == 1000.0 and ts[2] - ts[1] == 5.0
+
+
+def test_eval_line_without_a_step_belongs_to_the_last_training_step() -> None:
+    lines = ['{"lm loss": 2.0, "global_step/max_steps": "7/9", "elapsed_time": "3s"}', '{"eval_lm loss": 1.9}']
+    events = import_swift_jsonl(lines, run_id="m").events
+    assert [(e["kind"], e["step"], e["ts"]) for e in events[1:3]] == [("step", 7, 3.0), ("eval", 7, 3.0)]
+    assert events[2]["metrics"] == {"eval_loss": 1.9}
+
+
+def test_nothing_importable_is_one_error() -> None:
+    megatron_final = '{"last_model_checkpoint": "c", "best_model_checkpoint": null, "best_metric": null}'
+    for result in (
+        import_swift_jsonl([megatron_final], run_id="x"),
+        import_swift_jsonl(["{not json", "[1, 2]"], run_id="x"),
+        import_hf_trainer_state("{", run_id="x"),
+    ):
+        with pytest.raises(NothingToImport) as info:
+            require_logged(result, "f.jsonl")
+        assert str(info.value).startswith("nothing to import from f.jsonl: ") and "\n" not in str(info.value)
+        assert info.value.exit_code == 1

@@ -110,3 +110,26 @@ def test_import_then_replay_through_the_installed_command(tmp_path: Path) -> Non
     assert done.returncode == 0 and "Traceback" not in done.stderr
     alerts = [json.loads(line) for line in done.stdout.splitlines()]
     assert [(a["run_id"], a["rule"], a["step"]) for a in alerts] == [("imp", "nonfinite_grad", 1)]
+
+
+def test_empty_or_unimportable_files_exit_1_with_one_line(tmp_path: Path) -> None:
+    empty = tmp_path / "logging.jsonl"
+    empty.write_text("\n  \n")
+    for args in (["import", "--input", str(empty)], ["replay", "--input", str(empty)]):
+        for fmt in ([], ["--format", "swift"], ["--format", "events"]):
+            result = runner.invoke(app, [*args, *fmt])
+            assert result.exit_code == 1, (args, fmt, result.stderr)
+            assert result.stderr == f"rankstream: error: {empty} is empty: nothing to replay or import\n"
+    final_only = tmp_path / "megatron.jsonl"
+    final_only.write_text('{"last_model_checkpoint": "ckpt", "best_model_checkpoint": null, "best_metric": null}\n')
+    bad_state = tmp_path / "trainer_state.json"
+    bad_state.write_text('{\n  "global_step": 3,\n')
+    for path, why in (
+        (final_only, "no training or eval log entry"),
+        (bad_state, "trainer_state.json is not valid JSON"),
+    ):
+        for cmd in ("import", "replay"):
+            result = runner.invoke(app, [cmd, "--input", str(path)])
+            assert result.exit_code == 1 and result.stdout == "", (cmd, path, result.stderr)
+            assert result.stderr.count("\n") == 1 and f"nothing to import from {path}" in result.stderr
+            assert why in result.stderr
