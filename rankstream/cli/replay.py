@@ -27,7 +27,10 @@ InputOpt = Annotated[
 ]
 FormatOpt = Annotated[
     str,
-    typer.Option("--format", help="auto, events (v1 JSONL), swift (ms-swift logging.jsonl), hf (trainer_state.json)"),
+    typer.Option(
+        "--format",
+        help="auto, events (v1 JSONL), swift (ms-swift / Megatron-swift logging.jsonl), hf (trainer_state.json)",
+    ),
 ]
 RunIdOpt = Annotated[str | None, typer.Option("--run-id", help="run_id for imported files [default: the file's stem]")]
 
