@@ -185,3 +185,22 @@ def wait_committed(settings: Settings, group: str, topic: str, at_least: int, ti
             return total
         time.sleep(0.25)
     raise AssertionError(f"{group} committed {total} offsets on {topic}, expected >= {at_least} in {timeout_s:.0f}s")
+
+
+def wait_group_stable(settings: Settings, group: str, members: int, timeout_s: float = 60.0) -> None:
+    """Wait until consumer group ``group`` is Stable with exactly ``members`` members (the partitions are split)."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(**settings.kafka_python_kwargs())
+    deadline = time.monotonic() + timeout_s
+    seen: tuple[str, int] = ("", 0)
+    try:
+        while time.monotonic() < deadline:
+            described = admin.describe_groups([group]).get(group) or {}
+            seen = (str(described.get("group_state", "")), len(described.get("members") or []))
+            if seen == ("Stable", members):
+                return
+            time.sleep(0.25)
+    finally:
+        admin.close()
+    raise AssertionError(f"group {group} is {seen[0] or 'unknown'} with {seen[1]} member(s), not Stable with {members}")

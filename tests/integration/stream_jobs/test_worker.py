@@ -12,7 +12,15 @@ import pytest
 from rankstream.config import Settings
 from rankstream.dev.synthetic import Fault, generate_run
 from rankstream.schema import dumps, loads
-from tests.integration.streamkit import WorkerProcess, collect, produce, replay, step_keys, wait_committed
+from tests.integration.streamkit import (
+    WorkerProcess,
+    collect,
+    produce,
+    replay,
+    step_keys,
+    wait_committed,
+    wait_group_stable,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -97,7 +105,7 @@ def test_two_workers_one_killed_other_takes_over(kafka: Settings, tmp_path: Path
     a = WorkerProcess(kafka, tmp_path / "a.log", group=group)
     b = WorkerProcess(kafka, tmp_path / "b.log", group=group)
     try:
-        time.sleep(8)  # both join the group and split the 3 partitions
+        wait_group_stable(kafka, group, members=2)  # both joined the group and split the 3 partitions
         produce(kafka, half)
         _wait_for_progress(kafka, 100)
         a.kill()
@@ -128,10 +136,10 @@ def test_workers_joining_and_leaving_under_load_lose_no_step_and_no_detector_sta
     a = WorkerProcess(kafka, tmp_path / "a.log", group=group)
     b: WorkerProcess | None = None
     try:
-        time.sleep(8)  # a owns every partition
+        wait_group_stable(kafka, group, members=1)  # a owns every partition
         for i, chunk in enumerate(chunks):
             produce(kafka, chunk)
-            time.sleep(0.4)
+            time.sleep(0.4)  # paces the job so that the rebalances happen while events flow
             if i == len(chunks) // 3:
                 b = WorkerProcess(kafka, tmp_path / "b.log", group=group)
             if i == 2 * len(chunks) // 3:
