@@ -101,30 +101,49 @@ class LossSpikeParams(RuleParams):
 
 @dataclass(frozen=True)
 class LossRisingParams(RuleParams):
-    """loss_rising: the smoothed mean loss keeps going up."""
+    """loss_rising: the mean loss keeps going up, cleanly or through noise."""
 
     cooldown_steps: int = 100
     during_warmup: WarmupMode = "suppress"
     steps: int = 10
-    """consecutive steps the smoothed loss must rise"""
+    """consecutive logged points the smoothed loss must rise (the clean reading)"""
     ewma_alpha: float = 0.1
-    """smoothing factor of the loss EWMA, in (0, 1] (1 = no smoothing)"""
+    """smoothing factor of the loss EWMA per step, in (0, 1] (1 = no smoothing); a point logged k steps after
+    the previous one weighs 1 - (1 - `ewma_alpha`)^k, so the smoothing spans the same steps at any cadence"""
     min_rel_rise: float = 0.02
-    """the smoothed loss must have risen by at least this fraction since the rise began (0.02 = 2%)"""
+    """the loss must have risen by at least this fraction (0.02 = 2%): the smoothed loss since the clean rise
+    began, or the Theil-Sen slope over the trend window"""
+    trend_window_steps: int = 100
+    """steps the window of the robust trend test spans at least (the test also catches a noisy climb that
+    never rises `steps` times in a row) ..."""
+    trend_points: int = 20
+    """... in this many bins of `trend_window_steps / trend_points` steps, each the mean of the points
+    logged in it: at least this many logged points (a coarse cadence widens the window)"""
+    trend_z: float = 4.0
+    """Mann-Kendall score of that window from which the loss is rising (4 = one-sided p 3e-5: the test
+    runs whenever a bin closes)"""
 
 
 @dataclass(frozen=True)
 class LossPlateauParams(RuleParams):
-    """loss_plateau: the smoothed mean loss stopped improving."""
+    """loss_plateau: the mean loss is statistically not improving (flat or worse), once per plateau."""
 
     cooldown_steps: int = 200
     during_warmup: WarmupMode = "suppress"
     patience: int = 200
-    """steps without improvement that make a plateau"""
-    min_delta: float = 0.01
-    """an improvement is a drop of the smoothed loss by at least this fraction of the best (0.01 = 1%)"""
-    ewma_alpha: float = 0.05
-    """smoothing factor of the loss EWMA, in (0, 1]"""
+    """steps the judged stretch spans at least (and the trend's history before the first judgement) ..."""
+    window_frac: float = 0.25
+    """... or this fraction of the steps since the loss trend began (end of warmup, resume), whichever is
+    longer: a long run is judged over a long stretch, so a slow healthy descent is still a descent"""
+    min_points: int = 30
+    """logged points the stretch holds at least (it reaches further back at a coarse cadence); it is judged
+    on the means of equal step bins (at most 64 over the trend's history, at least 8 in the stretch)"""
+    z: float = 1.64
+    """a stretch whose Mann-Kendall score is at or below -z is improving (1.64 = one-sided p 0.05); above,
+    the loss shows no significant decrease ..."""
+    confirm: int = 8
+    """... and a plateau is that reading at this many judgements in a row (one per closed bin: the stretch
+    has moved on by about half its length, so one unlucky draw of noise is not a plateau)"""
 
 
 @dataclass(frozen=True)
