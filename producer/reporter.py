@@ -1,8 +1,11 @@
 """The training-loop facing object: ``Reporter.log`` is the hot path, everything else is background.
 
 ``log`` copies the metric references into a tuple, stamps ``ts`` and ``seq``
-and appends it to a deque: no serialization, no I/O, no lock, no torch call.
-The :class:`~rankstream.producer.sender.Sender` thread does the rest; a
+and appends it to a deque: no serialization, no I/O, no lock, no torch call,
+in every path (a full queue included: the sender thread spools the oldest).
+The rate limit is a step stride every rank computes alike
+(:mod:`~rankstream.producer.ratelimit`). The
+:class:`~rankstream.producer.sender.Sender` thread does the rest; a
 heartbeat thread keeps a rank visibly alive while it sits in a collective.
 Each reporter is one *incarnation* (``inc``) of its rank: a relaunch under the
 same run id counts ``seq`` from 0 again under a new ``inc``. How the process
@@ -28,6 +31,7 @@ from typing import Any
 from rankstream.config import Settings
 from rankstream.producer.events import EventEncoder
 from rankstream.producer.identity import RunIdentity, detect_identity
+from rankstream.producer.ratelimit import StepStride
 from rankstream.producer.redact import redact_meta
 from rankstream.producer.sender import Sender
 from rankstream.producer.shutdown import NORMAL, install, signal_name, uncaught_exception_reason
@@ -41,6 +45,10 @@ _REPORTERS: set[Reporter] = set()
 ATEXIT_TIMEOUT_S = 5.0
 SHUTDOWN_TIMEOUT_S = 5.0  # on SIGTERM/SIGINT: torchrun and SLURM wait ~30 s before SIGKILL
 SEQ_LIMIT = sys.maxsize  # seqs a reporter can hand out
+# Events waiting in memory beyond which log() drops (counted): the sender thread is stuck, not merely behind
+# (it spools everything beyond queue_size). Bounds the memory (and CUDA tensors) a stuck sender can pin.
+HARD_QUEUE_FACTOR = 10
+HARD_QUEUE_MIN = 100_000
 
 
 class Reporter:
@@ -71,15 +79,16 @@ class Reporter:
         self.heartbeat_s = float(heartbeat_s)
         self.every_k = max(int(every_k), 1)
         rate = float(max_events_per_s) if max_events_per_s else 0.0
-        self._rate = rate if 0.0 < rate < math.inf else 0.0
-        self._burst = max(self._rate, 1.0)  # up to one second's worth of events at once
-        self._tokens = self._burst
-        self._t_last = time.monotonic()
+        self._stride = StepStride(rate, self.every_k) if 0.0 < rate < math.inf else None
         self._queue_size = max(int(queue_size), 1)
+        self._hard_limit = max(self._queue_size * HARD_QUEUE_FACTOR, HARD_QUEUE_MIN)
         ident = self.identity
-        self.spool_root = Path(spool_dir) if spool_dir is not None else self.settings.spool_dir
-        self.spool = Spool(rank_dir(self.spool_root, ident.run_id, ident.rank), max_bytes=int(spool_max_mb) << 20)
+        self.spool_root = Path(spool_dir) if spool_dir is not None else self.settings.spool_path
         self.inc = secrets.token_hex(6)  # this process start of this rank: seq counts from 0 per inc
+        own_dir = rank_dir(self.spool_root, ident.run_id, ident.rank)
+        self.spool = Spool(
+            own_dir, max_bytes=int(spool_max_mb) << 20, fallback=own_dir.with_name(f"{own_dir.name}-{self.inc}")
+        )
         self._encoder = EventEncoder(
             ident.run_id, ident.rank, ident.world_size, ident.local_rank, ident.host, inc=self.inc
         )
@@ -91,6 +100,7 @@ class Reporter:
             key=ident.run_id.encode(),
             client_id=f"rankstream-{ident.rank}",
             transport=transport,
+            queue_size=self._queue_size,
         )
         self._queue = self._sender.queue
         # The training thread and the heartbeat thread both draw seqs: next() on a range iterator is one
@@ -104,7 +114,13 @@ class Reporter:
         self._hb_stop = threading.Event()
         self._hb_thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        self._counts = {"skipped_every_k": 0, "rate_limited": 0, "bad_calls": 0, "forked_calls": 0}
+        self._counts = {
+            "skipped_every_k": 0,
+            "rate_limited": 0,
+            "bad_calls": 0,
+            "forked_calls": 0,
+            "dropped_queue_full": 0,
+        }
         self._warned: set[str] = set()
         self.shutdown_timeout_s = max(float(shutdown_timeout_s), 0.0)
         self.handle_signals = bool(handle_signals)
@@ -176,10 +192,12 @@ class Reporter:
 
     def _emit(self, kind: str, step: int, metrics: Any, tags: Any, meta: Any) -> None:
         item = (kind, step, time.time(), next(self._seq), metrics, tags, meta)
-        if len(self._queue) < self._queue_size:
+        # Beyond queue_size the sender spools the oldest; only a stuck sender lets the queue reach the hard limit
+        # (then the event is dropped, its seq a visible gap downstream).
+        if len(self._queue) < self._hard_limit:
             self._queue.append(item)
         else:
-            self._sender.overflow(item)
+            self._counts["dropped_queue_full"] += 1
 
     def log(
         self,
@@ -212,17 +230,9 @@ class Reporter:
             if self.every_k > 1 and step % self.every_k:
                 self._counts["skipped_every_k"] += 1
                 return
-            if self._rate:
-                now = time.monotonic()
-                tokens = self._tokens + (now - self._t_last) * self._rate
-                self._t_last = now
-                if tokens > self._burst:
-                    tokens = self._burst
-                if tokens < 1.0:
-                    self._tokens = tokens
-                    self._counts["rate_limited"] += 1
-                    return
-                self._tokens = tokens - 1.0
+            if self._stride is not None and not self._stride.keep(step):
+                self._counts["rate_limited"] += 1
+                return
             if metrics_kw:
                 if metrics:
                     merged = dict(metrics)
@@ -295,9 +305,12 @@ class Reporter:
             "overflow_spooled": p["overflow"],
             "dropped_invalid": self._encoder.dropped_invalid,
             "dropped_spool_full": self.spool.dropped,
+            "dropped_spool_error": p["spool_errors"],
+            "dropped_queue_full": self._counts["dropped_queue_full"],
             "truncated": self._encoder.truncated,
             "skipped_every_k": self._counts["skipped_every_k"],
             "rate_limited": self._counts["rate_limited"],
+            "rate_stride": self._stride.stride if self._stride is not None else 1,
             "bad_calls": self._counts["bad_calls"],
             "forked_calls": self._counts["forked_calls"],
             "queued": len(self._queue),

@@ -41,7 +41,7 @@ def test_bad_input_never_raises_and_is_counted(dead: Settings) -> None:
     stats = r.stats
     assert stats["bad_calls"] == 5
     assert stats["dropped_invalid"] == 1
-    events = _spooled(dead.spool_dir, "r1", 0)
+    events = _spooled(dead.spool_path, "r1", 0)
     steps = [e for e in events if e["kind"] == "step"]
     assert [e["step"] for e in steps] == [3]
     assert steps[0]["metrics"] == {"ok": 1.5}
@@ -57,7 +57,7 @@ def test_everything_is_spooled_in_seq_order_with_meta_heartbeat_and_run_end(dead
     time.sleep(0.7)  # a few heartbeats
     r.log_eval(49, eval_loss=0.5)
     r.close(timeout=2, status="failed")
-    events = _spooled(dead.spool_dir, "r2", 1)
+    events = _spooled(dead.spool_path, "r2", 1)
     assert [e["seq"] for e in events] == list(range(len(events)))
     assert events[0]["kind"] == "run_start" and events[0]["meta"]["config"]["api_key"] == "***"
     assert events[0]["meta"]["config"]["lr"] == 0.1
@@ -71,16 +71,24 @@ def test_everything_is_spooled_in_seq_order_with_meta_heartbeat_and_run_end(dead
 
 
 def test_every_k_and_rate_limit(dead: Settings) -> None:
+    """every_k first, then a stride by step number (here 100 steps/s on a fake clock: 50 reported/s, limit 5/s)."""
     r = Reporter("r3", settings=dead, rank=0, world_size=1, every_k=2, max_events_per_s=5, heartbeat_s=0)
-    for step in range(100):
+    now = [0.0]
+    assert r._stride is not None
+    r._stride.clock = lambda: now[0]
+    for step in range(2000):
+        now[0] = step / 100.0
         r.log(step, loss=1.0)
     stats = r.stats
-    assert stats["skipped_every_k"] == 50
-    assert 5 <= stats["enqueued"] - 1 <= 7  # one second's burst passes, the rest is thinned out
-    assert stats["rate_limited"] == 50 - (stats["enqueued"] - 1)
+    assert stats["skipped_every_k"] == 1000
+    assert stats["rate_stride"] == 8  # 50 reported steps/s over 5/s: 10, nearest power of two 8
+    # Every reported step until the first decision (64 reported steps), then every 8th reported step.
+    expected = [s for s in range(0, 2000, 2) if s // 2 < 64 or (s // 2) % 8 == 0]
+    assert stats["rate_limited"] == 1000 - len(expected)
+    assert stats["enqueued"] == 1 + len(expected)
     r.close(timeout=1)
-    steps = [e["step"] for e in _spooled(dead.spool_dir, "r3", 0) if e["kind"] == "step"]
-    assert steps and all(s % 2 == 0 for s in steps)
+    steps = [e["step"] for e in _spooled(dead.spool_path, "r3", 0) if e["kind"] == "step"]
+    assert steps == expected
 
 
 def test_queue_overflow_goes_to_the_spool(dead: Settings) -> None:
@@ -88,7 +96,7 @@ def test_queue_overflow_goes_to_the_spool(dead: Settings) -> None:
     for step in range(200):
         r.log(step, loss=1.0)
     r.close(timeout=2)
-    events = _spooled(dead.spool_dir, "r4", 0)
+    events = _spooled(dead.spool_path, "r4", 0)
     assert r.stats["overflow_spooled"] > 0
     assert sorted(e["seq"] for e in events) == list(range(202))
 
@@ -105,7 +113,7 @@ def test_forked_child_does_not_report_and_parent_keeps_working(dead: Settings) -
     assert os.waitstatus_to_exitcode(status) == 0
     r.log(2, loss=3.0)
     r.close(timeout=2)
-    steps = [e["step"] for e in _spooled(dead.spool_dir, "r5", 0) if e["kind"] == "step"]
+    steps = [e["step"] for e in _spooled(dead.spool_path, "r5", 0) if e["kind"] == "step"]
     assert steps == [0, 2]
 
 
