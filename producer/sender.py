@@ -7,7 +7,15 @@ lazily and never on the training thread) and decides where each event goes:
 * broker unreachable, a send failed, acks stalled, or a backlog exists: appended to the spool
   (unacked in-flight events too, so nothing is lost; at worst they arrive twice);
 * once connected again: the spool is replayed in order, then leftovers of dead reporters
-  (a run's ranks merged by event time).
+  (a run's ranks merged by event time);
+* more than ``queue_size`` events waiting (this thread is behind): the oldest are spooled,
+  in order, by this thread (the training thread only ever appends to the queue).
+
+Work is done in slices of at most ``SLICE_EVENTS`` events, each followed by a
+short real sleep while more is waiting: a slice holds the GIL for a few
+hundred microseconds, and the sleep hands it back, so a training thread that
+wants it waits at most about one slice instead of the interpreter's 5 ms
+switch interval.
 
 A failed send (including the idempotent producer's OutOfOrderSequenceNumber /
 UnknownProducerId after a broker restart lost its producer state: kafka-python
@@ -41,6 +49,8 @@ QueuedEvent = tuple[str, int, float, int, Any, Any, Any]
 
 POLL_S = 0.05
 BATCH_MAX = 1000
+SLICE_EVENTS = 64  # ~0.3 ms of encoding (12 metrics) between two GIL hand-backs
+SLICE_PAUSE_S = 0.0002
 STALL_S = 5.0  # no ack for this long: treat the broker as gone and spool what is in flight
 REPLAY_TIMEOUT_S = 10.0
 BACKOFF_MIN_S = 0.5
@@ -76,6 +86,7 @@ class Sender:
         client_id: str,
         *,
         transport: Transport | None = None,
+        queue_size: int = 10000,
     ) -> None:
         self.topic = settings.topics.events
         self.transport: Transport = transport if transport is not None else KafkaTransport(settings)
@@ -83,12 +94,14 @@ class Sender:
         self.spool = spool
         self.key = key
         self.queue: deque[QueuedEvent] = deque()
+        self.queue_size = max(int(queue_size), 1)
         self.client_id = client_id
         self.counts = {
             "sent": 0,
             "spooled": 0,
             "replayed": 0,
             "overflow": 0,
+            "spool_errors": 0,
             "connects": 0,
             "connect_attempts": 0,
             "send_failures": 0,
@@ -105,6 +118,7 @@ class Sender:
         self._backoff = BACKOFF_MIN_S
         self._deadline = float("inf")
         self._orphans = OrphanSpools(spool_root, exclude=spool.dir)
+        self._disk_trouble = False  # the last spool write failed (logged once per episode)
 
     @property
     def _closing(self) -> bool:
@@ -116,15 +130,6 @@ class Sender:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="rankstream-sender", daemon=True)
             self._thread.start()
-
-    def overflow(self, event: QueuedEvent) -> None:
-        """The memory queue is full (the sender is behind): write this event to the spool directly."""
-        try:
-            self.spool.append([self.encoder.encode(*event)])
-            self.counts["overflow"] += 1
-            self.counts["spooled"] += 1
-        except Exception as exc:  # disk trouble must not reach the training loop
-            self.last_error = one_line(exc)
 
     def close(self, timeout: float) -> None:
         """Deliver what can be delivered within ``timeout`` s; spool the rest; release the spool."""
@@ -164,20 +169,38 @@ class Sender:
             while self.lifecycle is not Lifecycle.ABANDONED:
                 if self._producer is None and self._may_connect():
                     self._connect()  # before taking events: send directly rather than spool when possible
-                batch = self._drain()
+                overflowed = self._spool_overflow()
+                batch = self._drain(SLICE_EVENTS)
                 if batch:
                     self._handle(batch)
                 self._reap()
                 if self._closing and (not self.queue) and (self._done_closing() or time.monotonic() >= self._deadline):
                     break
                 worked = self._maintain()
-                if not batch and not worked:
+                if overflowed or batch or worked:
+                    if self.queue or worked:
+                        time.sleep(SLICE_PAUSE_S)  # hand the GIL back between slices (see the module doc)
+                else:
                     self._wake.wait(POLL_S)
                     self._wake.clear()
         except Exception as exc:  # pragma: no cover - a bug here must not lose the queue
             log.exception("rankstream: sender thread failed: %s", exc)
         finally:
             self._finish()
+
+    def _spool_overflow(self) -> bool:
+        """More than ``queue_size`` events wait (this thread is behind): spool the oldest slice, in order.
+
+        Spooling reads their tensors and frees the references; the events still
+        queued after them go to the spool too while it has a backlog, so order holds.
+        """
+        excess = len(self.queue) - self.queue_size
+        if excess <= 0:
+            return False
+        events = self._drain(min(excess, SLICE_EVENTS))
+        self.counts["overflow"] += len(events)
+        self._spool_events(events)
+        return True
 
     def _drain(self, limit: int = BATCH_MAX) -> list[QueuedEvent]:
         q = self.queue
@@ -214,10 +237,21 @@ class Sender:
             return
         try:
             self.spool.append(payloads)
-            self.counts["spooled"] += len(payloads)
-        except Exception as exc:
+        except Exception as exc:  # a full or failing disk: counted, logged once per episode, never raised
+            self.counts["spool_errors"] += len(payloads)
             self.last_error = one_line(exc)
-            log.error("rankstream: cannot write spool %s (%s): %d events lost", self.spool.dir, exc, len(payloads))
+            if not self._disk_trouble:
+                self._disk_trouble = True
+                log.error(
+                    "rankstream: cannot write spool %s (%s): events lost (counted in stats['dropped_spool_error'])",
+                    self.spool.dir,
+                    self.last_error,
+                )
+            return
+        self.counts["spooled"] += len(payloads)
+        if self._disk_trouble:
+            self._disk_trouble = False
+            log.info("rankstream: spool %s writable again", self.spool.dir)
 
     def _handle(self, batch: list[QueuedEvent]) -> None:
         payloads = self._encode(batch)

@@ -9,7 +9,15 @@ stopped (a crash between the ack and that record only causes duplicates, which
 kernel releases it when the process dies, which is how the next reporter or
 ``rankstream spool flush`` knows a directory is orphaned and safe to deliver
 (:mod:`~rankstream.producer.merge` merges a run's ranks by time,
-:mod:`~rankstream.producer.flush` is the command's delivery).
+:mod:`~rankstream.producer.flush` is the command's delivery). The lock is only
+ever tried, never waited for: a directory another live process holds (the
+same run and rank started twice) makes the writer use its ``fallback``.
+
+A failed write (a full disk: ENOSPC after a short write) is cut back to the
+last whole message with ``ftruncate``, so the file never holds a torn line and
+the byte counts kept here always equal the file; the caller counts the lost
+batch. Only if that truncation fails too is the segment sealed (never appended
+to again; reads stop at the recorded size).
 """
 
 from __future__ import annotations
@@ -63,8 +71,9 @@ class Chunk:
 class Spool:
     """One (run, rank) spool directory. Thread-safe; the owner holds its flock."""
 
-    def __init__(self, directory: str | Path, max_bytes: int = 1024 << 20) -> None:
+    def __init__(self, directory: str | Path, max_bytes: int = 1024 << 20, fallback: str | Path | None = None) -> None:
         self.dir = Path(directory)
+        self.fallback = Path(fallback) if fallback is not None else None
         self.max_bytes = max(int(max_bytes), 4096)
         self.segment_bytes = min(max(self.max_bytes // 8, 64 << 10), 16 << 20)
         self._lock = threading.RLock()
@@ -74,8 +83,10 @@ class Spool:
         self._lines: dict[int, int] = {}  # messages per segment
         self._done: dict[int, tuple[int, int]] = {}  # (bytes, messages) acknowledged per segment
         self._writer: tuple[int, int] | None = None  # (segment, fd) being appended to
+        self._sealed: set[int] = set()  # segments whose torn tail could not be cut off: never appended to
         self.dropped = 0  # messages dropped because the spool hit its cap
         self._warned_full = False
+        self._warned_progress = False
 
     # ---------------------------------------------------------------- ownership
 
@@ -175,7 +186,11 @@ class Spool:
             self._writer = None
 
     def _open_writer(self) -> int:
-        if self._writer is not None and self._sizes.get(self._writer[0], 0) < self.segment_bytes:
+        if (
+            self._writer is not None
+            and self._sizes.get(self._writer[0], 0) < self.segment_bytes
+            and self._writer[0] not in self._sealed
+        ):
             return self._writer[1]
         self._close_writer()
         seg = max(self._sizes, default=0) + 1
@@ -190,17 +205,45 @@ class Spool:
             return
         data = b"\n".join(payloads) + b"\n"
         with self._lock:
-            if self._lock_fd is None and not self.acquire(blocking=True):
-                raise SpoolError(f"cannot lock spool directory {self.dir}")
+            if self._lock_fd is None:
+                self._take_ownership()
             self._enforce_cap(len(data))
             fd = self._open_writer()
             seg = self._writer[0] if self._writer else 0
             view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            try:
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+            except OSError:
+                self._cut_torn_tail(seg, fd)
+                raise
             self._sizes[seg] += len(data)
             self._lines[seg] += len(payloads)
+
+    def _take_ownership(self) -> None:
+        """Lock our directory without waiting; when another live process holds it, switch to the fallback."""
+        if self.acquire(blocking=False):
+            return
+        if self.fallback is not None:
+            log.warning(
+                "rankstream: spool %s is held by another live process (same run and rank twice?): using %s",
+                self.dir,
+                self.fallback,
+            )
+            self.dir, self.fallback = self.fallback, None
+            self._loaded = False
+            if self.acquire(blocking=False):
+                return
+        raise SpoolError(f"spool directory {self.dir} is locked by another live process")
+
+    def _cut_torn_tail(self, seg: int, fd: int) -> None:
+        """After a failed write: truncate the segment back to its last whole message (or seal it)."""
+        try:
+            os.ftruncate(fd, self._sizes[seg])
+        except OSError:
+            self._sealed.add(seg)
+            self._close_writer()
 
     def _enforce_cap(self, incoming: int) -> None:
         while self._sizes and sum(self._sizes.values()) + incoming > self.max_bytes:
@@ -225,6 +268,7 @@ class Spool:
         self._sizes.pop(seg, None)
         self._lines.pop(seg, None)
         self._done.pop(seg, None)
+        self._sealed.discard(seg)
 
     # ---------------------------------------------------------------- replay
 
@@ -267,8 +311,13 @@ class Spool:
                 self._delete_segment(chunk.segment)
                 return
             tmp = self._done_path(chunk.segment).with_suffix(".done.tmp")
-            tmp.write_text(str(chunk.end))
-            os.replace(tmp, self._done_path(chunk.segment))
+            try:
+                tmp.write_text(str(chunk.end))
+                os.replace(tmp, self._done_path(chunk.segment))
+            except OSError as exc:  # a full disk: the acknowledgement stays in memory; a crash resends (duplicates)
+                if not self._warned_progress:
+                    self._warned_progress = True
+                    log.warning("rankstream: cannot record delivery progress in %s: %s (warned once)", self.dir, exc)
 
 
 # --------------------------------------------------------------------- discovery

@@ -26,8 +26,14 @@ SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 __all__ = ["ConfigError", "Settings"]
 
 
-def _default_state_dir() -> str:
-    return str(Path.cwd() / ".rankstream")
+def _default_state_dir() -> Path:
+    return Path.cwd() / ".rankstream"
+
+
+def _default_spool_dir() -> Path:
+    """A per-user local cache directory (XDG): the working directory of a job is often NFS/Lustre."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache).expanduser() / "rankstream" / "spool"
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,8 @@ class Settings:
     ssl_certfile: str = ""
     ssl_keyfile: str = ""
     ssl_password: str = field(default="", repr=False)
-    state_dir: str = field(default_factory=_default_state_dir)
+    state_dir: str = ""  # empty: ./.rankstream (the spool then defaults to a local cache directory)
+    spool_dir: str = ""  # where reporters spool; see spool_path
     store_dsn: str = ""
     kafka_port: int = 9092
     kafka_controller_port: int = 0  # 0: kafka_port + 1
@@ -102,7 +109,7 @@ class Settings:
 
     @property
     def state_path(self) -> Path:
-        return Path(self.state_dir).expanduser().resolve()
+        return Path(self.state_dir).expanduser().resolve() if self.state_dir else _default_state_dir()
 
     @property
     def dsn(self) -> str:
@@ -112,8 +119,14 @@ class Settings:
         return f"chdb://{self.state_path / 'store'}"
 
     @property
-    def spool_dir(self) -> Path:
-        return self.state_path / "spool"
+    def spool_path(self) -> Path:
+        """Reporters' spool root: ``spool_dir``, else ``<state_dir>/spool`` when a state directory is set,
+        else ``$XDG_CACHE_HOME/rankstream/spool`` (``~/.cache/rankstream/spool``), never the working directory."""
+        if self.spool_dir:
+            return Path(self.spool_dir).expanduser().resolve()
+        if self.state_dir:
+            return self.state_path / "spool"
+        return _default_spool_dir()
 
     def _sasl_kwargs(self) -> dict[str, Any]:
         """SASL settings; kafka-python and aiokafka use the same argument names."""

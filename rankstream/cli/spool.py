@@ -13,18 +13,30 @@ spool_app = typer.Typer(
     help="Deliver or inspect spooled events (written while Kafka was unreachable).", no_args_is_help=True
 )
 
-DirArg = Annotated[Path, typer.Argument(help="Spool directory (default layout: <state_dir>/spool)", show_default=False)]
+DirArg = Annotated[
+    Path | None,
+    typer.Argument(
+        help="Spool directory [default: where reporters spool: RANKSTREAM_SPOOL_DIR, else "
+        "<RANKSTREAM_STATE_DIR>/spool, else $XDG_CACHE_HOME/rankstream/spool or ~/.cache/rankstream/spool]",
+        show_default=False,
+    ),
+]
 
 
-def _check_dir(directory: Path) -> None:
+def _check_dir(directory: Path, defaulted: bool) -> bool:
+    """False when there is nothing to look at: the default spool root does not exist (yet)."""
+    if defaulted and not directory.exists():
+        typer.echo(f"no spooled events in {directory}")
+        return False
     if not directory.exists():
         fail(f"spool directory {directory} does not exist", EXIT_CONFIG)
     if not directory.is_dir():
         fail(f"{directory} is not a directory", EXIT_CONFIG)
+    return True
 
 
 @spool_app.command("flush")
-def flush(directory: DirArg, bootstrap: BootstrapOpt = None, prefix: PrefixOpt = None) -> None:
+def flush(directory: DirArg = None, bootstrap: BootstrapOpt = None, prefix: PrefixOpt = None) -> None:
     """Send every orphaned spooled event to Kafka (a run's ranks merged by time), then delete what was acknowledged."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -32,7 +44,10 @@ def flush(directory: DirArg, bootstrap: BootstrapOpt = None, prefix: PrefixOpt =
     from rankstream.producer.spool import SpoolError, spool_summary
 
     settings = load_settings(bootstrap_servers=bootstrap, topic_prefix=prefix)
-    _check_dir(directory)
+    root = directory if directory is not None else settings.spool_path
+    if not _check_dir(root, defaulted=directory is None):
+        return
+    directory = root
     try:
         before = spool_summary(directory)
     except OSError as exc:
@@ -67,11 +82,14 @@ def flush(directory: DirArg, bootstrap: BootstrapOpt = None, prefix: PrefixOpt =
 
 
 @spool_app.command("status")
-def status(directory: DirArg) -> None:
+def status(directory: DirArg = None) -> None:
     """List spools with their undelivered event counts."""
     from rankstream.producer.spool import spool_summary
 
-    _check_dir(directory)
+    root = directory if directory is not None else load_settings().spool_path
+    if not _check_dir(root, defaulted=directory is None):
+        return
+    directory = root
     rows = spool_summary(directory)
     if not rows:
         typer.echo(f"no spooled events in {directory}")

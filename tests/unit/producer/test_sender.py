@@ -129,7 +129,7 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT_S
 def spooled_seqs(settings: Settings, run_id: str) -> list[int]:
     """Seqs of every line in the spool's segments (only meaningful when nothing was acknowledged from it)."""
     seqs = []
-    for seg in sorted(rank_dir(settings.spool_dir, run_id, 0).glob("seg-*.log")):
+    for seg in sorted(rank_dir(settings.spool_path, run_id, 0).glob("seg-*.log")):
         seqs += [decode_event(line)["seq"] for line in seg.read_bytes().splitlines()]
     return seqs
 
@@ -274,7 +274,7 @@ def test_a_dead_runs_orphaned_ranks_are_delivered_merged_by_time(settings: Setti
 
     lengths = {0: 400, 1: 350, 2: 400}
     for rank, n in lengths.items():  # what three ranks of a dead run left on disk
-        spool = Spool(rank_dir(settings.spool_dir, "dead-run", rank))
+        spool = Spool(rank_dir(settings.spool_path, "dead-run", rank))
         encoder = EventEncoder("dead-run", rank, 3, rank, inc=f"dead{rank}")
         spool.append([encoder.encode("step", s, 1000.0 + s + rank / 10, s, {"loss": 1.0}) for s in range(n)])
         spool.close(remove_if_empty=False)
@@ -291,4 +291,4 @@ def test_a_dead_runs_orphaned_ranks_are_delivered_merged_by_time(settings: Setti
     with transport.lock:
         live = [decode_event(value)["seq"] for _, key, value in transport.acked if key == b"live-run"]
     assert live == list(range(7)) == list(range(r.stats["enqueued"]))  # run_start, 5 steps, run_end
-    assert not list((settings.spool_dir / "dead-run").rglob("seg-*.log"))
+    assert not list((settings.spool_path / "dead-run").rglob("seg-*.log"))

@@ -105,7 +105,7 @@ def test_every_event_carries_the_reporters_inc_and_a_relaunch_gets_a_new_one(set
         second.log(step, loss=1.0)
     second.close(timeout=0.5)
 
-    events = spooled(settings.spool_dir, "relaunched")
+    events = spooled(settings.spool_path, "relaunched")
     by_inc: dict[str, list[int]] = {}
     for e in events:
         by_inc.setdefault(e["inc"], []).append(e["seq"])
@@ -125,8 +125,8 @@ def test_close_reasons_of_a_clean_close_and_of_a_with_block_that_raised(settings
     with pytest.raises(ZeroDivisionError), reporter(settings, "raised") as r:
         r.log(0, loss=1.0)
         raise ZeroDivisionError
-    assert run_end_tags(spooled(settings.spool_dir, "clean")) == [{"status": "finished", "reason": "normal"}]
-    assert run_end_tags(spooled(settings.spool_dir, "raised")) == [{"status": "failed", "reason": "ZeroDivisionError"}]
+    assert run_end_tags(spooled(settings.spool_path, "clean")) == [{"status": "finished", "reason": "normal"}]
+    assert run_end_tags(spooled(settings.spool_path, "raised")) == [{"status": "failed", "reason": "ZeroDivisionError"}]
 
 
 _CHILD = textwrap.dedent(
@@ -220,7 +220,7 @@ def test_previous_handler_called_once_after_run_end_and_every_reporter_closed_on
     calls: list[tuple[int, FrameType | None, list[dict]]] = []
 
     def previous(signum: int, frame: FrameType | None) -> None:
-        calls.append((signum, frame, spooled(settings.spool_dir, "sig-a") + spooled(settings.spool_dir, "sig-b")))
+        calls.append((signum, frame, spooled(settings.spool_path, "sig-a") + spooled(settings.spool_path, "sig-b")))
 
     signal.signal(signal.SIGTERM, previous)
     a = reporter(settings, "sig-a", shutdown_timeout_s=0.3)
@@ -242,7 +242,7 @@ def test_previous_handler_called_once_after_run_end_and_every_reporter_closed_on
     seen_by_previous = calls[0][2]
     assert run_end_tags(seen_by_previous) == [{"status": "terminated", "reason": "SIGTERM"}] * 2  # spooled first
     for run_id, r in (("sig-a", a), ("sig-b", b)):
-        events = spooled(settings.spool_dir, run_id)
+        events = spooled(settings.spool_path, run_id)
         assert [e["seq"] for e in events] == list(range(12)) == list(range(r.stats["enqueued"]))
         assert run_end_tags(events) == [{"status": "terminated", "reason": "SIGTERM"}]
 
@@ -265,7 +265,7 @@ def test_a_handler_installed_after_ours_that_chains_to_ours_keeps_working(
     signal.raise_signal(signal.SIGINT)
     wait_until(lambda: "original" in order, "the signal went all the way down the chain")
     assert order == ["framework", "original"]
-    assert run_end_tags(spooled(settings.spool_dir, "chained")) == [{"status": "terminated", "reason": "SIGINT"}]
+    assert run_end_tags(spooled(settings.spool_path, "chained")) == [{"status": "terminated", "reason": "SIGINT"}]
 
 
 def test_handle_signals_false_installs_nothing(settings: Settings, restore_handlers: None) -> None:
