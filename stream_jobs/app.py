@@ -23,7 +23,7 @@ import asyncio
 import gc
 import logging
 import time
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import faust
 from faust.types import TP
@@ -32,9 +32,12 @@ from rankstream.config import Settings
 from rankstream.stream_jobs import batch_drain, faust_patches
 from rankstream.stream_jobs.core import RulesConfig
 from rankstream.stream_jobs.detector_state import load_state, state_topic
-from rankstream.stream_jobs.pipeline import PartitionedPipeline
+from rankstream.stream_jobs.pipeline import PartitionedPipeline, Result
 from rankstream.stream_jobs.publisher import Publisher
 from rankstream.stream_jobs.runner import WORKER_LOGGER
+
+if TYPE_CHECKING:
+    from rankstream.stream_jobs.prom import WorkerMetrics
 
 log = logging.getLogger(WORKER_LOGGER)
 
@@ -109,6 +112,7 @@ class StreamJob:
         self._state_loaded: set[int] = set()
         self._state_lock = asyncio.Lock()
         self._last_stats = time.monotonic()
+        self.metrics: WorkerMetrics | None = None  # serve_metrics() sets it
         self.pipeline = PartitionedPipeline(
             rules, source_topic=settings.topics.events, state_lookup=self._take_saved_state
         )
@@ -129,13 +133,16 @@ class StreamJob:
         if tp.partition not in self._state_loaded:
             # Faust may resume fetching before the assignment signal below ran to its end
             await self._load_saved_state([tp.partition])
-        await self.publisher.submit(self.pipeline.process(records))
+        await self.publisher.submit(self._observed(self.pipeline.process(records)))
 
     async def publish_results(self) -> None:
         await self.publisher.run()
 
     async def wall_clock_fallback(self) -> None:
-        await self.publisher.submit(self.pipeline.advance())
+        await self.publisher.submit(self._observed(self.pipeline.advance()))
+        if self.metrics is not None:
+            self.metrics.board.expire(time.time())
+            self.metrics.health.lag = self._consumer_lag()
         now = time.monotonic()
         if now - self._last_stats >= STATS_EVERY_S:
             self._last_stats = now
@@ -157,6 +164,32 @@ class StreamJob:
         if partitions:
             await self._load_saved_state(partitions)
         _calm_gc()
+
+    # ------------------------------------------------------------------ metrics
+
+    def serve_metrics(self, port: int, host: str = "127.0.0.1") -> int:
+        """Serve Prometheus ``/metrics`` (docs/metrics.md) on ``host:port``; returns the port."""
+        from rankstream.stream_jobs.prom import WorkerMetrics, worker_health
+        from rankstream.stream_jobs.run_board import RunBoard
+
+        self.metrics = WorkerMetrics(RunBoard(), worker_health(self.pipeline, self.publisher))
+        self.publisher.on_published = self.metrics.publish_latency.observe
+        return self.metrics.serve(port, host)
+
+    def _observed(self, result: Result) -> Result:
+        if self.metrics is not None:
+            self.metrics.board.observe(result.steps, result.alerts, time.time(), self.pipeline.run_labels)
+        return result
+
+    def _consumer_lag(self) -> dict[int, int]:
+        """Per events partition: messages past the committed offset (what a restart would re-read)."""
+        consumer = self.app.consumer
+        lag: dict[int, int] = {}
+        for tp in consumer.assignment():
+            if tp.topic == self.settings.topics.events:
+                committed = consumer._committed_offset.get(tp)  # Faust keeps no public accessor
+                lag[tp.partition] = max(consumer.highwater(tp) - (committed or 0), 0)
+        return lag
 
     # ------------------------------------------------------------------ helpers
 

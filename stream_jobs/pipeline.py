@@ -152,6 +152,14 @@ class PartitionedPipeline:
     def held_count(self) -> int:
         return sum(len(v) for ps in self._partitions.values() for run in ps.held.values() for v in run.values())
 
+    def run_labels(self, run_id: str) -> tuple[str, str] | None:
+        """``(run_name, team)`` of a run held by any partition's engine (for the metrics board)."""
+        for ps in self._partitions.values():
+            labels = ps.engine.labels(run_id)
+            if labels is not None:
+                return labels
+        return None
+
     def engine_stats(self) -> dict[str, int]:
         total: dict[str, int] = {}
         for ps in self._partitions.values():

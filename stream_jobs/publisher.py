@@ -112,7 +112,9 @@ class Publisher:
         self._send = send
         self._ack_offsets = ack_offsets
         self._is_assigned = is_assigned
-        self._queue: asyncio.Queue[Result] = asyncio.Queue(max_pending)
+        self._queue: asyncio.Queue[tuple[Result, float]] = asyncio.Queue(max_pending)
+        #: Called with the seconds from a result's submission to its publication (metrics).
+        self.on_published: Callable[[float], None] | None = None
         self._max_record_bytes = max_record_bytes
         self._give_up_after_s = give_up_after_s
         self._later_letters: list[OutputRecord] = []
@@ -121,16 +123,18 @@ class Publisher:
     async def submit(self, result: Result) -> None:
         """Queue ``result``; waits only while ``max_pending`` results are already queued."""
         if not result.empty():
-            await self._queue.put(result)
+            await self._queue.put((result, time.monotonic()))
 
     def pending(self) -> int:
         return self._queue.qsize()
 
     async def run(self) -> None:
         while True:
-            result = await self._queue.get()
+            result, submitted = await self._queue.get()
             try:
                 await self.publish(result)
+                if self.on_published is not None:
+                    self.on_published(time.monotonic() - submitted)
             finally:
                 self._queue.task_done()
 

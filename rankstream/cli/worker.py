@@ -22,6 +22,13 @@ def worker(
     loglevel: Annotated[
         str, typer.Option(help="Log level of Faust and Kafka (the worker's stats lines show at warning too)")
     ] = "warning",
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve Prometheus /metrics on this port (0: any free port; the URL is printed) [default off]"
+        ),
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address /metrics binds to")] = "127.0.0.1",
 ) -> None:
     """Consume <prefix>.events, publish <prefix>.steps and <prefix>.alerts (invalid input -> <prefix>.dlq).
 
@@ -51,6 +58,12 @@ def worker(
     app = job.app
     app.conf.broker_session_timeout = session_timeout
     app.conf.broker_heartbeat_interval = min(3.0, session_timeout / 4)
+    if metrics_port is not None:
+        try:
+            served = job.serve_metrics(metrics_port, metrics_host)
+        except OSError as exc:
+            fail(f"cannot serve /metrics on {metrics_host}:{metrics_port}: {exc.strerror or exc}", EXIT_CONFIG)
+        typer.echo(f"rankstream worker: metrics at http://{metrics_host}:{served}/metrics", err=True)
     typer.echo(
         f"rankstream worker: {settings.topics.events} -> {settings.topics.steps}, {settings.topics.alerts} "
         f"(group {app.conf.id}, kafka {settings.bootstrap_servers})",

@@ -245,6 +245,11 @@ class Engine:
         """Whether the engine holds ``run_id`` now (seen and not evicted since)."""
         return run_id in self._runs
 
+    def labels(self, run_id: str) -> tuple[str, str] | None:
+        """``(run_name, team)`` of a run held now (as its run_start said), else None."""
+        run = self._runs.get(run_id)
+        return (run.run_name, run.team) if run is not None else None
+
     def attempt(self, run_id: str) -> int:
         """The run's current attempt (``restart`` of its aligned steps); 0 for a run not held."""
         run = self._runs.get(run_id)
