@@ -3,12 +3,24 @@
 Everything returns tensors or host-side counters without a device sync: the
 norms are GPU kernels whose results the reporter's background thread reads.
 torch is imported lazily so the producer core never depends on it.
+
+``mem_peak_mb`` is the peak of the *interval* since this rank's previous
+reported event, not since the process started (a process-lifetime peak never
+comes down, so one transient spike would read as memory pressure for the rest
+of the run). It is an :class:`IntervalPeak`: the reporter's background thread
+converts it like any tensor, and that conversion reads
+``torch.cuda.max_memory_allocated`` and resets it with
+``torch.cuda.reset_peak_memory_stats`` (allocator counters on the host, no
+device sync, never on the training thread). Steps thinned out by ``every_k``
+or the rate limit are never converted, so their peaks count toward the next
+reported step: every peak lands in some reported interval.
 """
 
 from __future__ import annotations
 
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -102,10 +114,44 @@ def grad_norms(
 
 
 _total_mb_cache: dict[int, float] = {}
+_MB = 1024.0 * 1024.0
+_peak_lock = threading.Lock()  # one read-and-reset at a time (two reporters' threads in one process)
 
 
-def cuda_memory(device: Any = None) -> dict[str, float]:
-    """Allocator counters of this rank's GPU in MB (host-side reads, no sync); empty without CUDA."""
+class IntervalPeak:
+    """``mem_peak_mb`` of the interval ending when this value is converted (on the background thread).
+
+    ``float()`` returns the allocator's peak since the previous conversion (at
+    least the memory allocated when the step was reported) and resets the peak
+    counter, so the next interval starts from the memory in use then.
+    """
+
+    __slots__ = ("floor_mb", "index")
+
+    def __init__(self, index: int, floor_mb: float) -> None:
+        self.index = index
+        self.floor_mb = floor_mb
+
+    def __float__(self) -> float:
+        torch = sys.modules.get("torch")
+        if torch is None:
+            return self.floor_mb
+        with _peak_lock:
+            peak = torch.cuda.max_memory_allocated(self.index) / _MB
+            torch.cuda.reset_peak_memory_stats(self.index)
+        return max(peak, self.floor_mb)
+
+    def __repr__(self) -> str:
+        return f"IntervalPeak(device={self.index}, floor_mb={self.floor_mb:.1f})"
+
+
+def cuda_memory(device: Any = None, interval_peak: bool = True) -> dict[str, Any]:
+    """Allocator counters of this rank's GPU in MB (host-side reads, no sync); empty without CUDA.
+
+    ``mem_peak_mb`` is an :class:`IntervalPeak` (see the module doc); with
+    ``interval_peak=False`` it is the process-lifetime peak, read now, and the
+    counter is left alone (for code of your own that reads it).
+    """
     torch = sys.modules.get("torch")
     if torch is None:
         return {}
@@ -115,14 +161,18 @@ def cuda_memory(device: Any = None) -> dict[str, float]:
         index = torch.cuda.current_device() if device is None else torch.device(device).index
         if index is None:
             index = torch.cuda.current_device()
-        mb = 1024.0 * 1024.0
+        mb = _MB
         total = _total_mb_cache.get(index)
         if total is None:
             total = _total_mb_cache[index] = torch.cuda.get_device_properties(index).total_memory / mb
+        allocated = torch.cuda.memory_allocated(index) / mb
+        peak: Any = IntervalPeak(index, allocated)
+        if not interval_peak:
+            peak = torch.cuda.max_memory_allocated(index) / mb
         return {
-            "mem_alloc_mb": torch.cuda.memory_allocated(index) / mb,
+            "mem_alloc_mb": allocated,
             "mem_reserved_mb": torch.cuda.memory_reserved(index) / mb,
-            "mem_peak_mb": torch.cuda.max_memory_allocated(index) / mb,
+            "mem_peak_mb": peak,
             "mem_total_mb": total,
         }
     except Exception:

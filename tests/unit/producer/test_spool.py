@@ -5,6 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+from typer.testing import CliRunner
+
+from rankstream.cli import app
+from rankstream.config import Settings
+from rankstream.producer import Reporter
 from rankstream.producer.spool import Spool, message_key, rank_dir, spool_dirs, spool_summary
 
 
@@ -91,3 +97,40 @@ def test_message_key_reads_run_id_or_flags_corruption() -> None:
     assert message_key(b'{"run_id":"abc"}') == b"abc"
     assert message_key(b"{not json") is None
     assert message_key(b'{"run_id":""}') is None
+
+
+def test_the_default_spool_root_is_a_local_cache_never_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)  # often NFS/Lustre on a cluster
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert Settings.from_env({}).spool_path == tmp_path / "xdg" / "rankstream" / "spool"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert Settings.from_env({}).spool_path == tmp_path / "home" / ".cache" / "rankstream" / "spool"
+    state = {"RANKSTREAM_STATE_DIR": str(tmp_path / "state")}
+    assert Settings.from_env(state).spool_path == tmp_path / "state" / "spool"  # a state dir you chose
+    spool_dir = {**state, "RANKSTREAM_SPOOL_DIR": str(tmp_path / "spool")}
+    assert Settings.from_env(spool_dir).spool_path == tmp_path / "spool"
+    assert Settings.from_env({}).state_path == work / ".rankstream"  # the services' state is unchanged
+    reporter = Reporter("where", settings=Settings.from_env({}), rank=2, world_size=4, heartbeat_s=0)
+    try:
+        assert reporter.spool.dir == rank_dir(tmp_path / "home" / ".cache" / "rankstream" / "spool", "where", 2)
+    finally:
+        reporter.close(timeout=0)
+
+
+def test_spool_status_and_flush_default_to_where_reporters_spool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RANKSTREAM_SPOOL_DIR", str(tmp_path / "spool"))
+    runner = CliRunner()
+    nothing = runner.invoke(app, ["spool", "status"])
+    assert nothing.exit_code == 0 and f"no spooled events in {tmp_path / 'spool'}" in nothing.output
+    Spool(rank_dir(tmp_path / "spool", "left", 0)).append(_payloads(0, 3))  # owned by this (live) process
+    listed = runner.invoke(app, ["spool", "status"])
+    assert listed.exit_code == 0 and "3 events" in listed.output and "live reporter" in listed.output
+    flushed = runner.invoke(app, ["spool", "flush", "--bootstrap", "127.0.0.1:9"])
+    assert flushed.exit_code == 0 and "owned by a live reporter" in flushed.output
