@@ -3,7 +3,9 @@
 In synchronous training every rank's ``step_time_s`` is about the same (fast
 ranks wait in the all-reduce), so a slow rank is found from its own
 ``compute_time_s`` + ``data_time_s`` (falling back to how late its events are
-stamped). Each rule needs several consecutive steps, so one hiccup is not an alert.
+stamped). Each rule needs several consecutive logged steps, so one hiccup is
+not an alert; persistence counts logged steps (the points a run sends), so a
+run logged every 10 steps needs the same number of points as one logged every step.
 """
 
 from __future__ import annotations
@@ -33,8 +35,13 @@ class RankDetector:
         self.rules = rules
         self.straggle: dict[int, int] = {}
         self.lag: dict[int, int] = {}
+        self.sublag: dict[int, int] = {}
         self.late: dict[int, int] = {}
         self.mem: dict[int, int] = {}
+        #: rank -> [peak at its last memory alert (MB), that alert's severity level] until the episode ends.
+        self.mem_alerted: dict[int, list[float]] = {}
+        #: rank -> consecutive logged steps below `warn_ratio` while its episode is open.
+        self.mem_below: dict[int, int] = {}
 
     # ----------------------------------------------------------------- straggler
 
@@ -45,15 +52,18 @@ class RankDetector:
         at = StepContext(rec["step"], rec["ts_last"], warmup, label)
         found: list[Finding] = []
         if len(rel.ranks) >= 2:
-            self._straggler(rel, at, found, median_step=median_step)
-            self._lagging(rel, at, found, median_step=median_step)
+            slow = self._straggler(rel, at, found, median_step=median_step)
+            self._lagging(rel, at, found, median_step=median_step, stragglers=slow)
         if "mem_peak_mb" in metrics and "mem_total_mb" in metrics:
             self._memory(rel, at, found)
         elif self.mem:
             self.mem.clear()
         return found
 
-    def _straggler(self, rel: Released, at: StepContext, found: list[Finding], *, median_step: float) -> None:
+    def _straggler(
+        self, rel: Released, at: StepContext, found: list[Finding], *, median_step: float
+    ) -> dict[int, dict[str, Any]]:
+        """straggler; returns the ranks found slow at this step (their lateness is not lag)."""
         p = self.rules.straggler
         metrics = rel.record["metrics"]
         c = metrics.get("compute_time_s")
@@ -86,7 +96,7 @@ class RankDetector:
                     flagged[rank] = {"ts_skew_s": skew, "median_step_time_s": median_step, "signal": "ts skew"}
         _bump(self.straggle, flagged)
         if not p.enabled:
-            return
+            return flagged
         step = at.step
         for rank, ev in flagged.items():
             count = self.straggle[rank]
@@ -111,19 +121,32 @@ class RankDetector:
                     ranks=(rank,),
                 )
             )
+        return flagged
 
     # ------------------------------------------------------------------- lagging
 
-    def _lagging(self, rel: Released, at: StepContext, found: list[Finding], *, median_step: float) -> None:
+    def _lagging(
+        self, rel: Released, at: StepContext, found: list[Finding], *, median_step: float, stragglers: dict[int, Any]
+    ) -> None:
+        """A rank stamped a step or more behind (``persist_steps``), or a sizeable fraction of a step behind
+        for much longer (``sub_step_persist``): a clock or delivery problem, not compute (stragglers excluded)."""
         p = self.rules.rank_lagging
         threshold = p.skew_steps * median_step
+        sub = min(p.sub_step_skew, p.skew_steps) * median_step
         flagged: dict[int, float] = {}
-        if median_step > 0 and rel.record["ts_last"] - rel.record["ts_first"] >= threshold:
+        behind: dict[int, float] = {}
+        if median_step > 0 and rel.record["ts_last"] - rel.record["ts_first"] >= sub:
             med_ts = median(rel.ts)
             for rank, t in zip(rel.ranks, rel.ts, strict=True):
-                if threshold <= t - med_ts < MIN_OFFSET_S:  # further off: a host clock (clock_skew)
-                    flagged[rank] = t - med_ts
+                skew = t - med_ts
+                if skew >= MIN_OFFSET_S:  # further off: a host clock (clock_skew)
+                    continue
+                if skew >= threshold:
+                    flagged[rank] = skew
+                elif skew >= sub and rank not in stragglers:
+                    behind[rank] = skew
         _bump(self.lag, flagged)
+        _bump(self.sublag, behind)
         if not p.enabled:
             return
         step = at.step
@@ -139,6 +162,27 @@ class RankDetector:
                     f"steps) after the other ranks for {count} consecutive steps (step {step}): check that host's "
                     "clock (NTP) and its producer's backlog or network.",
                     evidence={"ts_skew_s": skew, "median_step_time_s": median_step, "consecutive_steps": count},
+                    ranks=(rank,),
+                )
+            )
+        for rank, skew in behind.items():
+            count = self.sublag[rank]
+            if count < p.sub_step_persist:
+                continue
+            found.append(
+                at.finding(
+                    "rank_lagging",
+                    p.severity,
+                    message=f"Rank {rank} of {at.label} stamps its events {fmt(skew)} s ({fmt(skew / median_step)} "
+                    f"of a step) after the other ranks for {count} consecutive logged steps (step {step}) while its "
+                    "own compute is not slow: check that host's clock (NTP) and its producer's backlog or network.",
+                    evidence={
+                        "ts_skew_s": skew,
+                        "skew_steps": skew / median_step,
+                        "median_step_time_s": median_step,
+                        "consecutive_steps": count,
+                        "reading": "sub-step",
+                    },
                     ranks=(rank,),
                 )
             )
@@ -171,12 +215,17 @@ class RankDetector:
     # ------------------------------------------------------------------- memory
 
     def _memory(self, rel: Released, at: StepContext, found: list[Finding]) -> None:
+        """memory_pressure, once per episode: a rank's episode opens with its first alert and ends after
+        ``recover_steps`` logged steps below ``warn_ratio``; in between only a critical peak or a grown
+        peak alerts again (a producer reporting the peak since process start repeats the same peak)."""
         p = self.rules.memory_pressure
         metrics = rel.record["metrics"]
         total_min = metrics["mem_total_mb"]["min"]
         if total_min > 0 and metrics["mem_peak_mb"]["max"] / total_min < p.warn_ratio:
             if self.mem:
                 self.mem.clear()
+            if self.mem_alerted:
+                self._recovering(self.mem_alerted.keys() & set(rel.ranks), p.recover_steps)
             return
         flagged: dict[int, tuple[float, float, float]] = {}
         for rank, m in zip(rel.ranks, rel.metrics, strict=True):
@@ -188,14 +237,22 @@ class RankDetector:
             if ratio >= p.warn_ratio:
                 flagged[rank] = (ratio, peak, total)
         _bump(self.mem, flagged)
+        if self.mem_alerted:
+            self._recovering((self.mem_alerted.keys() & set(rel.ranks)) - flagged.keys(), p.recover_steps)
         if not p.enabled:
             return
         step = at.step
         for rank, (ratio, peak, total) in flagged.items():
+            self.mem_below.pop(rank, None)
             count = self.mem[rank]
             critical = ratio >= p.critical_ratio
             if not critical and count < p.persist_steps:
                 continue
+            level = 2.0 if critical else 1.0
+            before = self.mem_alerted.get(rank)
+            if before is not None and level <= before[1] and peak < before[0] + p.regrow_ratio * total:
+                continue  # the same episode, no worse
+            self.mem_alerted[rank] = [peak, level]
             found.append(
                 at.finding(
                     "memory_pressure",
@@ -208,9 +265,25 @@ class RankDetector:
                 )
             )
 
+    def _recovering(self, ranks: set[int], recover_steps: int) -> None:
+        """``ranks`` (with an open episode) are below the threshold at this step: their episode ends after
+        ``recover_steps`` such steps in a row."""
+        for rank in ranks:
+            below = self.mem_below.get(rank, 0) + 1
+            if below >= recover_steps:
+                self.mem_below.pop(rank, None)
+                del self.mem_alerted[rank]
+            else:
+                self.mem_below[rank] = below
+
+    _COUNTERS = ("straggle", "lag", "sublag", "late", "mem", "mem_below")
+
     def to_state(self) -> dict[str, Any]:
-        return {k: {str(r): c for r, c in getattr(self, k).items()} for k in ("straggle", "lag", "late", "mem")}
+        state: dict[str, Any] = {k: {str(r): c for r, c in getattr(self, k).items()} for k in self._COUNTERS}
+        state["mem_alerted"] = {str(r): v for r, v in self.mem_alerted.items()}
+        return state
 
     def load_state(self, s: dict[str, Any]) -> None:
-        for k in ("straggle", "lag", "late", "mem"):
+        for k in self._COUNTERS:
             setattr(self, k, {int(r): int(c) for r, c in s.get(k, {}).items()})
+        self.mem_alerted = {int(r): [float(v[0]), float(v[1])] for r, v in s.get("mem_alerted", {}).items()}

@@ -216,13 +216,19 @@ class StragglerParams(RuleParams):
 
 @dataclass(frozen=True)
 class RankLaggingParams(RuleParams):
-    """rank_lagging: one rank's events are stamped or delivered a step or more after the others'."""
+    """rank_lagging: one rank's events are stamped or delivered after the others', by a step or persistently
+    by a sizeable fraction of one."""
 
     cooldown_steps: int = 200
     skew_steps: float = 1.0
     """median step times by which a rank's `ts` trails the median rank's at the same step"""
     persist_steps: int = 5
-    """consecutive lagging (or late-delivered) steps before the rule fires"""
+    """consecutive lagging (or late-delivered) logged steps before the rule fires"""
+    sub_step_skew: float = 0.25
+    """a rank whose `ts` trails the median rank's by at least this many median step times (less than
+    `skew_steps`), and is not a straggler at that step, lags by a fraction of a step ..."""
+    sub_step_persist: int = 20
+    """... for this many consecutive logged steps before the rule fires"""
 
 
 @dataclass(frozen=True)
@@ -251,7 +257,7 @@ class RankHungParams(RuleParams):
 
 @dataclass(frozen=True)
 class MemoryPressureParams(RuleParams):
-    """memory_pressure: a rank's peak GPU memory is close to the device's total."""
+    """memory_pressure: a rank's peak GPU memory is close to the device's total; once per episode."""
 
     cooldown_steps: int = 200
     warn_ratio: float = 0.92
@@ -259,7 +265,13 @@ class MemoryPressureParams(RuleParams):
     critical_ratio: float = 0.98
     """ratio at or above which the alert is critical at once"""
     persist_steps: int = 3
-    """consecutive steps above `warn_ratio` before a warning"""
+    """consecutive logged steps above `warn_ratio` before a warning"""
+    recover_steps: int = 3
+    """consecutive logged steps below `warn_ratio` that end a rank's episode; until then, after an alert the
+    rank is quiet unless it goes critical or its peak grows by `regrow_ratio` (a peak-since-start reading that
+    stays put is the same episode)"""
+    regrow_ratio: float = 0.02
+    """growth of the peak, as a fraction of the device's memory, that is worth another alert in an episode"""
 
 
 @dataclass(frozen=True)
