@@ -1,0 +1,75 @@
+"""An alert as the notifier sees it: the validated contract record plus its state and the run's name.
+
+Alerts carry ``team`` but not the run's name; the core names a run in its
+messages as ``run NAME (RUN_ID)`` once it has seen the run's ``run_start``, so
+the name is read from there (an ``run_name`` field on the alert, should the
+contract add one, wins). A run whose start was not seen has no name: the label
+is then empty, never guessed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from rankstream.sinks.records import InvalidRecord, validate_alert
+
+STATES = ("firing", "resolved")
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyAlert:
+    """One alert record ready to route and format; ``record`` keeps every contract field."""
+
+    alert_id: str
+    run_id: str
+    run_name: str
+    team: str
+    rule: str
+    severity: str
+    state: str
+    step: int
+    ranks: tuple[int, ...]
+    ts: float
+    message: str
+    evidence: dict[str, Any]
+
+    @property
+    def resolved(self) -> bool:
+        return self.state == "resolved"
+
+    def key(self) -> tuple[str, str]:
+        """What deduplication compares: the same alert in the same state is sent once."""
+        return (self.alert_id, self.state)
+
+
+def run_name_from(message: str, run_id: str) -> str:
+    """``NAME`` out of ``... run NAME (RUN_ID) ...``; empty when the message does not name the run."""
+    match = re.search(r"\brun (.+?) \(" + re.escape(run_id) + r"\)", message)
+    return match.group(1) if match else ""
+
+
+def parse_alert(obj: Any) -> NotifyAlert:
+    """Validate a decoded alert message (raises :class:`InvalidRecord` with a one-line reason)."""
+    rec = validate_alert(obj)
+    state = rec.get("state", "firing")
+    if state not in STATES:
+        raise InvalidRecord(f"field 'state' must be 'firing' or 'resolved', got {state!r:.40}")
+    name = rec.get("run_name")
+    if not isinstance(name, str) or not name:
+        name = run_name_from(rec["message"], rec["run_id"])
+    return NotifyAlert(
+        alert_id=rec["alert_id"],
+        run_id=rec["run_id"],
+        run_name=name,
+        team=rec["team"],
+        rule=rec["rule"],
+        severity=rec["severity"],
+        state=state,
+        step=rec["step"],
+        ranks=tuple(rec["ranks"]),
+        ts=rec["ts"],
+        message=rec["message"],
+        evidence=rec["evidence"],
+    )

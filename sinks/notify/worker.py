@@ -1,0 +1,274 @@
+"""The notifier's consumer loop: ``<prefix>.alerts`` -> routes -> deliveries -> offset commits.
+
+Guarantees (docs/notify.md):
+
+* an offset is committed only once every alert up to it was delivered to each of
+  its receivers, or dead-lettered to ``<prefix>.dlq`` with the reason (invalid
+  records at once; deliveries after ``retry.attempts`` failures, or at once when
+  the receiver refuses the payload or its credentials);
+* the same ``(receiver, alert_id, state)`` is sent once per process (bounded LRU);
+  a restart re-reads what was not committed and may send that again;
+* chat receivers get one message per run per ``group_wait_s``; AlertManager gets
+  each poll's alerts at once and groups them itself.
+
+Deliveries run on the consumer thread, one at a time; a receiver that hangs
+costs at most its ``timeout_s`` per attempt, and retries wait without blocking
+the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from rankstream.config import Settings
+from rankstream.errors import one_line
+from rankstream.schema import dlq_record, loads
+from rankstream.sinks.notify.alerts import NotifyAlert, parse_alert
+from rankstream.sinks.notify.config import NotifyConfig
+from rankstream.sinks.notify.outbox import Delivery, Offsets, Outbox, Seen, Source, TopicPartition
+from rankstream.sinks.notify.sender import DeliveryFailed, Sender
+from rankstream.sinks.records import InvalidRecord
+
+log = logging.getLogger("rankstream.notify")
+
+POLL_MS = 100
+
+
+@dataclass
+class NotifyStats:
+    """Counters a caller (tests, the benchmark, the CLI) reads while the notifier runs."""
+
+    messages: int = 0
+    invalid: int = 0
+    duplicates: int = 0
+    unrouted: int = 0
+    delivered: Counter[str] = field(default_factory=Counter)  # receiver -> alerts delivered
+    requests: int = 0
+    failures: int = 0
+    dlq: int = 0
+    committed: dict[str, int] = field(default_factory=dict)
+    #: seconds from the alert's publication (Kafka timestamp) to its delivery, one per delivered alert
+    latencies: list[float] = field(default_factory=list)
+
+
+class Notifier:
+    """Consume alerts and notify; ``run()`` blocks until ``stop`` is set, then flushes once and commits."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        config: NotifyConfig,
+        *,
+        group_id: str | None = None,
+        sender: Sender | None = None,
+        keep_latencies: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.group_id = group_id or f"{settings.topic_prefix}.notify"
+        self.stats = NotifyStats()
+        self.ready = threading.Event()
+        self.keep_latencies = keep_latencies
+        self._sender = sender or Sender(config)
+        self._outbox = Outbox(config)
+        self._seen = Seen(config.dedup_size)
+        self._offsets = Offsets()
+        self._consumer: Any = None
+        self._producer: Any = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def run(self, stop: threading.Event) -> None:
+        from rankstream.sinks.notify.consumer import make_consumer
+
+        try:
+            self._consumer = make_consumer(self)
+            self.ready.set()
+            log.info(
+                "notify: consuming %s (group %s) for %d receiver(s): %s",
+                self.settings.topics.alerts,
+                self.group_id,
+                len(self.config.receivers),
+                ", ".join(f"{r.name} ({r.kind})" for r in self.config.receivers.values()),
+            )
+            while not stop.is_set():
+                self.step()
+            self.flush_all()
+            log.info(
+                "notify: stopped after %d alert message(s): %s delivered, %d duplicate(s), %d dead-lettered",
+                self.stats.messages,
+                dict(self.stats.delivered) or "none",
+                self.stats.duplicates,
+                self.stats.dlq,
+            )
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            try:
+                consumer.close(autocommit=False)
+            except Exception as exc:
+                log.warning("notify: closing the consumer failed: %s", one_line(exc))
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                producer.close(timeout=5)
+            except Exception as exc:
+                log.warning("notify: closing the DLQ producer failed: %s", one_line(exc))
+        self._sender.close()
+        self.ready.clear()
+
+    # ------------------------------------------------------------------ loop
+
+    def step(self) -> None:
+        """One round: poll (no longer than the next due delivery), queue, deliver what is due, commit."""
+        now = time.time()
+        nxt = self._outbox.next_due()
+        timeout_ms = POLL_MS if nxt is None else int(max(0.0, min(POLL_MS / 1000, nxt - now)) * 1000)
+        records = self._consumer.poll(timeout_ms=timeout_ms)
+        now = time.time()
+        for batch in records.values():
+            for record in batch:
+                self.accept(record, now)
+        for delivery in self._outbox.due(time.time()):
+            self._attempt(delivery)
+        self._commit()
+
+    def accept(self, record: Any, now: float) -> None:
+        """Decode, deduplicate and route one alert message (an invalid one is dead-lettered at once)."""
+        self.stats.messages += 1
+        source = Source(
+            record.topic, record.partition, record.offset, record.key, record.value or b"", record.timestamp or -1
+        )
+        try:
+            alert = parse_alert(loads(source.raw))
+        except (InvalidRecord, ValueError, TypeError) as exc:
+            reason = exc.reason if isinstance(exc, InvalidRecord) else f"not valid JSON: {one_line(exc)}"
+            self.stats.invalid += 1
+            self._offsets.consumed(source.tp, source.offset, 0)
+            self._dead_letter([source], f"notify: invalid alert: {reason}")
+            return
+        receivers = self.config.receivers_for(alert_fields(alert))
+        if not receivers:
+            self.stats.unrouted += 1
+        fresh = [r for r in receivers if self._seen.fresh(r.name, alert)]
+        if receivers and not fresh:
+            self.stats.duplicates += 1
+        self._offsets.consumed(source.tp, source.offset, len(fresh))
+        for receiver in fresh:
+            self._seen.queued(receiver.name, alert)
+            self._outbox.add(alert, source, receiver, now)
+
+    def flush_all(self) -> None:
+        """Attempt everything queued once, now (shutdown); what fails stays uncommitted, to be read again."""
+        for delivery in self._outbox.everything():
+            self._attempt(delivery, last_chance=True)
+        self._commit()
+
+    def forget_uncommitted(self) -> None:
+        """After partitions were revoked: positions restart from the committed offsets, queues start empty."""
+        for delivery in self._outbox.everything():
+            for alert, _ in delivery.items:
+                self._seen.forget(delivery.receiver.name, alert)
+        self._offsets.reset()
+
+    # ------------------------------------------------------------------ delivery
+
+    def _attempt(self, delivery: Delivery, *, last_chance: bool = False) -> None:
+        """Send one delivery; on failure retry it later, dead-letter it, or (``last_chance``) leave it in Kafka."""
+        receiver = delivery.receiver
+        self.stats.requests += 1
+        try:
+            self._sender.send(delivery)
+        except DeliveryFailed as exc:
+            self.stats.failures += 1
+            reason = str(exc)
+            if self._outbox.failed(delivery, reason, time.time(), retry=not (exc.permanent or last_chance)):
+                if exc.permanent or delivery.failures >= self.config.retry.attempts:
+                    self._give_up(delivery, reason)
+                else:
+                    self._leave(delivery, reason)
+            else:
+                log.warning(
+                    "notify: %s; retry %d of %d in %.1fs",
+                    reason,
+                    delivery.failures,
+                    self.config.retry.attempts - 1,
+                    max(0.0, delivery.due_at - time.time()),
+                )
+            return
+        delivered_at = time.time()
+        for alert, source in delivery.items:
+            self._seen.done(receiver.name, alert)
+            self._offsets.release(source.tp, source.offset)
+            if self.keep_latencies and source.published_ms > 0:
+                self.stats.latencies.append(delivered_at - source.published_ms / 1000)
+        self.stats.delivered[receiver.name] += len(delivery.items)
+
+    def _give_up(self, delivery: Delivery, reason: str) -> None:
+        """Dead-letter every alert of a delivery that keeps failing, with the reason; then release them."""
+        sources = [source for _, source in delivery.items]
+        self._dead_letter(sources, f"notify: gave up after {delivery.failures} attempt(s): {reason}")
+        for alert, source in delivery.items:
+            self._seen.done(delivery.receiver.name, alert)
+            self._offsets.release(source.tp, source.offset)
+
+    def _leave(self, delivery: Delivery, reason: str) -> None:
+        """Leave a delivery to be read again (stopping): its offsets stay uncommitted."""
+        for alert, _ in delivery.items:
+            self._seen.forget(delivery.receiver.name, alert)
+        log.warning(
+            "notify: %d alert(s) for %s not delivered before stopping (%s); they will be read again",
+            len(delivery.items),
+            delivery.receiver.name,
+            reason,
+        )
+
+    def _dead_letter(self, sources: list[Source], reason: str) -> None:
+        """Send dead letters and wait for them (a letter must be safe before its offset is committed)."""
+        if self._producer is None:
+            from kafka import KafkaProducer
+
+            self._producer = KafkaProducer(acks="all", linger_ms=5, **self.settings.kafka_python_kwargs())
+        topic = self.settings.topics.dlq
+        futures = [
+            self._producer.send(topic, key=s.key, value=dlq_record(s.raw, reason, s.topic, s.partition, s.offset))
+            for s in sources
+        ]
+        self._producer.flush(timeout=30)
+        for future in futures:
+            future.get(timeout=30)
+        self.stats.dlq += len(sources)
+        log.warning("notify: %d alert message(s) sent to %s: %s", len(sources), topic, reason)
+
+    def _commit(self) -> None:
+        offsets = self._offsets.to_commit()
+        if not offsets:
+            return
+        from kafka.errors import KafkaError
+        from kafka.structs import OffsetAndMetadata
+        from kafka.structs import TopicPartition as KafkaTP
+
+        try:
+            self._consumer.commit({KafkaTP(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
+        except KafkaError as exc:
+            log.warning("notify: offset commit failed (%s); delivered alerts may be sent again", one_line(exc))
+            return
+        self._offsets.committed(offsets)
+        for (topic, part), offset in offsets.items():
+            self.stats.committed[f"{topic}/{part}"] = offset
+
+
+def alert_fields(alert: NotifyAlert) -> dict[str, str]:
+    """What routes match on."""
+    return {"team": alert.team, "severity": alert.severity, "rule": alert.rule, "run_id": alert.run_id}
+
+
+__all__ = ["Notifier", "NotifyStats", "TopicPartition"]
