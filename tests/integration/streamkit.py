@@ -52,6 +52,7 @@ class WorkerProcess:
         group: str | None = None,
         entry: list[str] | None = None,
         rules: Path | None = None,
+        extra_args: Iterable[str] = (),
     ) -> None:
         """``entry`` replaces ``python -m rankstream.cli`` (a wrapper script that injects a fault); ``rules``
         is a rules YAML (``--rules``)."""
@@ -71,6 +72,7 @@ class WorkerProcess:
             cmd += ["--group", group]
         if rules is not None:
             cmd += ["--rules", str(rules)]
+        cmd += list(extra_args)
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ))
