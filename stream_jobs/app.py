@@ -31,7 +31,7 @@ from faust.types import TP
 from rankstream.config import Settings
 from rankstream.stream_jobs import batch_drain, faust_patches
 from rankstream.stream_jobs.core import RulesConfig
-from rankstream.stream_jobs.detector_state import load_state, state_topic
+from rankstream.stream_jobs.detector_state import SavedStates, load_state, state_topic
 from rankstream.stream_jobs.pipeline import PartitionedPipeline, Result
 from rankstream.stream_jobs.publisher import Publisher
 from rankstream.stream_jobs.runner import WORKER_LOGGER
@@ -106,15 +106,16 @@ class StreamJob:
         faust_patches.apply()
         self.settings = settings
         self.app = faust_app(settings, group_id)
-        #: Saved detector state per (partition, run_id): filled on assignment, consumed per run.
-        self._saved_state: dict[tuple[int, str], dict] = {}
+        #: Saved detector state per (partition, run_id): filled on assignment, consumed per run, given up
+        #: (a tombstone) when no event asked for it within the longest run retention.
+        self._saved_state = SavedStates(_longest_retention_s(rules or RulesConfig()))
         #: Partitions whose saved detector state has been read since they were assigned.
         self._state_loaded: set[int] = set()
         self._state_lock = asyncio.Lock()
         self._last_stats = time.monotonic()
         self.metrics: WorkerMetrics | None = None  # serve_metrics() sets it
         self.pipeline = PartitionedPipeline(
-            rules, source_topic=settings.topics.events, state_lookup=self._take_saved_state
+            rules, source_topic=settings.topics.events, state_lookup=self._saved_state.take
         )
         self.publisher = Publisher(
             settings.topics, state_topic(settings), self._send, self._ack_offsets, self._state_loaded.__contains__
@@ -139,7 +140,9 @@ class StreamJob:
         await self.publisher.run()
 
     async def wall_clock_fallback(self) -> None:
-        await self.publisher.submit(self._observed(self.pipeline.advance()))
+        result = self.pipeline.advance()
+        result.evicted |= self._saved_state.expired()
+        await self.publisher.submit(self._observed(result))
         if self.metrics is not None:
             self.metrics.board.expire(time.time())
             self.metrics.health.lag = self._consumer_lag()
@@ -156,8 +159,7 @@ class StreamJob:
             log.warning("rankstream worker: %d results still unpublished at revocation", self.publisher.pending())
         self.pipeline.revoke(partitions)
         self._state_loaded -= partitions
-        for key in [k for k in self._saved_state if k[0] in partitions]:
-            del self._saved_state[key]
+        self._saved_state.forget(partitions)
 
     async def on_assigned(self, sender: faust.App, assigned: set[TP], **_: Any) -> None:
         partitions = sorted(tp.partition for tp in assigned if tp.topic == self.settings.topics.events)
@@ -199,9 +201,6 @@ class StreamJob:
     def _ack_offsets(self, partition: int, offsets: Any) -> None:
         batch_drain.ack_offsets(self.app.consumer, TP(self.settings.topics.events, partition), offsets)
 
-    def _take_saved_state(self, partition: int, run_id: str) -> dict | None:
-        return self._saved_state.pop((partition, run_id), None)
-
     async def _load_saved_state(self, partitions: list[int]) -> None:
         """Read the saved detector state of ``partitions`` once per assignment, before their first batch."""
         async with self._state_lock:
@@ -209,7 +208,7 @@ class StreamJob:
             if not todo:
                 return
             loaded = await load_state(self.settings, todo)
-            self._saved_state.update(loaded)
+            self._saved_state.add(todo, loaded)
             self._state_loaded.update(todo)
         log.info("rankstream worker: assigned partitions %s, detector state of %d runs", todo, len(loaded))
 
@@ -228,6 +227,12 @@ class StreamJob:
             self.publisher.stats.dead_lettered,
             self.publisher.pending(),
         )
+
+
+def _longest_retention_s(rules: RulesConfig) -> float:
+    """The longest a run may stay silent before the engine evicts it, over the defaults and every override."""
+    overridden = [ov.alignment["retention_s"] for ov in rules.overrides if "retention_s" in ov.alignment]
+    return max([rules.alignment.retention_s, *overridden])
 
 
 def _calm_gc() -> None:

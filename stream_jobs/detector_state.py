@@ -10,6 +10,8 @@ compaction drops its state and the next owner of the partition does not load it.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable, Iterable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -72,6 +74,57 @@ async def load_state(settings: Settings, partitions: list[int]) -> dict[tuple[in
     return states
 
 
+class SavedStates:
+    """The saved states of a worker's assigned partitions, each handed out once: on its run's first event.
+
+    A state no event asks for within ``ttl_s`` of loading (the longest run retention: the engine would
+    have evicted the run by then) is given up, and :meth:`expired` names it for a tombstone. Such a run
+    ended or went silent under a previous owner that never evicted it (a crash, a rebalance); without
+    this its state stayed in this worker's memory until revocation, and in the topic for every next owner.
+    """
+
+    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._states: dict[tuple[int, str], dict] = {}
+        #: partition -> when its states were loaded (while some may still be untaken).
+        self._loaded_at: dict[int, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def add(self, partitions: Iterable[int], states: dict[tuple[int, str], dict]) -> None:
+        """The states :func:`load_state` read for ``partitions``."""
+        now = self._clock()
+        for partition in partitions:
+            self._loaded_at[partition] = now
+        self._states.update(states)
+
+    def take(self, partition: int, run_id: str) -> dict | None:
+        return self._states.pop((partition, run_id), None)
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Revoked partitions: their states are the next owner's."""
+        gone = set(partitions)
+        for partition in gone:
+            self._loaded_at.pop(partition, None)
+        for key in [k for k in self._states if k[0] in gone]:
+            del self._states[key]
+
+    def expired(self) -> set[tuple[int, str]]:
+        """The (partition, run_id) of states untaken ``ttl_s`` after loading, now dropped."""
+        cutoff = self._clock() - self._ttl_s
+        old = {p for p, at in self._loaded_at.items() if at <= cutoff}
+        if not old:
+            return set()
+        for partition in old:
+            del self._loaded_at[partition]
+        keys = {k for k in self._states if k[0] in old}
+        for key in keys:
+            del self._states[key]
+        return keys
+
+
 def ensure_state_topic(settings: Settings) -> None:
     """Create the compacted state topic with as many partitions as the events topic.
 
@@ -115,4 +168,4 @@ def ensure_state_topic(settings: Settings) -> None:
         admin.close()
 
 
-__all__ = ["StateTopicUnavailable", "ensure_state_topic", "load_state", "state_topic"]
+__all__ = ["SavedStates", "StateTopicUnavailable", "ensure_state_topic", "load_state", "state_topic"]

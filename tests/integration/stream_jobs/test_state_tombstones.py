@@ -96,3 +96,28 @@ def test_load_state_reads_a_tombstone_as_no_state(kafka: Settings) -> None:
     producer.close()
     loaded = asyncio.run(load_state(kafka, _partitions(kafka)))
     assert loaded == {(1, "kept"): {"n": 2}, (1, "relaunched"): {"n": 4}}
+
+
+def test_a_saved_state_no_event_asks_for_is_given_up_by_the_next_owner(kafka: Settings, tmp_path: Path) -> None:
+    """A run that went quiet under a worker that stopped before evicting it: the next owner loads its state,
+    and once no event asked for it within the run retention, deletes it (a tombstone) instead of keeping it
+    in memory and in the topic for every owner after it."""
+    orphan = [e for e in generate_run("orphan", world_size=2, steps=10, seed=3) if e["kind"] != "run_end"]
+    first = WorkerProcess(kafka, tmp_path / "first.log")  # default retention: it keeps the run for an hour
+    try:
+        produce(kafka, orphan)
+        saved = _state_records(kafka, lambda rs: any(k == "orphan" for _, k, _ in rs))
+        assert any(k == "orphan" and v is not None for _, k, v in saved), first.log()
+        wait_committed(kafka, f"{kafka.topic_prefix}-stream", kafka.topics.events, len(orphan))
+    finally:
+        first.stop()
+    assert {run_id for _, run_id in asyncio.run(load_state(kafka, _partitions(kafka)))} == {"orphan"}
+    rules = tmp_path / "short-retention.yaml"
+    rules.write_text("alignment: {retention_s: 3}\n")
+    second = WorkerProcess(kafka, tmp_path / "second.log", rules=rules)
+    try:
+        records = _state_records(kafka, lambda rs: any(k == "orphan" and v is None for _, k, v in rs))
+        assert any(k == "orphan" and v is None for _, k, v in records), second.log()
+    finally:
+        second.stop()
+    assert asyncio.run(load_state(kafka, _partitions(kafka))) == {}
