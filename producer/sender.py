@@ -40,15 +40,12 @@ from rankstream.producer.events import EventEncoder
 from rankstream.producer.kafka_io import DeliveryError, KafkaTransport, deliver
 from rankstream.producer.orphans import OrphanSpools
 from rankstream.producer.spool import Spool
+from rankstream.producer.spooling import QueuedEvent, SpoolWriter, drain, drain_all
 from rankstream.producer.transport import Producer, SendFuture, Transport, failure_reason
 
 log = logging.getLogger("rankstream.producer")
 
-# An event on the queue: (kind, step, ts, seq, metrics, tags, meta), built by the training thread.
-QueuedEvent = tuple[str, int, float, int, Any, Any, Any]
-
 POLL_S = 0.05
-BATCH_MAX = 1000
 SLICE_EVENTS = 64  # ~0.3 ms of encoding (12 metrics) between two GIL hand-backs
 SLICE_PAUSE_S = 0.0002
 STALL_S = 5.0  # no ack for this long: treat the broker as gone and spool what is in flight
@@ -118,7 +115,9 @@ class Sender:
         self._backoff = BACKOFF_MIN_S
         self._deadline = float("inf")
         self._orphans = OrphanSpools(spool_root, exclude=spool.dir)
-        self._disk_trouble = False  # the last spool write failed (logged once per episode)
+        self._writer = SpoolWriter(encoder, spool, self.counts)
+        self._spool_payloads = self._writer.write
+        self._spool_events = self._writer.write_events
 
     @property
     def _closing(self) -> bool:
@@ -142,7 +141,7 @@ class Sender:
                 return
             # Stuck (e.g. inside kafka-python): take over the queue; the thread spools its own rest.
             self.lifecycle = Lifecycle.ABANDONED
-        self._spool_events(self._drain_all())
+        self._spool_events(drain_all(self.queue))
         if self._thread is None:
             self.spool.close()
 
@@ -170,7 +169,7 @@ class Sender:
                 if self._producer is None and self._may_connect():
                     self._connect()  # before taking events: send directly rather than spool when possible
                 overflowed = self._spool_overflow()
-                batch = self._drain(SLICE_EVENTS)
+                batch = drain(self.queue, SLICE_EVENTS)
                 if batch:
                     self._handle(batch)
                 self._reap()
@@ -197,64 +196,13 @@ class Sender:
         excess = len(self.queue) - self.queue_size
         if excess <= 0:
             return False
-        events = self._drain(min(excess, SLICE_EVENTS))
+        events = drain(self.queue, min(excess, SLICE_EVENTS))
         self.counts["overflow"] += len(events)
         self._spool_events(events)
         return True
 
-    def _drain(self, limit: int = BATCH_MAX) -> list[QueuedEvent]:
-        q = self.queue
-        out: list[QueuedEvent] = []
-        while q and len(out) < limit:
-            out.append(q.popleft())
-        return out
-
-    def _drain_all(self) -> list[QueuedEvent]:
-        out: list[QueuedEvent] = []
-        q = self.queue
-        while q:
-            try:
-                out.append(q.popleft())
-            except IndexError:
-                break
-        return out
-
-    def _encode(self, events: list[QueuedEvent]) -> list[bytes]:
-        out = []
-        for event in events:
-            try:
-                out.append(self.encoder.encode(*event))
-            except Exception as exc:  # pragma: no cover - encode() is total; belt and braces
-                self.encoder.dropped_invalid += 1
-                self.last_error = one_line(exc)
-        return out
-
-    def _spool_events(self, events: list[QueuedEvent]) -> None:
-        self._spool_payloads(self._encode(events))
-
-    def _spool_payloads(self, payloads: list[bytes]) -> None:
-        if not payloads:
-            return
-        try:
-            self.spool.append(payloads)
-        except Exception as exc:  # a full or failing disk: counted, logged once per episode, never raised
-            self.counts["spool_errors"] += len(payloads)
-            self.last_error = one_line(exc)
-            if not self._disk_trouble:
-                self._disk_trouble = True
-                log.error(
-                    "rankstream: cannot write spool %s (%s): events lost (counted in stats['dropped_spool_error'])",
-                    self.spool.dir,
-                    self.last_error,
-                )
-            return
-        self.counts["spooled"] += len(payloads)
-        if self._disk_trouble:
-            self._disk_trouble = False
-            log.info("rankstream: spool %s writable again", self.spool.dir)
-
     def _handle(self, batch: list[QueuedEvent]) -> None:
-        payloads = self._encode(batch)
+        payloads = self._writer.encode(batch)
         if self._producer is None or self.spool.pending:
             self._spool_payloads(payloads)  # keeps order: the backlog goes first
             return
@@ -398,7 +346,7 @@ class Sender:
             time.sleep(0.005)
         self._spool_payloads([p for p, _, _ in self._inflight])
         self._inflight.clear()
-        self._spool_events(self._drain_all())
+        self._spool_events(drain_all(self.queue))
         if self._producer is not None:
             self.transport.release(self._producer, timeout=min(max(self._deadline - time.monotonic(), 0.0), 1.0))
         self._producer = None
