@@ -9,6 +9,7 @@ trying again would not help.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from typing import Any
@@ -41,6 +42,10 @@ class Sender:
 
     def __init__(self, config: NotifyConfig, client: httpx.Client | None = None) -> None:
         self.config = config
+        # httpx logs every request's URL at INFO, and webhook URLs hold tokens: keep that logger above INFO.
+        httpx_log = logging.getLogger("httpx")
+        if httpx_log.getEffectiveLevel() < logging.WARNING:
+            httpx_log.setLevel(logging.WARNING)
         self.client = client or httpx.Client(headers={"User-Agent": "rankstream-notify"})
         self._fired: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
 
