@@ -3,7 +3,7 @@
 It records every POST (path, query, JSON body, whether a DingTalk or Feishu
 signature checked out) and answers like the real service: DingTalk and Feishu
 ``{"errcode"/"code": 0}`` or their error codes for a bad signature, Slack
-``ok``. ``fail_next`` makes the next requests fail with a status (retries).
+``ok``. ``fail_next[path]`` makes the next requests to ``path`` fail with those statuses (retries).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class WebhookReceiver:
         self.dingtalk_secret = dingtalk_secret
         self.feishu_secret = feishu_secret
         self.received: list[Received] = []
-        self.fail_next: list[int] = []
+        self.fail_next: dict[str, list[int]] = {}
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, name="webhook-receiver", daemon=True)
@@ -86,8 +86,9 @@ class WebhookReceiver:
 
     def _answer(self, path: str, query: dict[str, str], body: Any) -> tuple[int, str, bool | None]:
         with self._lock:
-            if self.fail_next:
-                return self.fail_next.pop(0), "unavailable", None
+            failures = self.fail_next.get(path)
+            if failures:
+                return failures.pop(0), "unavailable", None
         if path.startswith("/dingtalk"):
             signed = not self.dingtalk_secret or verify_dingtalk(query, self.dingtalk_secret, int(time.time() * 1000))
             if not signed:
