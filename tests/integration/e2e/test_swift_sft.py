@@ -24,8 +24,6 @@ from tests.integration.e2e.tiny_models import save_tiny_qwen2, write_chat_jsonl
 from tests.integration.producer.support import consume, finished, seq_problems
 from tests.integration.streamkit import WorkerProcess, collect
 
-pytest.importorskip("swift", reason="ms-swift is a dev extra (make setup)")
-
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 MAX_STEPS = 8
