@@ -44,6 +44,9 @@ STANDARD_METRICS: Final = (
     "mem_peak_mb",
     "mem_total_mb",
     "loss_scale",
+    "grad_sq",
+    "grad_sq_adapter",
+    "grad_sq_backbone",
 )
 
 RULES: Final = (
@@ -207,7 +210,9 @@ def validate_event(obj: Any) -> dict[str, Any]:
 
     The returned dict always has ``metrics`` (floats), ``tags`` and ``meta``
     (possibly empty), ``step`` (``-1`` for ``run_start``/``run_end`` without one),
-    ``host`` and ``local_rank``. Raises :class:`InvalidEvent` with a one-line reason.
+    ``host`` and ``local_rank``; a ``run_start`` with a ``topology`` keeps it (validated, see
+    :func:`rankstream.topology.validate_topology`; other kinds drop it). Raises :class:`InvalidEvent`
+    with a one-line reason.
     The ``metrics``/``tags``/``meta`` dicts may be shared with ``obj`` (never modified).
 
     This is the hottest function of replay and the stream jobs: the common case
@@ -306,6 +311,13 @@ def validate_event(obj: Any) -> dict[str, Any]:
         "tags": tags,
         "meta": meta,
     }
+    if kind == "run_start":
+        topology = get("topology")
+        if topology is not None:
+            from rankstream.topology import validate_topology  # rare (run_start): not on the hot path
+
+            event["topology"] = validate_topology(topology)
+    return event
 
 
 def decode_event(raw: bytes | str) -> dict[str, Any]:

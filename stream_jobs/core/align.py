@@ -20,15 +20,35 @@ from typing import Any
 
 from rankstream.schema import SCHEMA_VERSION
 from rankstream.stream_jobs.core.aggregate import Window, aggregate
+from rankstream.stream_jobs.core.dedup import SeqDedup, dedup_key
+from rankstream.stream_jobs.core.global_norms import apply_topology
 from rankstream.stream_jobs.core.params import AlignmentParams
 from rankstream.stream_jobs.core.revise import Revisions
+from rankstream.stream_jobs.core.topology import RunTopology
+
+__all__ = ["Aligner", "PendingStep", "Released", "SeqDedup", "aligned", "dedup_key"]
 
 
 class PendingStep:
-    __slots__ = ("anchor", "by_rank", "record", "revisions", "seqs", "step", "ts_first", "ts_last", "world_size")
+    __slots__ = (
+        "anchor",
+        "by_rank",
+        "record",
+        "revisions",
+        "seqs",
+        "step",
+        "topology",
+        "ts_first",
+        "ts_last",
+        "world_size",
+    )
 
-    def __init__(self, step: int, world_size: int, ts: float, anchor: float | None = None) -> None:
+    def __init__(
+        self, step: int, world_size: int, ts: float, anchor: float | None = None, topology: RunTopology | None = None
+    ) -> None:
         self.step = step
+        #: The run's declared layout (empty for runs that declare none): how the step is aggregated.
+        self.topology = topology
         self.world_size = world_size
         self.ts_first = ts
         self.ts_last = ts
@@ -63,108 +83,8 @@ class Released:
     ts: list[float]
     warmup_tag: bool
     has_stage_tag: bool
-
-
-#: Given-up gaps remembered per rank incarnation (ranges of lost seqs), for late arrivals of lost events.
-_GAPS_KEPT = 16
-
-
-def dedup_key(ev: dict[str, Any]) -> Hashable:
-    """Whose ``seq`` counter an event belongs to: its rank's incarnation (``inc``, one per process start),
-    else the generation in its ``restart`` tag (older producers), else its rank."""
-    rank = ev["rank"]
-    inc = ev.get("inc")
-    if inc:
-        return (rank, inc)
-    tags = ev["tags"]
-    gen = tags.get("restart") if tags else None
-    return rank if gen is None else (rank, gen)
-
-
-class SeqDedup:
-    """Seen (key, seq) pairs in bounded memory: a contiguous floor plus a capped set above it.
-
-    ``key`` is :func:`dedup_key`: seq counts per rank incarnation.
-    """
-
-    __slots__ = ("ahead", "cap", "gaps", "handled", "next_seq", "refilled", "trust_first")
-
-    def __init__(self, cap: int, trust_first: bool = False) -> None:
-        self.cap = cap
-        self.next_seq: dict[Any, int] = {}
-        self.ahead: dict[Any, set[int]] = {}
-        # In a log consumer that resumes from a committed offset, a rank's first
-        # seq seen is its floor: earlier seqs were handled before the restart.
-        self.trust_first = trust_first
-        #: Restored from saved state: seqs up to this were handled by a previous owner. Only a
-        #: duplicate test, not a floor: seqs just above it may be committed heartbeats never re-read.
-        self.handled: dict[Any, int] = {}
-        #: Seq ranges [lo, hi) given up as lost (the step after them was released without them).
-        self.gaps: dict[Any, list[tuple[int, int]]] = {}
-        #: Lost seqs that arrived after all (each counted once, then a duplicate).
-        self.refilled: dict[Any, set[int]] = {}
-
-    def seen(self, key: Any, seq: int) -> bool:
-        """True if (key, seq) was seen before; records it otherwise."""
-        nxt = self.next_seq.get(key)
-        if nxt is None:
-            done = self.handled.get(key)
-            if done is not None and seq <= done:
-                return not self._refill(key, seq)  # a lost seq given up by the previous owner may still come
-            nxt = seq if self.trust_first else (0 if done is None else done + 1)
-        if seq == nxt:
-            nxt += 1
-            above = self.ahead.get(key)
-            if above:
-                while nxt in above:
-                    above.discard(nxt)
-                    nxt += 1
-            self.next_seq[key] = nxt
-            return False
-        if seq < nxt:
-            return not self._refill(key, seq)
-        above = self.ahead.setdefault(key, set())
-        if seq in above:
-            return True
-        above.add(seq)
-        if len(above) > self.cap:  # a gap that never fills (lost events): give it up
-            nxt = min(above)
-            while nxt in above:
-                above.discard(nxt)
-                nxt += 1
-            self.next_seq[key] = nxt
-        return False
-
-    def _refill(self, key: Any, seq: int) -> bool:
-        """A seq below the floor: True when it is a lost one arriving late for the first time."""
-        gaps = self.gaps.get(key)
-        if not gaps or not any(lo <= seq < hi for lo, hi in gaps):
-            return False
-        refilled = self.refilled.setdefault(key, set())
-        if seq in refilled:
-            return False
-        if len(refilled) >= self.cap:
-            refilled.clear()
-        refilled.add(seq)
-        return True
-
-    def give_up_below(self, key: Any, seq: int) -> int:
-        """Seqs of ``key`` missing below ``seq`` are lost: move the floor past them; returns how many."""
-        nxt = self.next_seq.get(key)
-        if nxt is None or seq < nxt:
-            return 0
-        above = self.ahead.get(key) or set()
-        missing = sum(1 for s in range(nxt, seq) if s not in above) if seq - nxt <= 4 * self.cap else seq - nxt
-        gaps = self.gaps.setdefault(key, [])
-        gaps.append((nxt, seq))
-        del gaps[:-_GAPS_KEPT]
-        nxt = seq
-        while nxt in above:
-            nxt += 1
-        self.next_seq[key] = nxt
-        if above:
-            self.ahead[key] = {s for s in above if s > nxt}
-        return missing
+    #: Per rank (same order as ``ranks``), who does the same work: None when every rank does.
+    peers: list[Hashable] | None = None
 
 
 def aligned(run_id: str, p: PendingStep, attempt: int) -> Released:
@@ -175,6 +95,7 @@ def aligned(run_id: str, p: PendingStep, attempt: int) -> Released:
     ts = [e["ts"] for e in events]
     summaries, nonfinite = aggregate(ranks, per_rank)
     ws = p.world_size
+    topology = p.topology
     complete = len(ranks) >= ws
     missing = [] if complete else [r for r in range(ws) if r not in p.by_rank]
     warmup_tag = False
@@ -200,7 +121,10 @@ def aligned(run_id: str, p: PendingStep, attempt: int) -> Released:
         "nonfinite": nonfinite,
         "restart": attempt,
     }
-    return Released(record, ranks, per_rank, ts, warmup_tag, has_stage)
+    peers = None
+    if topology:  # the run declared its parallel layout (contract: run_start topology)
+        peers = apply_topology(topology, ranks, per_rank, summaries, nonfinite, record)
+    return Released(record, ranks, per_rank, ts, warmup_tag, has_stage, peers)
 
 
 class Aligner:
@@ -214,6 +138,8 @@ class Aligner:
         self.stats: dict[str, int] | None = None
         #: Partial steps released recently, which late events can still complete.
         self.revisions = Revisions(run_id, alignment.revise_max_events)
+        #: The layout the run's ranks declared in run_start (empty: none, today's aggregation).
+        self.topology = RunTopology()
         self.dedup = dedup
         self.world_size = world_size
         self.cfg = alignment
@@ -253,7 +179,7 @@ class Aligner:
             self.max_step = step
         p = self.pending.get(step)
         if p is None:
-            p = PendingStep(step, ev["world_size"], ev["ts"], self.clock)
+            p = PendingStep(step, ev["world_size"], ev["ts"], self.clock, self.topology)
             self.pending[step] = p
             heapq.heappush(self._heap, step)
         else:
@@ -263,6 +189,10 @@ class Aligner:
             p.by_rank[rank] = ev
             p.seqs.append((key, ev["seq"]))
         return True
+
+    def declare(self, ev: dict[str, Any]) -> None:
+        """A run_start that carries its rank's ``topology``."""
+        self.topology.declare(ev["rank"], ev["topology"])
 
     # -------------------------------------------------------------------- release
 
@@ -378,6 +308,12 @@ class Aligner:
     # ---------------------------------------------------------------------- state
 
     def to_state(self) -> dict[str, Any]:
+        state = self._state()
+        if self.topology:
+            state["topology"] = self.topology.to_state()
+        return state
+
+    def _state(self) -> dict[str, Any]:
         return {
             "world_size": self.world_size,
             "last_released": self.last_released,
@@ -408,7 +344,8 @@ class Aligner:
         self._median = self.step_times.median() if len(self.step_times) else 0.0
         self._grace = self.grace_s()
         self.gaps_by_rank = {int(rank): int(n) for rank, n in state.get("gaps", {}).items()}
-        self.revisions.load_state(state.get("revisable", []), self.clock)
+        self.topology.load_state(state.get("topology"))
+        self.revisions.load_state(state.get("revisable", []), self.clock, self.topology)
         for rank, gen, lo, hi in state.get("lost_seqs", []):
             ranges = self.dedup.gaps.setdefault(rank if gen is None else (rank, gen), [])
             if (lo, hi) not in ranges:

@@ -16,6 +16,7 @@ from rankstream.stream_jobs.core.aggregate import median
 from rankstream.stream_jobs.core.alerts import Finding, StepContext, fmt
 from rankstream.stream_jobs.core.align import Released
 from rankstream.stream_jobs.core.params import RuleSet
+from rankstream.stream_jobs.core.peers import peer_medians
 from rankstream.stream_jobs.core.skew import MIN_OFFSET_S
 
 
@@ -76,9 +77,9 @@ class RankDetector:
             if hi > 0 and lo / hi < p.score_threshold:
                 own = [m.get("compute_time_s", 0.0) + m.get("data_time_s", 0.0) for m in rel.metrics]
                 own = [v if v - v == 0.0 else 0.0 for v in own]
-                med = median(own)
+                meds = peer_medians(own, rel.peers)  # under PP / TP: a rank against its peers only
                 min_extra = max(p.min_extra_frac * median_step, p.min_extra_s)
-                for rank, v, m in zip(rel.ranks, own, rel.metrics, strict=True):
+                for rank, v, m, med in zip(rel.ranks, own, rel.metrics, meds, strict=True):
                     if v > 0 and med / v < p.score_threshold and v - med >= min_extra:
                         flagged[rank] = {
                             "score": med / v,
@@ -89,8 +90,7 @@ class RankDetector:
                             "signal": "compute_time_s+data_time_s",
                         }
         elif median_step > 0 and rel.record["ts_last"] - rel.record["ts_first"] >= p.skew_frac * median_step:
-            med_ts = median(rel.ts)
-            for rank, t in zip(rel.ranks, rel.ts, strict=True):
+            for rank, t, med_ts in zip(rel.ranks, rel.ts, peer_medians(rel.ts, rel.peers), strict=True):
                 skew = t - med_ts
                 if p.skew_frac * median_step <= skew < MIN_OFFSET_S:  # further off: a clock (clock_skew)
                     flagged[rank] = {"ts_skew_s": skew, "median_step_time_s": median_step, "signal": "ts skew"}

@@ -23,6 +23,7 @@ from rankstream.schema import encode_metric
 
 if TYPE_CHECKING:
     from rankstream.stream_jobs.core.align import PendingStep
+    from rankstream.stream_jobs.core.topology import RunTopology
 
 #: Events of kept partial steps saved with the run's state (newest steps first): ~100 B a metric value.
 STATE_EVENTS = 256
@@ -132,13 +133,13 @@ class Revisions:
             )
         return out[::-1]
 
-    def load_state(self, saved: list[dict[str, Any]], clock: float) -> None:
+    def load_state(self, saved: list[dict[str, Any]], clock: float, topology: RunTopology | None = None) -> None:
         """Kept steps from saved state (a run taken over); a revision pending there is due a grace from now."""
         from rankstream.stream_jobs.core.align import PendingStep
 
         for s in saved:
             ts_first, ts_last, anchor = (float(v) for v in s["ts"])
-            p = PendingStep(int(s["step"]), int(s["world_size"]), ts_first, anchor)
+            p = PendingStep(int(s["step"]), int(s["world_size"]), ts_first, anchor, topology)
             p.ts_last = ts_last
             p.revisions = int(s.get("revisions", 0))
             p.record = {"restart": int(s.get("restart", 0)), "warmup": bool(s.get("warmup")), "ts_first": ts_first}

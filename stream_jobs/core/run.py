@@ -217,6 +217,8 @@ class RunState:
     def _start(self, ev: dict[str, Any]) -> None:
         meta = ev["meta"]
         tags = ev["tags"]
+        if "topology" in ev:  # the rank's parallel layout (sharded / 3D-parallel jobs)
+            self.aligner.declare(ev)
         if tags and not self.precision:
             self.precision = tags.get("precision", "")
         if not meta:
