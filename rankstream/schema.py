@@ -295,7 +295,7 @@ def validate_event(obj: Any) -> dict[str, Any]:
                 break
     else:
         tags = _check_str_map(tags, "tags")
-    return {
+    event = {
         "v": SCHEMA_VERSION,
         "kind": kind,
         "run_id": run_id,
