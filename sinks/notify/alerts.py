@@ -3,14 +3,16 @@
 Alerts carry ``team`` but not the run's name; the core names a run in its
 messages as ``run NAME (RUN_ID)`` once it has seen the run's ``run_start``, so
 the name is read from there (an ``run_name`` field on the alert, should the
-contract add one, wins). A run whose start was not seen has no name: the label
-is then empty, never guessed.
+contract add one, wins). Messages that do not name the run (a "resolved" line)
+get the name :class:`RunNames` remembers from the run's earlier alerts. A run
+never named has no name: the label is then empty, never guessed.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 from typing import Any
 
 from rankstream.sinks.records import InvalidRecord, validate_alert
@@ -73,3 +75,22 @@ def parse_alert(obj: Any) -> NotifyAlert:
         message=rec["message"],
         evidence=rec["evidence"],
     )
+
+
+class RunNames:
+    """run_id -> run name from the alerts that named it (bounded LRU), so that every alert of a run,
+    its resolves included, carries the same ``run_name`` label (AlertManager's identity is the label set)."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self._names: OrderedDict[str, str] = OrderedDict()
+
+    def fill(self, alert: NotifyAlert) -> NotifyAlert:
+        if alert.run_name:
+            self._names[alert.run_id] = alert.run_name
+            self._names.move_to_end(alert.run_id)
+            while len(self._names) > self.size:
+                self._names.popitem(last=False)
+            return alert
+        name = self._names.get(alert.run_id)
+        return replace(alert, run_name=name) if name else alert

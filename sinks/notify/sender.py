@@ -57,12 +57,14 @@ class Sender:
         receiver = delivery.receiver
         alerts = delivery.alerts
         if receiver.kind == "alertmanager":
-            elements = [self._am_element(receiver, a, now) for a in alerts]
-            url = receiver.url.reveal().rstrip("/") + "/api/v2/alerts"
-            self._post(receiver, url, elements)
-            for alert, element in zip(alerts, elements, strict=True):
+            elements = []
+            for alert in alerts:  # in order: a resolve in the same batch closes the element that fired
+                element = self._am_element(receiver, alert, now)
                 if not alert.resolved:
                     self._remember(receiver.name, alert.alert_id, element)
+                elements.append(element)
+            url = receiver.url.reveal().rstrip("/") + "/api/v2/alerts"
+            self._post(receiver, url, elements)
             return
         if receiver.kind == "slack":
             self._post(receiver, receiver.url.reveal(), payloads.slack_body(alerts))

@@ -28,7 +28,7 @@ from typing import Any
 from rankstream.config import Settings
 from rankstream.errors import one_line
 from rankstream.schema import dlq_record, loads
-from rankstream.sinks.notify.alerts import NotifyAlert, parse_alert
+from rankstream.sinks.notify.alerts import NotifyAlert, RunNames, parse_alert
 from rankstream.sinks.notify.config import NotifyConfig
 from rankstream.sinks.notify.outbox import Delivery, Offsets, Outbox, Seen, Source, TopicPartition
 from rankstream.sinks.notify.sender import DeliveryFailed, Sender
@@ -77,6 +77,7 @@ class Notifier:
         self._sender = sender or Sender(config)
         self._outbox = Outbox(config)
         self._seen = Seen(config.dedup_size)
+        self._names = RunNames()
         self._offsets = Offsets()
         self._consumer: Any = None
         self._producer: Any = None
@@ -148,7 +149,7 @@ class Notifier:
             record.topic, record.partition, record.offset, record.key, record.value or b"", record.timestamp or -1
         )
         try:
-            alert = parse_alert(loads(source.raw))
+            alert = self._names.fill(parse_alert(loads(source.raw)))
         except (InvalidRecord, ValueError, TypeError) as exc:
             reason = exc.reason if isinstance(exc, InvalidRecord) else f"not valid JSON: {one_line(exc)}"
             self.stats.invalid += 1

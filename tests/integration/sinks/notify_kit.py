@@ -89,13 +89,21 @@ def produce_alerts(settings: Settings, alerts: Iterable[dict[str, Any] | bytes])
     producer.close()
 
 
-def wait_for(probe: Callable[[], T], timeout_s: float, what: str, interval_s: float = 0.2) -> T:
-    """Poll ``probe`` until it returns something truthy (returned) or fail after ``timeout_s``."""
+def wait_for(
+    probe: Callable[[], T],
+    timeout_s: float,
+    what: str,
+    interval_s: float = 0.2,
+    detail: Callable[[], object] | None = None,
+) -> T:
+    """Poll ``probe`` until it returns something truthy (returned) or fail after ``timeout_s``
+    (the message ends with ``detail()``: what was seen instead)."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = probe()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+            seen = f": {detail()}" if detail is not None else ""
+            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}{seen}")
         time.sleep(interval_s)

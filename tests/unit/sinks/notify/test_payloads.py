@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rankstream.sinks.notify.alerts import parse_alert, run_name_from
+from rankstream.sinks.notify.alerts import RunNames, parse_alert, run_name_from
 from rankstream.sinks.notify.payloads import (
     am_alert,
     chat_text,
@@ -115,3 +115,17 @@ def test_slack_dingtalk_feishu_webhook_shapes() -> None:
     assert "sign" not in feishu_body(alerts)
     hook = webhook_body("ops", alerts)
     assert hook["alerts"][0]["alert_id"] == alerts[0].alert_id and hook["alerts"][0]["state"] == "firing"
+
+
+def test_run_names_fill_resolves_that_do_not_name_the_run() -> None:
+    names = RunNames(size=1)
+    fired = names.fill(make_alert())
+    resolved = parse_alert({**alert_record(state="resolved"), "message": "Resolved: loss is back to 2.1."})
+    assert resolved.run_name == ""
+    assert names.fill(resolved).run_name == fired.run_name == "llama-sft"
+    assert (
+        am_alert(names.fill(resolved), now=NOW, resolve_after_s=9)["labels"]
+        == am_alert(fired, now=NOW, resolve_after_s=9)["labels"]
+    )
+    names.fill(make_alert(run_id="run-b"))  # the LRU holds one run
+    assert names.fill(resolved).run_name == ""

@@ -178,3 +178,19 @@ def test_delivery_left_at_shutdown_stays_uncommitted() -> None:
     n.flush_all()
     assert producer.sent == []
     assert all(c == {(TOPIC, 0): 0} for c in consumer.commits)  # offset 0 is read again by the next notifier
+
+
+def test_a_resolve_in_the_same_batch_closes_the_alert_that_fired() -> None:
+    posted: list[Any] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        posted.extend(loads(request.content))
+        return httpx.Response(200)
+
+    firing = alert_record(team="")
+    resolve = {**alert_record(state="resolved"), "message": "Resolved: loss is back."}  # team known by now
+    n, _, _ = notifier(AM_CONFIG, handler, records(firing, resolve))
+    n.step()
+    assert len(posted) == 2 and posted[0]["labels"] == posted[1]["labels"]
+    assert posted[1]["labels"]["run_name"] == "llama-sft" and "team" not in posted[1]["labels"]
+    assert posted[1]["startsAt"] == posted[0]["startsAt"] and posted[1]["endsAt"] < posted[0]["endsAt"]
