@@ -46,7 +46,7 @@ def _precision(args: Any) -> str:
 
 
 def _logs_lr_after_step(args: Any, trainer: Any) -> bool:
-    """ms-swift logs the scheduler's rate after its step (the next step's); HF Trainer >= 4.46 logs the
+    """ms-swift logs the scheduler's rate after its step (the next step's); HF Trainer 5.x logs the
     rate the optimizer step used. The first logged step confirms or corrects this guess."""
     return any(obj is not None and type(obj).__module__.split(".", 1)[0] == "swift" for obj in (trainer, args))
 
