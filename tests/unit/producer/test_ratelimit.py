@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 
 import pytest
 
+from rankstream.config import Settings
+from rankstream.producer import Reporter
 from rankstream.producer.ratelimit import DECIDE_EVERY_EVENTS, StepStride, stride_for
+from rankstream.schema import decode_event
+from tests.unit.producer.test_sender import FakeTransport
 
 LIMIT = 50.0
 # (steps per second, steps): the issue's 100 steps/s at 50 events/s, a fast phase, a slow one, a middle one.
@@ -110,3 +115,32 @@ def test_a_step_number_going_back_restarts_the_window_and_keeps_the_stride() -> 
 )
 def test_stride_is_the_nearest_power_of_two(steps_per_s: float, limit: float, expected: int) -> None:
     assert stride_for(steps_per_s, limit) == expected
+
+
+def test_four_reporters_deliver_the_same_steps(tmp_path: Path) -> None:
+    """End to end through Reporter.log and the sender: the steps on the (fake) broker are the same for every rank."""
+    transport = FakeTransport()
+    settings = Settings(bootstrap_servers="fake:9092", state_dir=str(tmp_path / "state"), topic_prefix="unit")
+    schedule = [(s + 1) / 300.0 for s in range(3000)]  # 300 steps/s against the default 50/s
+    reporters, clocks = [], []
+    for rank in range(4):
+        r = Reporter("same-steps", settings=settings, rank=rank, world_size=4, heartbeat_s=0, transport=transport)
+        clock = JitteredClock(schedule, seed=rank, jitter_s=0.002)
+        assert r._stride is not None
+        r._stride.clock = clock
+        reporters.append(r)
+        clocks.append(clock)
+    for step in range(len(schedule)):
+        for r, clock in zip(reporters, clocks, strict=True):
+            clock.step = step
+            r.log(step, loss=1.0)
+    for r in reporters:
+        r.close(timeout=2)
+    by_rank: dict[int, list[int]] = {rank: [] for rank in range(4)}
+    for _, _, value in transport.acked:
+        event = decode_event(value)
+        if event["kind"] == "step":
+            by_rank[event["rank"]].append(event["step"])
+    assert by_rank[0] and all(sorted(steps) == sorted(by_rank[0]) for steps in by_rank.values())
+    assert all(r.stats["rate_stride"] == 8 for r in reporters)  # 300/50 = 6: nearest power of two 8
+    assert len(by_rank[0]) == DECIDE_EVERY_EVENTS + len(range(DECIDE_EVERY_EVENTS, 3000, 8))
