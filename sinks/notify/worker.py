@@ -23,7 +23,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from rankstream.config import Settings
 from rankstream.errors import one_line
@@ -39,6 +39,15 @@ log = logging.getLogger("rankstream.notify")
 POLL_MS = 100
 
 
+class Delivered(NamedTuple):
+    receiver: str
+    alert_id: str
+    state: str
+    step: int
+    published_s: float  # the alert message's Kafka timestamp
+    delivered_s: float  # when the receiver answered 2xx
+
+
 @dataclass
 class NotifyStats:
     """Counters a caller (tests, the benchmark, the CLI) reads while the notifier runs."""
@@ -52,8 +61,8 @@ class NotifyStats:
     failures: int = 0
     dlq: int = 0
     committed: dict[str, int] = field(default_factory=dict)
-    #: seconds from the alert's publication (Kafka timestamp) to its delivery, one per delivered alert
-    latencies: list[float] = field(default_factory=list)
+    #: with ``record_deliveries``: one per alert delivered (the notify benchmark's latencies)
+    deliveries: list[Delivered] = field(default_factory=list)
 
 
 class Notifier:
@@ -66,14 +75,14 @@ class Notifier:
         *,
         group_id: str | None = None,
         sender: Sender | None = None,
-        keep_latencies: bool = False,
+        record_deliveries: bool = False,
     ) -> None:
         self.settings = settings
         self.config = config
         self.group_id = group_id or f"{settings.topic_prefix}.notify"
         self.stats = NotifyStats()
         self.ready = threading.Event()
-        self.keep_latencies = keep_latencies
+        self.record_deliveries = record_deliveries
         self._sender = sender or Sender(config)
         self._outbox = Outbox(config)
         self._seen = Seen(config.dedup_size)
@@ -209,8 +218,12 @@ class Notifier:
         for alert, source in delivery.items:
             self._seen.done(receiver.name, alert)
             self._offsets.release(source.tp, source.offset)
-            if self.keep_latencies and source.published_ms > 0:
-                self.stats.latencies.append(delivered_at - source.published_ms / 1000)
+            if self.record_deliveries:
+                self.stats.deliveries.append(
+                    Delivered(
+                        receiver.name, alert.alert_id, alert.state, alert.step, source.published_ms / 1000, delivered_at
+                    )
+                )
         self.stats.delivered[receiver.name] += len(delivery.items)
 
     def _give_up(self, delivery: Delivery, reason: str) -> None:
