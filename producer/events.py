@@ -74,6 +74,8 @@ class EventEncoder:
         self.dropped_invalid = 0
         self.truncated = 0
         self._warned: set[str] = set()
+        #: This rank's parallel layout (rankstream.topology), sent with run_start when known.
+        self.topology: dict[str, Any] | None = None
 
     def _warn_once(self, what: str, message: str) -> None:
         if what not in self._warned:
@@ -142,6 +144,8 @@ class EventEncoder:
         event.update(kind=kind, step=step, ts=ts, seq=seq, metrics=self.metrics(metrics), tags=self.tags(tags))
         if meta:
             event["meta"] = dict(meta)
+        if kind == "run_start" and self.topology:
+            event["topology"] = self.topology
         try:
             payload = dumps(event)
         except (TypeError, ValueError) as exc:  # only meta can get here (it is pre-redacted JSON-able data)

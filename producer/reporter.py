@@ -37,6 +37,7 @@ from rankstream.producer.sender import Sender
 from rankstream.producer.shutdown import NORMAL, install, signal_name, uncaught_exception_reason
 from rankstream.producer.spool import Spool, rank_dir
 from rankstream.producer.transport import Transport
+from rankstream.topology import validate_topology
 
 log = logging.getLogger("rankstream.producer")
 
@@ -72,6 +73,7 @@ class Reporter:
         transport: Transport | None = None,
         handle_signals: bool = True,
         shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
+        topology: Mapping[str, Any] | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings.from_env()
         self.identity: RunIdentity = detect_identity(run_id, rank=rank, world_size=world_size, local_rank=local_rank)
@@ -92,6 +94,8 @@ class Reporter:
         self._encoder = EventEncoder(
             ident.run_id, ident.rank, ident.world_size, ident.local_rank, ident.host, inc=self.inc
         )
+        if topology:  # sharded / 3D-parallel layout (rankstream.producer.topology), sent with run_start
+            self._encoder.topology = validate_topology(dict(topology))
         self._sender = Sender(
             self.settings,
             self._encoder,
