@@ -66,6 +66,7 @@ RULES: Final = (
     "run_lost",
     "membership_changed",
     "clock_skew",
+    "eval_loss_rising",
 )
 
 META_FIELDS: Final = (

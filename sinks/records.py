@@ -133,7 +133,11 @@ class Batch:
         """A validated aligned step: one ``steps`` row and one ``step_metrics`` row per metric.
 
         The step's ``restart`` is its ``attempt``: a step aligned again after a resume is a new row.
+        An evaluation's aggregate (``phase: "eval"``) is only ``step_metrics`` rows, named ``eval_*``.
         """
+        if record.get("phase") == "eval":
+            self._add_eval(record, team)
+            return
         extra = {k: v for k, v in record.items() if k not in _STEP_FIELDS}
         ts_first = micros(record["ts_first"])
         attempt = record["restart"]
@@ -172,6 +176,18 @@ class Batch:
                     agg["n"],
                 ),
             )
+
+    def _add_eval(self, record: dict[str, Any], team: str) -> None:
+        """Eval aggregates beside the train step's metrics: the ``steps`` row stays the train step's, and a
+        name that does not say eval (``loss``, ``val_loss``) gets the ``eval_`` prefix so it cannot replace one."""
+        ts_first = micros(record["ts_first"])
+        for name, agg in record["metrics"].items():
+            metric = name if name.startswith("eval_") else f"eval_{name}"
+            self.add(
+                "step_metrics",
+                (team, record["run_id"], metric, record["step"], record["restart"], ts_first, agg["mean"], agg["min"],
+                 agg["max"], agg["std"], agg["argmin"], agg["argmax"], agg["n"]),
+            )  # fmt: skip
 
     def add_alert(self, alert: dict[str, Any]) -> None:
         self.add(

@@ -39,9 +39,7 @@ class RankDetector:
         self.sublag: dict[int, int] = {}
         self.late: dict[int, int] = {}
         self.mem: dict[int, int] = {}
-        #: rank -> [peak at its last memory alert (MB), that alert's severity level] until the episode ends.
-        self.mem_alerted: dict[int, list[float]] = {}
-        #: rank -> consecutive logged steps below `warn_ratio` while its episode is open.
+        #: rank -> consecutive logged steps below `warn_ratio` while its pressure count is open.
         self.mem_below: dict[int, int] = {}
 
     # ----------------------------------------------------------------- straggler
@@ -215,44 +213,37 @@ class RankDetector:
     # ------------------------------------------------------------------- memory
 
     def _memory(self, rel: Released, at: StepContext, found: list[Finding]) -> None:
-        """memory_pressure, once per episode: a rank's episode opens with its first alert and ends after
-        ``recover_steps`` logged steps below ``warn_ratio``; in between only a critical peak or a grown
-        peak alerts again (a producer reporting the peak since process start repeats the same peak)."""
+        """memory_pressure with hysteresis: a rank's episode starts at ``persist_steps`` logged steps at or
+        above ``warn_ratio`` (at once when critical) and is reported at every logged step above while it
+        lasts (the alert stays open; cooldown keeps it quiet); a dip below shorter than ``recover_steps``
+        does not restart the count, ``recover_steps`` logged steps below end it (the alert resolves and a
+        new one needs a new sustained pressure)."""
         p = self.rules.memory_pressure
         metrics = rel.record["metrics"]
         total_min = metrics["mem_total_mb"]["min"]
-        if total_min > 0 and metrics["mem_peak_mb"]["max"] / total_min < p.warn_ratio:
-            if self.mem:
-                self.mem.clear()
-            if self.mem_alerted:
-                self._recovering(self.mem_alerted.keys() & set(rel.ranks), p.recover_steps)
-            return
         flagged: dict[int, tuple[float, float, float]] = {}
-        for rank, m in zip(rel.ranks, rel.metrics, strict=True):
-            peak = m.get("mem_peak_mb")
-            total = m.get("mem_total_mb")
-            if peak is None or not total or total <= 0 or peak - peak != 0.0:
-                continue
-            ratio = peak / total
-            if ratio >= p.warn_ratio:
-                flagged[rank] = (ratio, peak, total)
-        _bump(self.mem, flagged)
-        if self.mem_alerted:
-            self._recovering((self.mem_alerted.keys() & set(rel.ranks)) - flagged.keys(), p.recover_steps)
+        if total_min <= 0 or metrics["mem_peak_mb"]["max"] / total_min >= p.warn_ratio:
+            for rank, m in zip(rel.ranks, rel.metrics, strict=True):
+                peak = m.get("mem_peak_mb")
+                total = m.get("mem_total_mb")
+                if peak is None or not total or total <= 0 or peak - peak != 0.0:
+                    continue
+                ratio = peak / total
+                if ratio >= p.warn_ratio:
+                    flagged[rank] = (ratio, peak, total)
+        if self.mem:
+            self._recovering(set(rel.ranks) - flagged.keys(), p.recover_steps)
+        for rank in flagged:
+            self.mem[rank] = self.mem.get(rank, 0) + 1
+            self.mem_below.pop(rank, None)
         if not p.enabled:
             return
         step = at.step
         for rank, (ratio, peak, total) in flagged.items():
-            self.mem_below.pop(rank, None)
             count = self.mem[rank]
             critical = ratio >= p.critical_ratio
             if not critical and count < p.persist_steps:
                 continue
-            level = 2.0 if critical else 1.0
-            before = self.mem_alerted.get(rank)
-            if before is not None and level <= before[1] and peak < before[0] + p.regrow_ratio * total:
-                continue  # the same episode, no worse
-            self.mem_alerted[rank] = [peak, level]
             found.append(
                 at.finding(
                     "memory_pressure",
@@ -266,24 +257,23 @@ class RankDetector:
             )
 
     def _recovering(self, ranks: set[int], recover_steps: int) -> None:
-        """``ranks`` (with an open episode) are below the threshold at this step: their episode ends after
-        ``recover_steps`` such steps in a row."""
+        """``ranks`` reported memory below the threshold at this step: a rank's pressure count ends after
+        ``recover_steps`` such logged steps in a row."""
         for rank in ranks:
+            if rank not in self.mem:
+                continue
             below = self.mem_below.get(rank, 0) + 1
             if below >= recover_steps:
                 self.mem_below.pop(rank, None)
-                del self.mem_alerted[rank]
+                del self.mem[rank]
             else:
                 self.mem_below[rank] = below
 
     _COUNTERS = ("straggle", "lag", "sublag", "late", "mem", "mem_below")
 
     def to_state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {k: {str(r): c for r, c in getattr(self, k).items()} for k in self._COUNTERS}
-        state["mem_alerted"] = {str(r): v for r, v in self.mem_alerted.items()}
-        return state
+        return {k: {str(r): c for r, c in getattr(self, k).items()} for k in self._COUNTERS}
 
     def load_state(self, s: dict[str, Any]) -> None:
         for k in self._COUNTERS:
             setattr(self, k, {int(r): int(c) for r, c in s.get(k, {}).items()})
-        self.mem_alerted = {int(r): [float(v[0]), float(v[1])] for r, v in s.get("mem_alerted", {}).items()}

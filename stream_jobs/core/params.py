@@ -135,7 +135,7 @@ class LossPlateauParams(RuleParams):
     window_frac: float = 0.25
     """... or this fraction of the steps since the loss trend began (end of warmup, resume), whichever is
     longer: a long run is judged over a long stretch, so a slow healthy descent is still a descent"""
-    min_points: int = 30
+    min_points: int = 12
     """logged points the stretch holds at least (it reaches further back at a coarse cadence); it is judged
     on the means of equal step bins (at most 64 over the trend's history, at least 8 in the stretch)"""
     z: float = 1.64
@@ -257,7 +257,7 @@ class RankHungParams(RuleParams):
 
 @dataclass(frozen=True)
 class MemoryPressureParams(RuleParams):
-    """memory_pressure: a rank's peak GPU memory is close to the device's total; once per episode."""
+    """memory_pressure: a rank's peak GPU memory is close to the device's total."""
 
     cooldown_steps: int = 200
     warn_ratio: float = 0.92
@@ -267,11 +267,8 @@ class MemoryPressureParams(RuleParams):
     persist_steps: int = 3
     """consecutive logged steps above `warn_ratio` before a warning"""
     recover_steps: int = 3
-    """consecutive logged steps below `warn_ratio` that end a rank's episode; until then, after an alert the
-    rank is quiet unless it goes critical or its peak grows by `regrow_ratio` (a peak-since-start reading that
-    stays put is the same episode)"""
-    regrow_ratio: float = 0.02
-    """growth of the peak, as a fraction of the device's memory, that is worth another alert in an episode"""
+    """consecutive logged steps below `warn_ratio` that end a rank's pressure (its alert resolves; a new one
+    needs `persist_steps` again); a shorter dip does not restart the count"""
 
 
 @dataclass(frozen=True)
@@ -302,6 +299,19 @@ class ClockSkewParams(RuleParams):
 
 
 @dataclass(frozen=True)
+class EvalLossRisingParams(RuleParams):
+    """eval_loss_rising: the eval loss rises evaluation after evaluation while the train loss falls (overfitting)."""
+
+    cooldown_steps: int = 0
+    evals: int = 3
+    """consecutive evaluations at which the mean eval loss (`eval_loss`, else `val_loss`, else `loss` of the
+    `eval` events) rose; after an alert, as many new rises are needed"""
+    min_rel_rise: float = 0.01
+    """the eval loss must have risen by at least this fraction over them (0.01 = 1%), while the smoothed train
+    loss fell between the first and the last of them"""
+
+
+@dataclass(frozen=True)
 class RuleSet:
     """Every rule's parameters for one run: the defaults, or the defaults with a rules file applied."""
 
@@ -321,6 +331,7 @@ class RuleSet:
     run_lost: RunLostParams = field(default_factory=RunLostParams)
     membership_changed: MembershipChangedParams = field(default_factory=MembershipChangedParams)
     clock_skew: ClockSkewParams = field(default_factory=ClockSkewParams)
+    eval_loss_rising: EvalLossRisingParams = field(default_factory=EvalLossRisingParams)
 
     def params(self, rule: str) -> RuleParams:
         """The parameters of the rule named ``rule`` (a name from ``rankstream.schema.RULES``)."""
