@@ -226,9 +226,10 @@ class PartitionedPipeline:
         dirty: set[tuple[int, str]] = set()
         for partition, ps in self._partitions.items():
             out = ps.engine.advance(now_wall)
+            alerts = out.all_alerts()
             result.steps.extend(out.steps)
-            result.alerts.extend(out.alerts)
-            self._collect(partition, ps, out.steps, out.alerts, result, dirty)
+            result.alerts.extend(alerts)
+            self._collect(partition, ps, out.steps, alerts, result, dirty)
             if ps.engine.evicted:
                 self._forget(partition, ps, result)
             self._force_old(ps, now_wall, result)

@@ -83,12 +83,12 @@ def replay_lines(
             accepted += len(batch)
             out = engine.process_many(batch)
             batch.clear()
-            if out.steps or out.alerts:
-                on_output(out.steps, out.alerts)
+            if out.steps or out.alerts or out.resolved:
+                on_output(out.steps, out.all_alerts())
     if batch:
         accepted += len(batch)
         out = engine.process_many(batch)
-        on_output(out.steps, out.alerts)
+        on_output(out.steps, out.all_alerts())
     return accepted
 
 
@@ -179,7 +179,8 @@ def replay(
 
     def emit(steps: list[dict], alerts: list[dict]) -> None:
         for alert in alerts:
-            counts[alert["rule"]] += 1
+            if alert.get("state") != "resolved":  # the summary counts alerts fired
+                counts[alert["rule"]] += 1
             stdout.write(dumps(alert) + b"\n")
         if steps_fh is not None and steps:
             steps_fh.write(b"".join(dumps(s) + b"\n" for s in steps))
@@ -191,7 +192,7 @@ def replay(
         else:
             replay_lines(_imported_lines(input, fmt, run_id, errors), engine, emit, errors)
         out = engine.finish()
-        emit(out.steps, out.alerts)
+        emit(out.steps, out.all_alerts())
     finally:
         if steps_fh is not None:
             steps_fh.close()

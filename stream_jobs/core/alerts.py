@@ -15,6 +15,7 @@ from typing import Any
 
 from rankstream.schema import SCHEMA_VERSION, alert_id, encode_metric
 from rankstream.stream_jobs.core.params import RuleParams, RuleSet, Severity
+from rankstream.stream_jobs.core.resolve import QUIET_STEPS, OpenAlerts
 
 SEVERITY_LEVEL = {"info": 0, "warning": 1, "critical": 2}
 
@@ -103,7 +104,7 @@ def rank_list(ranks: list[int] | tuple[int, ...]) -> str:
 class Alerter:
     """Builds alerts for one run and applies cooldown; its state is small and exportable."""
 
-    __slots__ = ("_last", "run_id", "suppressed", "team")
+    __slots__ = ("_last", "open", "run_id", "suppressed", "team")
 
     def __init__(self, run_id: str, team: str = "") -> None:
         self.run_id = run_id
@@ -111,6 +112,8 @@ class Alerter:
         # (rule, ranks) -> (step of the last alert, its severity level)
         self._last: dict[tuple[str, tuple[int, ...]], tuple[int, int]] = {}
         self.suppressed = 0
+        #: Firing alerts not resolved yet (:mod:`.resolve`).
+        self.open = OpenAlerts(cooldowns=self._last)
 
     def emit_all(self, findings: Iterable[Finding], rules: RuleSet, out: list[dict]) -> None:
         """:meth:`emit` each finding, in order, under its rule's parameters in ``rules``."""
@@ -131,6 +134,7 @@ class Alerter:
         ranks_t = tuple(sorted(finding.ranks))
         key = (rule, ranks_t)
         level = SEVERITY_LEVEL[severity]
+        self.open.seen(key, step)
         last = self._last.get(key)
         if last is not None:
             last_step, last_level = last
@@ -150,19 +154,25 @@ class Alerter:
             "step": step,
             "ranks": list(ranks_t),
             "ts": finding.ts,
+            "state": "firing",
             "message": finding.message,
             "evidence": clean(finding.evidence),
         }
         out.append(alert)
+        self.open.fired(
+            key, alert, out, quiet=max(QUIET_STEPS, policy.cooldown_steps, getattr(policy, "recover_steps", 0))
+        )
         return alert
 
     def _prune(self, step: int) -> None:
         # Entries older than any plausible cooldown go first; keep the newest 256 at most.
         items = sorted(self._last.items(), key=lambda kv: kv[1][0], reverse=True)[:256]
-        self._last = dict(items)
+        self._last.clear()  # in place: the open alerts hold this dict
+        self._last.update(items)
 
     def to_state(self) -> list[list[Any]]:
         return [[rule, list(ranks), step, level] for (rule, ranks), (step, level) in self._last.items()]
 
     def load_state(self, state: list[list[Any]]) -> None:
-        self._last = {(rule, tuple(ranks)): (int(step), int(level)) for rule, ranks, step, level in state}
+        self._last.clear()  # in place: the open alerts hold this dict
+        self._last.update({(rule, tuple(ranks)): (int(step), int(level)) for rule, ranks, step, level in state})

@@ -63,14 +63,31 @@ def _advance_by_arrival(run: RunState, clock: float, steps: list[dict], alerts: 
 
 @dataclass
 class Output:
-    """What one call produced: aligned steps and alerts, in contract shape, JSON-ready."""
+    """What one call produced: aligned steps and alerts, in contract shape, JSON-ready.
+
+    ``alerts`` are the firing ones; ``resolved`` the ``state: resolved`` records of alerts
+    that stopped holding (:mod:`.resolve`). Both go to the alerts topic, in ``all_alerts()`` order.
+    """
 
     steps: list[dict] = field(default_factory=list)
     alerts: list[dict] = field(default_factory=list)
+    resolved: list[dict] = field(default_factory=list)
 
     def extend(self, other: Output) -> None:
         self.steps.extend(other.steps)
         self.alerts.extend(other.alerts)
+        self.resolved.extend(other.resolved)
+
+    def split(self) -> Output:
+        """Move resolved records that the core appended among the alerts to ``resolved``; returns self."""
+        if any(a.get("state") == "resolved" for a in self.alerts):
+            self.resolved.extend(a for a in self.alerts if a.get("state") == "resolved")
+            self.alerts = [a for a in self.alerts if a.get("state") != "resolved"]
+        return self
+
+    def all_alerts(self) -> list[dict]:
+        """Firing and resolved records in the order the core made them (by event time)."""
+        return sorted(self.alerts + self.resolved, key=lambda a: a["ts"]) if self.resolved else self.alerts
 
 
 class Engine:
@@ -105,14 +122,14 @@ class Engine:
     def process(self, event: dict[str, Any]) -> Output:
         out = Output()
         self.process_into(event, out.steps, out.alerts)
-        return out
+        return out.split()
 
     def process_many(self, events: Iterable[dict[str, Any]]) -> Output:
         out = Output()
         steps, alerts = out.steps, out.alerts
         for event in events:
             self.process_into(event, steps, alerts)
-        return out
+        return out.split()
 
     def process_into(
         self, ev: dict[str, Any], steps: list[dict], alerts: list[dict], arrival: float | None = None
@@ -192,7 +209,7 @@ class Engine:
         self._last_idle_check = clock
         self._sweep(out.steps, out.alerts)
         self.stats["alerts"] += len(out.alerts)
-        return out
+        return out.split()
 
     def finish(self) -> Output:
         """End of input: release every pending step; finished runs are evicted."""
@@ -202,7 +219,7 @@ class Engine:
             if run.ended_at is not None:
                 self._evict(run_id)
         self.stats["alerts"] += len(out.alerts)
-        return out
+        return out.split()
 
     # -------------------------------------------------------------- eviction
 

@@ -18,6 +18,7 @@ from typing import Any
 from rankstream.schema import META_FIELDS
 from rankstream.stream_jobs.core.alerts import Alerter, Finding, StepContext
 from rankstream.stream_jobs.core.align import Aligner, Released, SeqDedup
+from rankstream.stream_jobs.core.detect_eval import EvalTracker
 from rankstream.stream_jobs.core.detect_ranks import RankDetector
 from rankstream.stream_jobs.core.detect_run import GradDetector, LossDetector
 from rankstream.stream_jobs.core.liveness import Liveness
@@ -62,6 +63,7 @@ class RunState:
         self.loss = LossDetector(resolved.rules)
         self.grad = GradDetector(resolved.rules)
         self.rank_rules = RankDetector(resolved.rules)
+        self.evals = EvalTracker(run_id, resolved.rules)
         self.alerter = Alerter(run_id)
         self.precision = ""
         self.has_stage = False
@@ -154,6 +156,7 @@ class RunState:
             if in_world:
                 self.liveness.seen(rank, ts, step, True)
                 self.liveness.progress_ts[rank] = max(self.liveness.progress_ts[rank], ts)
+                self.evals.add(ev)
         elif kind == "run_start":
             self._start(ev)
             if in_world:
@@ -166,6 +169,8 @@ class RunState:
                     self.ended_at = ts
         aligner.drain(released)
         self._emit(released, steps, alerts)
+        if self.ended_at is not None and len(self.alerter.open):
+            self.alerter.open.resolve_all(aligner.last_released, ts, "the run ended", alerts)
         if aligner.clock - self.last_check >= LIVENESS_CHECK_S:
             self.check_liveness(steps, alerts)
 
@@ -249,7 +254,7 @@ class RunState:
         self.alignment = resolved.alignment
         self.aligner.set_config(resolved.alignment)
         self.liveness.rules = resolved.rules
-        for det in (self.loss, self.grad, self.rank_rules):
+        for det in (self.loss, self.grad, self.rank_rules, self.evals):
             det.rules = resolved.rules
         self.loss.window.resize(resolved.rules.loss_spike.window)
         self.grad.window.resize(resolved.rules.grad_explosion.window)
@@ -320,10 +325,16 @@ class RunState:
 
     # --------------------------------------------------------------- released steps
 
-    def _emit(self, released: list[Released], steps: list[dict], alerts: list[dict]) -> None:
-        """Steps just released (scored by the detectors), then the revisions that are due (not scored)."""
+    def _emit(self, released: list[Released], steps: list[dict], alerts: list[dict], flush: bool = False) -> None:
+        """Steps just released (scored by the detectors), the evaluations now due, then the revisions that
+        are due (not scored)."""
         for rel in released:
             self._on_released(rel, steps, alerts)
+        if self.evals.pending:
+            train = self.loss.rising.ewma
+            self._alert(
+                self.evals.release(self.aligner, steps, train_loss=train, label=self.label, force=flush), alerts
+            )
         if self.aligner.revisions.active:
             revised = self.aligner.publish_revisions()
             if revised:
@@ -358,6 +369,8 @@ class RunState:
         self._alert(self.grad.on_step(rel, warmup=warmup, fp16=fp16, label=label), alerts)
         median_step = self.aligner.median_step_time()
         self._alert(self.rank_rules.on_step(rel, median_step=median_step, warmup=warmup, label=label), alerts)
+        if len(self.alerter.open):
+            self.alerter.open.resolve_quiet(rec["step"], rec["ts_last"], alerts)
 
     def _alert(self, findings: list[Finding], alerts: list[dict]) -> None:
         """Alert policy (warmup mode, cooldown) over a detector's findings, in their order."""
@@ -375,6 +388,8 @@ class RunState:
             label=self.label,
         )
         self._alert(findings, alerts)
+        present = {(f.rule, tuple(sorted(f.ranks))) for f in findings}
+        self.alerter.open.resolve_absent(present, max(aligner.max_step, aligner.last_released), aligner.clock, alerts)
         if absent != aligner.absent:
             aligner.absent = absent
             released: list[Released] = []
@@ -393,7 +408,7 @@ class RunState:
     def flush(self, steps: list[dict], alerts: list[dict]) -> None:
         released: list[Released] = []
         self.aligner.flush(released)
-        self._emit(released, steps, alerts)
+        self._emit(released, steps, alerts, flush=True)
 
     # ---------------------------------------------------------------------- state
 
@@ -419,7 +434,9 @@ class RunState:
             "loss": self.loss.to_state(),
             "grad": self.grad.to_state(),
             "ranks": self.rank_rules.to_state(),
+            "evals": self.evals.to_state(),
             "cooldowns": self.alerter.to_state(),
+            "open_alerts": self.alerter.open.to_state(),
         }
 
     def load_state(self, s: dict[str, Any]) -> None:
@@ -446,4 +463,6 @@ class RunState:
         self.loss.load_state(s["loss"])
         self.grad.load_state(s["grad"])
         self.rank_rules.load_state(s["ranks"])
+        self.evals.load_state(s.get("evals", {}))
         self.alerter.load_state(s["cooldowns"])
+        self.alerter.open.load_state(s.get("open_alerts", []))

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from rankstream.cli import app
 from rankstream.dev.synthetic import Fault, generate_run
 from rankstream.schema import dumps
+from rankstream.stream_jobs.core import RulesConfig
 
 runner = CliRunner()
 
@@ -31,7 +32,12 @@ def test_replay_writes_alerts_steps_and_a_summary(tmp_path: Path) -> None:
     result = runner.invoke(app, ["replay", "--input", str(src), "--steps-out", str(steps_out)])
     assert result.exit_code == 0, result.stderr
     alerts = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [(a["rule"], a["ranks"], a["step"]) for a in alerts] == [("nonfinite_loss", [2], 120)]
+    fired = [a for a in alerts if a["state"] == "firing"]
+    assert [(a["rule"], a["ranks"], a["step"]) for a in fired] == [("nonfinite_loss", [2], 120)]
+    # the loss is finite again from step 121: the alert resolves once quiet for its cooldown, under the same id
+    [resolved] = [a for a in alerts if a["state"] == "resolved"]
+    cooldown = RulesConfig().rules.nonfinite_loss.cooldown_steps
+    assert resolved["alert_id"] == fired[0]["alert_id"] and resolved["resolved_step"] == 120 + cooldown
     steps = [json.loads(line) for line in steps_out.read_text().splitlines()]
     assert [s["step"] for s in steps] == list(range(200))
     err = result.stderr.splitlines()
@@ -88,13 +94,15 @@ def test_replay_autodetects_swift_and_hf(tmp_path: Path) -> None:
     )  # fmt: skip
     result = runner.invoke(app, ["replay", "--input", str(swift)])
     assert result.exit_code == 0, result.stderr
-    (alert,) = [json.loads(line) for line in result.stdout.splitlines()]
+    (alert,) = [a for a in map(json.loads, result.stdout.splitlines()) if a["state"] == "firing"]
     assert alert["rule"] == "nonfinite_grad" and alert["step"] == 6 and alert["run_id"] == "logging"
     hf = tmp_path / "trainer_state.json"
     hf.write_text(json.dumps({"log_history": [{"loss": float("nan"), "step": 1}, {"loss": 1.0, "step": 2}]}))
     result = runner.invoke(app, ["replay", "--input", str(hf)])
     assert result.exit_code == 0, result.stderr
-    assert [json.loads(line)["rule"] for line in result.stdout.splitlines()] == ["nonfinite_loss"]
+    assert [(a["rule"], a["state"]) for a in map(json.loads, result.stdout.splitlines())][:1] == [
+        ("nonfinite_loss", "firing")
+    ]
 
 
 def test_import_then_replay_through_the_installed_command(tmp_path: Path) -> None:
@@ -109,7 +117,8 @@ def test_import_then_replay_through_the_installed_command(tmp_path: Path) -> Non
     done = subprocess.run([*cmd, "replay", "--input", str(out)], capture_output=True, text=True, check=False)
     assert done.returncode == 0 and "Traceback" not in done.stderr
     alerts = [json.loads(line) for line in done.stdout.splitlines()]
-    assert [(a["run_id"], a["rule"], a["step"]) for a in alerts] == [("imp", "nonfinite_grad", 1)]
+    fired = [(a["run_id"], a["rule"], a["step"]) for a in alerts if a["state"] == "firing"]
+    assert fired == [("imp", "nonfinite_grad", 1)]
 
 
 def test_empty_or_unimportable_files_exit_1_with_one_line(tmp_path: Path) -> None:
