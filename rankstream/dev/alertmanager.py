@@ -20,10 +20,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from rankstream.errors import ServiceUnavailable
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INSTALLER = REPO_ROOT / "infra" / "prometheus" / "install.sh"
+EXAMPLE_CONFIG = REPO_ROOT / "infra" / "prometheus" / "alertmanager.yml"
 BINARIES = ("prometheus-alertmanager", "alertmanager")
 
 
@@ -47,6 +50,21 @@ def ensure_alertmanager(install: bool = True) -> str:
         raise ServiceUnavailable(
             "prometheus-alertmanager not found: apt-get install prometheus-alertmanager (docs/notify.md)"
         )
+    return path
+
+
+def local_config(path: Path, hooks_url: str, *, group_wait: str = "1s", group_interval: str = "1s") -> Path:
+    """The example ``infra/prometheus/alertmanager.yml`` with its Slack and DingTalk receivers pointed at a local
+    webhook receiver (``/am-slack``, ``/am-dingtalk``) and short group timers (tests and the demo cannot wait)."""
+    config = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    config["route"]["group_wait"] = group_wait
+    config["route"]["group_interval"] = group_interval
+    for receiver in config["receivers"]:
+        for slack in receiver.get("slack_configs", []):
+            slack["api_url"] = f"{hooks_url}/am-slack"
+        for hook in receiver.get("webhook_configs", []):
+            hook["url"] = f"{hooks_url}/am-dingtalk"
+    path.write_text(yaml.safe_dump(config))
     return path
 
 

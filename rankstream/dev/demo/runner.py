@@ -26,6 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rankstream.config import Settings
+from rankstream.dev.demo.notifications import DemoNotifications
 from rankstream.dev.demo.train import DemoJob, launch
 from rankstream.errors import EXIT_FAILURE, EXIT_SERVICE, OperationFailed
 
@@ -116,6 +117,7 @@ class Demo:
         self.stop_consuming = threading.Event()
         self.started_broker = False
         self.store_path = self.settings.state_path / "store"
+        self.notifications = DemoNotifications(self.settings.state_path / "notify")
 
     # ------------------------------------------------------------------ run
 
@@ -139,10 +141,12 @@ class Demo:
             self._start_services()
             result = self._run_job()
             self._show_sql()
+            self.notifications.show(self.console, self.settings, self.run_id, self.services[-1].alive)
         except ServiceUnavailable as exc:
             raise DemoError(str(exc), service=True) from None
         finally:
             self.stop_consuming.set()
+            self.notifications.stop()
             if not self.keep:
                 for service in self.services:
                     service.stop()
@@ -185,7 +189,9 @@ class Demo:
         sink = Service(
             "sink", ["sink", *self._common_args(), "--dsn", f"chdb://{self.store_path}", "--http-port", "0"], logs
         )
-        self.services = [worker, sink]
+        s = self.settings
+        notify_args = [*self.notifications.start(), "--bootstrap", s.bootstrap_servers, "--prefix", s.topic_prefix]
+        self.services = [worker, sink, Service("notify", notify_args, logs)]
         with self.console.status("starting the stream worker and the sink (embedded ClickHouse)..."):
             deadline = time.monotonic() + 90
             while portfile.find_server(self.store_path) is None:
@@ -200,6 +206,7 @@ class Demo:
         self.console.print(
             f"[green]✓[/] sink pid {sink.proc.pid}, store {self.store_path}, SQL on http://{host}:{port}"
         )
+        self.console.print(f"[green]✓[/] {self.notifications.describe()}")
 
     # ------------------------------------------------------------------ job + live view
 

@@ -11,17 +11,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
 from kafka import KafkaProducer
 
 from rankstream.config import Settings
-from rankstream.dev.alertmanager import AlertManagerProcess
+from rankstream.dev.alertmanager import AlertManagerProcess, local_config
 from rankstream.schema import dumps
 from rankstream.sinks.notify.config import NotifyConfig
 from rankstream.sinks.notify.worker import Notifier
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-EXAMPLE_AM_CONFIG = REPO_ROOT / "infra" / "prometheus" / "alertmanager.yml"
 T = TypeVar("T")
 
 
@@ -31,24 +28,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def alertmanager_config(path: Path, hooks_url: str, *, group_wait: str = "1s", group_interval: str = "1s") -> Path:
-    """The example alertmanager.yml with its Slack and DingTalk receivers pointed at a local receiver and
-    short group timers (the test cannot wait minutes)."""
-    config = yaml.safe_load(EXAMPLE_AM_CONFIG.read_text())
-    config["route"]["group_wait"] = group_wait
-    config["route"]["group_interval"] = group_interval
-    for receiver in config["receivers"]:
-        for slack in receiver.get("slack_configs", []):
-            slack["api_url"] = f"{hooks_url}/am-slack"
-        for hook in receiver.get("webhook_configs", []):
-            hook["url"] = f"{hooks_url}/am-dingtalk"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 @contextmanager
 def alertmanager(tmp_path: Path, hooks_url: str, **timers: str) -> Iterator[AlertManagerProcess]:
-    config = alertmanager_config(tmp_path / "alertmanager.yml", hooks_url, **timers)
+    config = local_config(tmp_path / "alertmanager.yml", hooks_url, **timers)
     with AlertManagerProcess(config, tmp_path / "am", free_port()) as am:
         yield am
 
