@@ -50,10 +50,13 @@ def make_topology(
     source: str = "user",
 ) -> dict[str, Any]:
     """A validated topology from ``(rank, size)`` pairs (raises ``InvalidEvent`` on a bad one)."""
-    raw: dict[str, Any] = {"source": source}
-    for name, value in (("dp", dp), ("tp", tp), ("pp", pp), ("cp", cp), ("ep", ep), ("shard", shard)):
-        if value is not None:
-            raw[name] = [int(value[0]), int(value[1])]
+    pairs = (("dp", dp), ("tp", tp), ("pp", pp), ("cp", cp), ("ep", ep), ("shard", shard))
+    return _build({name: value for name, value in pairs if value is not None}, source, grads)
+
+
+def _build(dims: dict[str, tuple[int, int]], source: str, grads: str | None = None) -> dict[str, Any]:
+    raw: dict[str, Any] = {name: [int(rank), int(size)] for name, (rank, size) in dims.items()}
+    raw["source"] = source
     if grads is not None:
         raw["grads"] = grads
     return validate_topology(raw)
@@ -70,7 +73,7 @@ def from_mesh(mesh: Any) -> dict[str, Any]:
             continue
         rank, size = dims.get(dim, (0, 1))
         dims[dim] = (rank * mesh.size(i) + coords[i], size * mesh.size(i))
-    return make_topology(**dims, source="device_mesh")
+    return _build(dims, "device_mesh")
 
 
 def _with_layout(topology: dict[str, Any], layout: GradLayout) -> dict[str, Any]:
@@ -114,7 +117,7 @@ def _megatron() -> dict[str, Any] | None:
     ):
         if hasattr(ps, rank):
             dims[name] = (getattr(ps, rank)(), getattr(ps, size)())
-    return make_topology(**dims, source="megatron")
+    return _build(dims, "megatron")
 
 
 def detect_topology(model: Any = None, *, mesh: Any = None, engine: Any = None) -> dict[str, Any] | None:
