@@ -203,6 +203,8 @@ class Batch:
                 micros(alert["ts"]),
                 alert["message"],
                 dumps(alert["evidence"]).decode(),
+                alert["state"],
+                alert["resolved_step"],
             ),
         )
 
@@ -314,4 +316,9 @@ def validate_alert(obj: Any) -> dict[str, Any]:
     if not isinstance(evidence, dict):
         raise InvalidRecord("field 'evidence' must be an object")
     rec["evidence"] = jsonable(evidence)
+    state = rec.get("state", "firing")
+    if state not in ("firing", "resolved"):
+        raise InvalidRecord("field 'state' must be 'firing' or 'resolved'")
+    rec["state"] = state
+    rec["resolved_step"] = _int(rec, "resolved_step") if state == "resolved" and "resolved_step" in rec else -1
     return rec

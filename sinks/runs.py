@@ -23,6 +23,11 @@ _END_PRECEDENCE = {"finished": 0, "terminated": 1, "failed": 2}
 RUN_LOST_RULE = "run_lost"
 
 
+def marks_lost(alert: dict[str, Any]) -> bool:
+    """A firing ``run_lost`` alert (its ``resolved`` record, the run heard from again, marks nothing)."""
+    return alert["rule"] == RUN_LOST_RULE and alert.get("state") != "resolved"
+
+
 def run_row_from_start(event: dict[str, Any]) -> dict[str, Any]:
     """The ``runs`` row a run_start event opens (metadata from ``meta``)."""
     meta = event["meta"]

@@ -35,8 +35,8 @@ from typing import Any
 from rankstream.sinks.records import Batch
 from rankstream.sinks.rejections import Rejected, find_rejected, rejection_reason
 from rankstream.sinks.runs import (
-    RUN_LOST_RULE,
     RunCache,
+    marks_lost,
     merge_run_start,
     run_row_from_end,
     run_row_from_start,
@@ -171,7 +171,7 @@ class BatchWriter:
         return sorted(
             {
                 run_id
-                for run_id in {rec["run_id"] for kind, rec in items if kind != "alert" or rec["rule"] == RUN_LOST_RULE}
+                for run_id in {rec["run_id"] for kind, rec in items if kind != "alert" or marks_lost(rec)}
                 if not runs.team(run_id)
                 and run_id not in starts
                 and now - negative.get(run_id, -1e9) > NEGATIVE_LOOKUP_S
@@ -215,12 +215,12 @@ class BatchWriter:
         lifecycle: list[Item] = []
         others: list[Item] = []
         # Runs whose events may change their status: lost ones, and those a run_lost alert of this batch names.
-        watched = runs.lost | {rec["run_id"] for kind, rec in items if kind == "alert" and rec["rule"] == RUN_LOST_RULE}
+        watched = runs.lost | {rec["run_id"] for kind, rec in items if kind == "alert" and marks_lost(rec)}
         for item in items:
             kind, rec = item
             if kind != "event":
                 others.append(item)
-                if kind == "alert" and rec["rule"] == RUN_LOST_RULE:
+                if kind == "alert" and marks_lost(rec):
                     lifecycle.append(item)
                 continue
             events.append(rec)
@@ -271,11 +271,11 @@ class BatchWriter:
         self._restamp_check_at = now + RESTAMP_CHECK_S
         return self.teamless.due_soon(now) or any(self.runs.team(run_id) for run_id in self.teamless.runs())
 
-    def restamp(self) -> tuple[int, int]:
+    def restamp(self) -> int:
         """Look up the due teams, then re-stamp the rows of every followed run whose team is known.
 
         Store calls: the caller retries the whole call (idempotent) and lets no insert run meanwhile.
-        Returns ``(runs, rows)`` re-stamped.
+        Returns the number of runs re-stamped.
         """
         now = time.monotonic()
         given_up = self.teamless.expired(now)
@@ -291,11 +291,15 @@ class BatchWriter:
         if due:
             self.resolve_runs(due)
         ready = {run_id: team for run_id in self.teamless.runs() if (team := self.runs.team(run_id))}
-        rows = restamp(self.client, ready)
+        restamp(self.client, ready)
         self.teamless.forget(ready)
         if ready:
-            log.info("sink: re-stamped %d row(s) of %d run(s) stored before their team was known", rows, len(ready))
-        return len(ready), rows
+            from_store = sum(1 for run_id in due if run_id in ready)
+            log.info(
+                "sink: re-stamped the rows of %d run(s) stored before their team was known (%d found in the store)",
+                *(len(ready), from_store),
+            )
+        return len(ready)
 
     def _run_row(self, item: Item) -> dict[str, Any] | None:
         """The ``runs`` row after one lifecycle message, or None when it changes nothing."""

@@ -83,6 +83,8 @@ COLUMNS: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         ("ts", _TS),
         ("message", "String"),
         ("evidence", "String"),
+        ("state", _LC),
+        ("resolved_step", "Int64"),
     ),
     "runs": (
         ("run_id", "String"),

@@ -71,13 +71,15 @@ def loaded(kafka_broker: Settings, tmp_path_factory: pytest.TempPathFactory) -> 
     produce_records(settings, settings.topics.steps, [step_record(RUN, s, WORLD) for s in range(STEPS)])
     produce(settings, settings.topics.steps, [(b"bad", b'{"v":1,"run_id":"x"}')])
     alerts = [alert_record(RUN, "vision", "straggler", s, [WORLD - 1]) for s in (10, 20, 30)]
-    produce_records(settings, settings.topics.alerts, alerts + alerts[:1])  # one duplicate alert
+    # the first straggler alert is over: its resolved record (same alert_id) is a row of its own
+    resolved = {**alerts[0], "state": "resolved", "resolved_step": 15, "ts": alerts[0]["ts"] + 5, "message": "Resolved"}
+    produce_records(settings, settings.topics.alerts, alerts + alerts[:1] + [resolved])  # one duplicate alert
     sink = SinkProcess(settings, f"chdb://{store}", tmp / "sink.log", "--http-port", "0", "--batch-rows", "2000")
     sink.start()
     host, port = sink.wait_ready(store)
     client = http_client(host, port)
     exp = expected_counts(events)
-    wait_until(lambda: count(client, "metrics") == exp["metrics"] and count(client, "alerts") == 3, "all rows")
+    wait_until(lambda: count(client, "metrics") == exp["metrics"] and count(client, "alerts") == 4, "all rows")
     wait_until(lambda: count(client, "steps") == STEPS and count(client, "step_metrics") == STEPS * 2, "all steps")
     try:
         yield Loaded(settings, store, sink, client, events, host, port)
@@ -93,7 +95,7 @@ def test_counts_per_table_are_exact(loaded: Loaded) -> None:
     assert count(c, "metrics") == exp["metrics"]
     assert count(c, "steps") == STEPS
     assert count(c, "step_metrics") == STEPS * 2
-    assert count(c, "alerts") == 3
+    assert count(c, "alerts", "WHERE state = 'firing'") == 3 and count(c, "alerts", "WHERE state = 'resolved'") == 1
     assert count(c, "runs") == 2
     # no data lost: every seq of every rank's incarnation is there, exactly once
     rows = c.query(
@@ -143,6 +145,10 @@ def test_every_cookbook_query_runs_on_real_data(loaded: Loaded) -> None:
     assert loss["high_rank"] == WORLD - 1
     straggler = loaded.client.query(cookbook_queries()["straggler-history"], parameters=params).result_rows
     assert straggler[0][:2] == (WORLD - 1, STEPS)
+    firing = loaded.client.query(cookbook_queries()["alerts-firing-now"], parameters=params).named_results()
+    assert sorted(r["step"] for r in firing) == [20, 30]  # the one resolved is not firing any more
+    by_rule = loaded.client.query(cookbook_queries()["alerts-by-team-rule"], parameters=params).named_results()
+    assert [(r["rule"], r["alerts"]) for r in by_rule if r["team"] == "vision"] == [("straggler", 3)]
 
 
 def test_invalid_messages_go_to_dlq_with_reason(loaded: Loaded) -> None:

@@ -36,10 +36,20 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, int]
 
 def test_migrations_apply_once(server: tuple[Any, int]) -> None:
     client, _ = server
-    assert migrate(client) == ["0001_init", "0002_no_insert_dedup_log", "0003_incarnations_attempts"]
+    assert migrate(client) == [
+        "0001_init",
+        "0002_no_insert_dedup_log",
+        "0003_incarnations_attempts",
+        "0004_alert_resolution",
+    ]
     assert migrate(client) == []
     versions = client.query("SELECT version FROM rankstream.schema_migrations FINAL ORDER BY version").result_rows
-    assert versions == [("0001_init",), ("0002_no_insert_dedup_log",), ("0003_incarnations_attempts",)]
+    assert versions == [
+        ("0001_init",),
+        ("0002_no_insert_dedup_log",),
+        ("0003_incarnations_attempts",),
+        ("0004_alert_resolution",),
+    ]
 
 
 def test_columns_match_the_insert_types(server: tuple[Any, int]) -> None:
@@ -62,7 +72,7 @@ def test_engines_keys_and_codecs(server: tuple[Any, int]) -> None:
     assert rows["events"] == "run_id, rank, seq, inc"
     assert rows["steps"] == "run_id, step, attempt"
     assert rows["step_metrics"] == "run_id, metric, step, attempt"
-    assert rows["alerts"] == "team, rule, run_id, alert_id"
+    assert rows["alerts"] == "team, rule, run_id, alert_id, state"
     ddl = client.command("SHOW CREATE TABLE rankstream.metrics")
     assert "Gorilla" in ddl and "PARTITION BY toYYYYMM(ts)" in ddl
     for table in COLUMNS:
@@ -139,7 +149,7 @@ def test_store_migrate_cli(server: tuple[Any, int]) -> None:
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip() in (
         "store schema is up to date",
-        "applied: 0001_init, 0002_no_insert_dedup_log, 0003_incarnations_attempts",
+        "applied: 0001_init, 0002_no_insert_dedup_log, 0003_incarnations_attempts, 0004_alert_resolution",
     )
     bad = subprocess.run(
         [RANKSTREAM, "store", "migrate", "--dsn", "ftp://x"], capture_output=True, text=True, timeout=60, check=False
