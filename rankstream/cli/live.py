@@ -67,29 +67,31 @@ def alerts(
     bootstrap: BootstrapOpt = None,
     prefix: PrefixOpt = None,
 ) -> None:
-    """Print alerts from <prefix>.alerts (deduplicated by alert_id), oldest first."""
+    """Print alerts from <prefix>.alerts (deduplicated by alert_id), oldest first; an alert that stopped
+    holding shows again as "resolved" (docs/rules.md, "Resolution")."""
     from rich.console import Console
 
     if output not in ("text", "json"):
         fail(f"--format must be text or json, got {output!r}", 2)
     settings = load_settings(bootstrap_servers=bootstrap, topic_prefix=prefix)
     console = Console(highlight=False)
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     for alert in _records(settings, settings.topics.alerts, follow=follow):
-        if alert.get("alert_id") in seen:
+        state = str(alert.get("state", "firing"))
+        if (alert.get("alert_id", ""), state) in seen:
             continue
         if (team and alert.get("team") != team) or (rule and alert.get("rule") != rule):
             continue
         if run and alert.get("run_id") != run:
             continue
-        seen.add(alert.get("alert_id", ""))
+        seen.add((alert.get("alert_id", ""), state))
         if output == "json":
             print(json.dumps(alert), flush=True)
             continue
-        severity = alert.get("severity", "")
+        severity = alert.get("severity", "") if state != "resolved" else "resolved"
         ranks = ",".join(str(r) for r in alert.get("ranks", [])) or "-"
         console.print(
-            f"[{SEVERITY_STYLE.get(severity, '')}]{severity:<8}[/] {alert.get('rule', ''):<22} "
+            f"[{SEVERITY_STYLE.get(severity, 'green')}]{severity:<8}[/] {alert.get('rule', ''):<22} "
             f"{alert.get('team', '') or '-':<12} {alert.get('run_id', '')} step {alert.get('step')} "
             f"ranks {ranks}: {alert.get('message', '')}",
             soft_wrap=True,

@@ -375,7 +375,8 @@ class Demo:
             "alerts by rule": (
                 "SELECT rule, any(severity) AS severity, count() AS alerts, min(step) AS first_step, "
                 "arrayStringConcat(arrayDistinct(arrayFlatten(groupArray(ranks))), ',') AS ranks "
-                f"FROM rankstream.alerts FINAL WHERE run_id = '{r}' GROUP BY rule ORDER BY first_step"
+                f"FROM rankstream.alerts FINAL WHERE run_id = '{r}' AND state != 'resolved' "
+                "GROUP BY rule ORDER BY first_step"
             ),
         }
         self.console.rule("[bold]from the store (ClickHouse SQL over the sink's HTTP interface)")

@@ -60,15 +60,19 @@ def test_alerts_filters_and_dedups(kafka: Settings) -> None:
         _alert("r1", "nlp", "straggler", 12),
         _alert("r2", "vision", "loss_spike", 3),
     ]
-    produce_records(kafka, kafka.topics.alerts, records)
+    resolved = {**records[2], "state": "resolved", "resolved_step": 40, "message": "Resolved: straggler"}
+    produce_records(kafka, kafka.topics.alerts, [*records, resolved, resolved])
     everything = _cli(kafka, "alerts", "--format", "json")
     assert everything.returncode == 0, everything.stderr
     got = [json.loads(line) for line in everything.stdout.splitlines()]
-    assert sorted((a["run_id"], a["rule"], a["step"]) for a in got) == [
-        ("r1", "loss_spike", 10),
-        ("r1", "straggler", 12),
-        ("r2", "loss_spike", 3),
+    assert sorted((a["run_id"], a["rule"], a["step"], a.get("state", "firing")) for a in got) == [
+        ("r1", "loss_spike", 10, "firing"),
+        ("r1", "straggler", 12, "firing"),
+        ("r1", "straggler", 12, "resolved"),  # its resolution shows once, after it
+        ("r2", "loss_spike", 3, "firing"),
     ]
+    text = _cli(kafka, "alerts", "--rule", "straggler").stdout.strip().splitlines()
+    assert len(text) == 2 and text[1].startswith("resolved") and "Resolved: straggler" in text[1]
     nlp_spikes = _cli(kafka, "alerts", "--team", "nlp", "--rule", "loss_spike")
     assert nlp_spikes.returncode == 0
     lines = nlp_spikes.stdout.strip().splitlines()
@@ -119,7 +123,10 @@ def test_dlq_lists_reasons_and_redrives_the_selected_letters(kafka: Settings) ->
     redriven = _cli(kafka, "dlq", "--redrive")  # only what the store refused goes back, for the sink alone
     assert redriven.returncode == 0, redriven.stderr
     assert "re-sent 3 message(s) the store had refused" in redriven.stdout
-    assert "1 letter(s) are invalid input, not refusals, or too large to keep whole, and were not re-sent" in redriven.stdout
+    assert (
+        "1 letter(s) are invalid input, not refusals, or too large to keep whole, and were not re-sent"
+        in redriven.stdout
+    )
     consumer = KafkaConsumer(kafka.topics.events, auto_offset_reset="earliest", **kafka.kafka_python_kwargs())
     back: list[tuple[bytes, bytes, list]] = []
     for _ in range(40):
