@@ -186,10 +186,11 @@ class StreamJob:
     def _consumer_lag(self) -> dict[int, int]:
         """Per events partition: messages past the committed offset (what a restart would re-read)."""
         consumer = self.app.consumer
+        committed_offsets = getattr(consumer, "_committed_offset", {})  # Faust keeps no public accessor
         lag: dict[int, int] = {}
         for tp in consumer.assignment():
             if tp.topic == self.settings.topics.events:
-                committed = consumer._committed_offset.get(tp)  # Faust keeps no public accessor
+                committed = committed_offsets.get(tp)
                 lag[tp.partition] = max(consumer.highwater(tp) - (committed or 0), 0)
         return lag
 

@@ -44,15 +44,15 @@ class _WorkerCollector(Collector):
             counter = CounterMetricFamily(f"rankstream_worker_{name}", f"worker total of {name.replace('_', ' ')}")
             counter.add_metric([], float(value))
             yield counter
-        for name, value in sorted(self._health.gauges().items()):
+        for name, level in sorted(self._health.gauges().items()):
             gauge = GaugeMetricFamily(f"rankstream_worker_{name}", f"worker {name.replace('_', ' ')} now")
-            gauge.add_metric([], float(value))
+            gauge.add_metric([], float(level))
             yield gauge
         lag = GaugeMetricFamily(
             "rankstream_worker_consumer_lag", "events not yet committed, per partition", labels=["partition"]
         )
-        for partition, value in sorted(dict(self._health.lag).items()):
-            lag.add_metric([str(partition)], float(value))
+        for partition, behind in sorted(dict(self._health.lag).items()):
+            lag.add_metric([str(partition)], float(behind))
         yield lag
 
 
