@@ -48,7 +48,8 @@ def test_swift_run_through_engine_flags_the_nan_grad() -> None:
     engine = Engine()
     out = engine.process_many(events)
     out.extend(engine.finish())
-    assert [s["step"] for s in out.steps] == [1, 2]
+    assert [(s["step"], s.get("phase")) for s in out.steps] == [(1, None), (2, None), (2, "eval")]
+    assert out.steps[-1]["metrics"]["eval_loss"]["mean"] == 1.8  # the eval line's aggregate, after its step
     assert [(a["rule"], a["severity"]) for a in out.alerts] == [("nonfinite_grad", "critical")]
 
 
