@@ -35,7 +35,20 @@ _ALIGNMENT_DEFAULTS = defaults_of(AlignmentParams)
 _RULE_DEFAULTS = {rule: defaults_of(cls) for rule, cls in RULE_PARAMS.items()}
 _MATCH_KEYS = ("team", "run_name")
 #: Keys counting steps or samples: 0 would make a rule fire on nothing or never.
-_AT_LEAST_ONE = ("window", "min_samples", "steps", "persist_steps", "patience")
+_AT_LEAST_ONE = (
+    "window",
+    "min_samples",
+    "steps",
+    "persist_steps",
+    "patience",
+    "min_points",
+    "confirm",
+    "trend_points",
+    "trend_window_steps",
+    "sub_step_persist",
+    "recover_steps",
+    "evals",
+)
 _ALIGNMENT_AT_LEAST_ONE = ("max_pending_steps", "median_window", "dedup_window")
 
 #: Validated changes of one rules-file section: ``{rule: {key: value}}``.

@@ -283,6 +283,8 @@ def test_rules_yaml_overrides_and_team_pattern(tmp_path: Path) -> None:
         ("rules: {loss_spike: {sigma: high}}", "loss_spike.sigma must be a number"),
         ("rules: {loss_spike: {severity: urgent}}", "must be one of info, warning, critical"),
         ("rules: {loss_spike: {window: 0}}", "window must be >= 1"),
+        ("rules: {loss_rising: {trend_points: 0}}", "loss_rising.trend_points must be >= 1"),
+        ("rules: {eval_loss_rising: {evals: 0}}", "eval_loss_rising.evals must be >= 1"),
         ("alignment: {grace_min_s: -1}", "grace_min_s must be a finite number >= 0"),
         ("overrides: [{match: {}}]", "match must be a non-empty mapping"),
         ("overrides: [{match: {user: x}}]", "unknown key 'user'"),
