@@ -29,8 +29,10 @@ import torch
 from transformers import TrainerCallback
 
 from rankstream.metric_names import SUMMARY_KEYS, map_metrics
+from rankstream.producer.gradparts import GradLayout, grad_parts
 from rankstream.producer.hf_taps import PrecisionProbe, PreClipNorm, tap_training_step, unclip
 from rankstream.producer.reporter import Reporter
+from rankstream.producer.topology import callback_layout
 from rankstream.producer.torchstats import CallbackState, cuda_memory, grad_norms, is_adapter_param
 
 _clock = time.perf_counter
@@ -129,13 +131,15 @@ class RankstreamCallback(CallbackState, TrainerCallback):
         self._lr_after_step = False
         self._held: _HeldStep | None = None
         self._untap_training_step: Callable[[], None] | None = None
+        self._layout: GradLayout | None = None
 
     # ------------------------------------------------------------------ setup
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if self.reporter is None:
             meta = {**_model_meta(args, model), **self._user_meta}
-            self.reporter = Reporter(meta=meta, **self._reporter_kwargs)
+            topology, self._layout = callback_layout(model)  # FSDP / TP: exact global norms from parts
+            self.reporter = Reporter(meta=meta, topology=topology, **self._reporter_kwargs)
         self.reporter.start()
         self._precision = _precision(args)
         self._lr_after_step = _logs_lr_after_step(args, self._trainer)
@@ -183,7 +187,10 @@ class RankstreamCallback(CallbackState, TrainerCallback):
         pending = self._pending
         pre_clip = self._pre_clip.take()
         if self._want_grad_norms and model is not None:
-            norms = grad_norms(model.named_parameters(), self._adapter_filter)
+            if self._layout is not None:
+                norms = grad_parts(model.named_parameters(), self._layout, self._adapter_filter)
+            else:
+                norms = grad_norms(model.named_parameters(), self._adapter_filter)
             if pre_clip is not None:
                 norms = unclip(norms, *pre_clip)
             pending.update(norms)

@@ -136,10 +136,11 @@ def unclip(norms: dict[str, Any], pre_clip: Any, max_norm: float | None) -> dict
             return norms
         scale = 1.0 / factor_f
     out = dict(norms)
-    for name in ("grad_norm_adapter", "grad_norm_backbone"):
+    for name in ("grad_norm_adapter", "grad_norm_backbone", "grad_sq", "grad_sq_adapter", "grad_sq_backbone"):
         part = out.get(name)
         if isinstance(part, torch.Tensor):
-            out[name] = part * (scale.to(part.device) if isinstance(scale, torch.Tensor) else scale)
+            factor = scale.to(part.device) if isinstance(scale, torch.Tensor) else scale
+            out[name] = part * (factor * factor if name.startswith("grad_sq") else factor)  # parts: squares
     return out
 
 

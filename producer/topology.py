@@ -9,11 +9,14 @@ as plain data parallel, as before. Pass the result as ``Reporter(topology=...)``
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
 from rankstream.producer.gradparts import GradLayout, grad_layout
 from rankstream.topology import validate_topology
+
+log = logging.getLogger("rankstream.producer")
 
 #: DeviceMesh dimension names (lowercase) -> contract dimension. Data-parallel names combine.
 MESH_NAMES = {
@@ -155,3 +158,17 @@ def _dist_rank() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def callback_layout(model: Any) -> tuple[dict[str, Any] | None, GradLayout | None]:
+    """For the framework callbacks: the model's topology, and its gradient layout when the rank holds a
+    shard (then :func:`~rankstream.producer.gradparts.grad_parts` replaces the shard norms). Never raises:
+    a layout it cannot read leaves the callback as it was, with one warning."""
+    try:
+        topology = detect_topology(model)
+        if topology is None or topology.get("grads") != "shard":
+            return topology, None
+        return topology, grad_layout(model)
+    except Exception as exc:  # a framework version this does not know: report as plain data parallel
+        log.warning("rankstream: could not read the parallel layout of the model (%s): reported as data parallel", exc)
+        return None, None

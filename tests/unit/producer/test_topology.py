@@ -121,3 +121,14 @@ def test_the_encoder_sends_the_topology_with_run_start_only() -> None:
     step = decode_event(encoder.encode("step", 0, 1.0, 1, {"grad_sq": 1.0}))
     assert start["topology"] == {"dp": [1, 4], "shard": [1, 4], "grads": "shard", "source": "user"}
     assert "topology" not in step and step["metrics"] == {"grad_sq": 1.0}
+
+
+def test_the_callbacks_keep_todays_path_for_a_plain_model_and_unclip_scales_parts_by_the_square() -> None:
+    from rankstream.producer.hf_taps import unclip
+    from rankstream.producer.topology import callback_layout
+
+    assert callback_layout(_lora_model()) == (None, None)
+    clipped = {"grad_norm_adapter": torch.tensor(0.5), "grad_sq_adapter": torch.tensor(0.25)}
+    restored = unclip(clipped, torch.tensor(4.0), 1.0)  # clipping multiplied every gradient by ~1/4
+    assert math.isclose(float(restored["grad_norm_adapter"]), 2.0, rel_tol=1e-5)
+    assert math.isclose(float(restored["grad_sq_adapter"]), 4.0, rel_tol=1e-5)
