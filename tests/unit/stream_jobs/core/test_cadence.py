@@ -4,6 +4,7 @@ caught; trend statistics and detector state are exact."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Callable
@@ -11,6 +12,9 @@ from collections.abc import Callable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rankstream.importers import import_hf_trainer_state, import_swift_jsonl
+from rankstream.schema import validate_event
+from rankstream.stream_jobs.core import Engine
 from rankstream.stream_jobs.core.align import Released
 from rankstream.stream_jobs.core.detect_loss import LossDetector
 from rankstream.stream_jobs.core.params import RuleSet
@@ -178,3 +182,39 @@ def test_step_bins_stay_bounded_and_keep_the_mean() -> None:
     assert steps == sorted(steps) and means == sorted(means)
     restored = StepBins(64, bins.to_state())
     assert restored.bins == bins.bins and restored.width == bins.width
+
+
+def swift_lines(curve: Callable[[float], float], steps: int, every: int, seed: int) -> list[str]:
+    """An ms-swift logging.jsonl of ``curve``: the mean loss of every ``every`` steps, 2 s a step."""
+    rng = random.Random(seed)
+    lines = []
+    for end in range(every, steps + 1, every):
+        loss = sum(curve(s) * (1.0 + 0.01 * rng.gauss(0.0, 1.0)) for s in range(end - every, end)) / every
+        row = {"loss": round(loss, 6), "grad_norm": 1.0, "learning_rate": 1e-4, "memory(GiB)": 17.0}
+        row.update({"global_step/max_steps": f"{end}/{steps}", "elapsed_time": f"{2 * end}s"})
+        lines.append(json.dumps(row))
+    return lines
+
+
+def trend_alerts(events: list[dict]) -> list[tuple[str, int]]:
+    engine = Engine()
+    out = engine.process_many(validate_event(e) for e in events)
+    out.extend(engine.finish())
+    return [(a["rule"], a["step"]) for a in out.alerts if a["rule"] in ("loss_rising", "loss_plateau")]
+
+
+def test_ms_swift_and_hf_logs_of_a_falling_loss_raise_no_plateau() -> None:
+    """The issue's case: an ms-swift run logged every 10 steps, and the HF checkpoint of it."""
+    for seed in range(3):
+        lines = swift_lines(lambda s: 2.5 * (s + 50.0) ** -0.15, 3000, 10, seed)
+        swift = import_swift_jsonl(lines, run_id="sw")
+        assert trend_alerts(swift.events) == [], seed
+        history = [{"step": e["step"], "loss": e["metrics"]["loss"]} for e in swift.events if e["kind"] == "step"]
+        hf = import_hf_trainer_state(json.dumps({"global_step": 3000, "log_history": history}), run_id="hf")
+        assert trend_alerts(hf.events) == [], seed
+
+
+def test_ms_swift_log_of_a_stalled_loss_is_a_plateau() -> None:
+    lines = swift_lines(lambda s: 2.5 * (min(s, 1000.0) + 50.0) ** -0.15, 3000, 10, 0)
+    fired = trend_alerts(import_swift_jsonl(lines, run_id="sw").events)
+    assert [rule for rule, _ in fired] == ["loss_plateau"] and 1000 <= fired[0][1] <= 2000
