@@ -50,6 +50,7 @@ SEQ_LIMIT = sys.maxsize  # seqs a reporter can hand out
 # (it spools everything beyond queue_size). Bounds the memory (and CUDA tensors) a stuck sender can pin.
 HARD_QUEUE_FACTOR = 10
 HARD_QUEUE_MIN = 100_000
+LIFECYCLE_KINDS = frozenset({"run_start", "run_end"})
 
 
 class Reporter:
@@ -197,8 +198,8 @@ class Reporter:
     def _emit(self, kind: str, step: int, metrics: Any, tags: Any, meta: Any) -> None:
         item = (kind, step, time.time(), next(self._seq), metrics, tags, meta)
         # Beyond queue_size the sender spools the oldest; only a stuck sender lets the queue reach the hard limit
-        # (then the event is dropped, its seq a visible gap downstream).
-        if len(self._queue) < self._hard_limit:
+        # (then the event is dropped, its seq a visible gap downstream; run_start and run_end never are).
+        if len(self._queue) < self._hard_limit or kind in LIFECYCLE_KINDS:
             self._queue.append(item)
         else:
             self._counts["dropped_queue_full"] += 1

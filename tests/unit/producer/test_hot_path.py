@@ -93,20 +93,37 @@ def test_a_stuck_sender_pins_a_bounded_queue_and_counts_the_drops(
     monkeypatch.setattr(reporter_module, "HARD_QUEUE_MIN", 50)
     transport = FakeTransport()
     transport.down = True
-    release = threading.Event()
+    release, entered = threading.Event(), threading.Event()
     real_append = Spool.append
-    monkeypatch.setattr(Spool, "append", lambda self, payloads: (release.wait(30), real_append(self, payloads)))
+
+    def stuck_append(self: Spool, payloads: list[bytes]) -> None:
+        entered.set()
+        release.wait(30)
+        real_append(self, payloads)
+
+    monkeypatch.setattr(Spool, "append", stuck_append)
     r = Reporter("hard", settings=settings, rank=0, world_size=1, max_events_per_s=0, heartbeat_s=0,
                  queue_size=2, transport=transport)  # fmt: skip
+    r.start()
+    wait_until(entered.is_set, "the sender to block in the spool with run_start")
     for step in range(200):
         r.log(step, loss=1.0)
     stats = r.stats
-    assert stats["queued"] <= 50 + 2  # at most the hard limit (50) plus what the sender holds
-    assert stats["dropped_queue_full"] >= 200 + 1 - 50 - 2
-    release.set()
-    r.close(timeout=2)
-    seqs = {e["seq"] for e in _spooled(rank_dir(settings.spool_path, "hard", 0))}
+    assert stats["queued"] == 50  # the hard limit; the sender holds run_start
+    assert stats["dropped_queue_full"] == 200 - 50
+
+    def release_once_run_end_is_queued() -> None:
+        wait_until(lambda: bool(r._queue) and r._queue[-1][0] == "run_end", "close() to queue run_end")
+        release.set()
+
+    releaser = threading.Thread(target=release_once_run_end_is_queued)
+    releaser.start()
+    r.close(timeout=2)  # run_end is queued although the queue is at its hard limit
+    releaser.join()
+    events = _spooled(rank_dir(settings.spool_path, "hard", 0))
+    seqs = {e["seq"] for e in events}
     stats = r.stats
+    assert events[-1]["kind"] == "run_end"
     # Every seq handed out is either spooled or counted as dropped (a gap downstream).
     assert len(seqs) + stats["dropped_queue_full"] == stats["enqueued"] == 202
 
