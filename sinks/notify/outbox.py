@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
 
 from rankstream.sinks.notify.alerts import NotifyAlert
 from rankstream.sinks.notify.config import NotifyConfig, Receiver, Retry
@@ -182,8 +181,3 @@ class Offsets:
         self._held.clear()
         self._next.clear()
         self._committed.clear()
-
-
-def describe(delivery: Delivery) -> dict[str, Any]:
-    """For logs: the receiver's name and counts, never its URL or secret."""
-    return {"receiver": delivery.receiver.name, "alerts": len(delivery.items), "failures": delivery.failures}

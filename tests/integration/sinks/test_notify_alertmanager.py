@@ -172,3 +172,33 @@ def test_receiver_that_keeps_failing_sends_the_alerts_to_the_dlq_with_the_reason
     assert len(by_reason[signature]) + len(by_reason[invalid[0]]) == 4
     assert len(json_posts) == 3 and len(json_posts[-1].body["alerts"]) == 3  # two failures, then delivered
     assert notifier.stats.dlq == 4 and notifier.stats.failures == 3
+
+
+def test_notifier_stopped_while_a_receiver_is_down_loses_nothing_after_a_restart(
+    kafka: Settings, tmp_path: Path
+) -> None:
+    alerts = [record(f"run-{i % 3}", "loss_spike", 10 * i, [], "warning") for i in range(12)]
+    config = parse_config(
+        {
+            "group_wait_s": 0.2,
+            "retry": {"attempts": 50, "backoff_s": 0.2, "max_backoff_s": 0.5},
+            "receivers": {"hook": {"kind": "webhook", "url": "${HOOK}/json"}},
+        },
+        env={"HOOK": "http://127.0.0.1:1"},  # nothing listens there: every attempt fails
+    )
+    with notifier_running(kafka, config) as first:
+        produce_alerts(kafka, alerts)
+        wait_for(lambda: first.stats.messages == 12 and first.stats.failures >= 3, 30, "failing deliveries")
+    assert first.stats.dlq == 0 and sum(first.stats.delivered.values()) == 0
+    assert committed_offsets(kafka, first.group_id, kafka.topics.alerts) == 0  # nothing delivered, nothing committed
+    with WebhookReceiver() as hooks:
+        healthy = parse_config(
+            {"group_wait_s": 2, "receivers": {"hook": {"kind": "webhook", "url": f"{hooks.url}/json"}}}, env={}
+        )
+        with notifier_running(kafka, healthy) as second:
+            wait_for(
+                lambda: committed_offsets(kafka, second.group_id, kafka.topics.alerts) == 12, 30, "12 offsets committed"
+            )
+        delivered = [a["alert_id"] for r in hooks.on("/json") for a in r.body["alerts"]]
+    assert sorted(delivered) == sorted(a["alert_id"] for a in alerts)  # every alert once, none lost
+    assert len(hooks.on("/json")) == 3  # one message per run (all were re-read within one 2 s window)
