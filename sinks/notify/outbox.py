@@ -100,6 +100,9 @@ class Outbox:
         key = (receiver.name, alert.run_id if grouped else "")
         delivery = self._open.get(key)
         if delivery is None:
+            # Behind a delivery being retried: keeps the order (a resolve never overtakes its firing).
+            delivery = next((d for d in self._waiting if (d.receiver.name, d.run_id) == key), None)
+        if delivery is None:
             due = now + self.group_wait_s if grouped else now
             delivery = self._open[key] = Delivery(receiver, alert.run_id if grouped else "", due)
         delivery.items.append((alert, source))

@@ -96,3 +96,14 @@ def test_offsets_commit_only_past_delivered_messages() -> None:
     assert offsets.to_commit() == {tp: 13}
     offsets.reset()
     assert offsets.to_commit() == {}
+
+
+def test_alerts_queue_behind_a_delivery_being_retried() -> None:
+    box = Outbox(CONFIG)
+    box.add(make_alert(), src(0), AM, now=0.0)
+    (delivery,) = box.due(0.0)
+    assert box.failed(delivery, "down", now=0.0) is False
+    box.add(make_alert(state="resolved"), src(1), AM, now=0.5)  # must not reach AlertManager before its firing
+    assert box.due(0.5) == []
+    (retry,) = box.due(1.0)
+    assert [(a.state, s.offset) for a, s in retry.items] == [("firing", 0), ("resolved", 1)]
