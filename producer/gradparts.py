@@ -17,8 +17,9 @@ What a rank holds, per framework:
   make rank-level replicas: they are left out of the shard index.
 - FSDP1 with ``use_orig_params=True``: each parameter's ``.grad`` is the view of this rank's
   flat shard (possibly empty); the part is its FSDP rank in the sharding group.
-- DeepSpeed ZeRO: the engine keeps the gradients; :func:`deepspeed_norm` reads the global norm the
-  engine computed in ``step()`` (what HF Trainer reports under DeepSpeed), identical on every rank.
+- DeepSpeed ZeRO: the engine keeps the gradients. :func:`deepspeed_norm` reads the global norm the
+  engine computed in ``step()`` (what HF Trainer reports under DeepSpeed), identical on every rank;
+  under ZeRO-3 :func:`deepspeed_parts` reads this rank's gradient partition before ``step()``.
 
 All functions return tensors (no device sync); the reporter's thread reads them.
 """
@@ -118,8 +119,6 @@ def grad_parts(
     """This rank's ``grad_sq`` (and ``_adapter`` / ``_backbone`` when adapters are present) and the norms
     of its part (``grad_norm*``: what older stream jobs read). A rank whose adapter part is empty
     reports ``grad_sq_adapter`` 0 and no ``grad_norm_adapter`` (it holds no adapter gradient)."""
-    import torch
-
     dtensor = _dtensor_type()
     adapter: list[Any] = []
     backbone: list[Any] = []
@@ -136,6 +135,12 @@ def grad_parts(
         if getattr(part, "is_sparse", False):
             part = part.coalesce()._values()
         (adapter if is_adapter else backbone).append(part)
+    return _parts(adapter, backbone, adapters_seen)
+
+
+def _parts(adapter: list[Any], backbone: list[Any], adapters_seen: bool) -> dict[str, Any]:
+    import torch
+
     zero = torch.zeros((), dtype=torch.float32)
     sq_a = _sq_norm(adapter) if adapter else zero
     sq_b = _sq_norm(backbone) if backbone else zero
@@ -147,6 +152,29 @@ def grad_parts(
         if adapter:
             out["grad_norm_adapter"] = sq_a.sqrt()
     return out
+
+
+def deepspeed_parts(engine: Any, adapter_filter: Callable[[str], bool] = is_adapter_param) -> dict[str, Any]:
+    """ZeRO-3: the parts of this rank's gradient partition (``safe_get_local_grad``), as :func:`grad_parts`
+    returns them. Call after ``engine.backward()`` and before ``engine.step()`` (which frees them); the
+    partitions of the data-parallel ranks are distinct (topology ``shard`` = the DP rank). Empty for a
+    model that is not ZeRO-3 partitioned (stages 1 and 2: use :func:`deepspeed_norm`)."""
+    from deepspeed.utils import safe_get_local_grad
+
+    adapter: list[Any] = []
+    backbone: list[Any] = []
+    adapters_seen = False
+    for name, param in engine.module.named_parameters():
+        if not getattr(param, "requires_grad", False) or not hasattr(param, "ds_id"):
+            continue
+        is_adapter = adapter_filter(name)
+        adapters_seen = adapters_seen or is_adapter
+        part = safe_get_local_grad(param)
+        if part is not None and part.numel():
+            (adapter if is_adapter else backbone).append(part.detach())
+    if not adapter and not backbone and not adapters_seen:
+        return {}
+    return _parts(adapter, backbone, adapters_seen)
 
 
 def deepspeed_norm(engine: Any) -> dict[str, Any]:

@@ -98,11 +98,14 @@ def _deepspeed(engine: Any) -> dict[str, Any] | None:
         )
     mpu = getattr(engine, "mpu", None)
     dp = (int(engine.global_rank), int(engine.world_size)) if hasattr(engine, "global_rank") else None
+    tp = None
     if mpu is not None:
         dp = (mpu.get_data_parallel_rank(), mpu.get_data_parallel_world_size())
         tp = (mpu.get_model_parallel_rank(), mpu.get_model_parallel_world_size())
-        return make_topology(dp=dp, tp=tp, grads="global", source="deepspeed")
-    return make_topology(dp=dp, grads="global", source="deepspeed")
+    stage = getattr(engine, "zero_optimization_stage", None)
+    if callable(stage) and stage() == 3 and dp is not None and tp is None:  # partitions: one part per DP rank
+        return make_topology(dp=dp, shard=dp, grads="shard", source="deepspeed")
+    return make_topology(dp=dp, tp=tp, grads="global", source="deepspeed")
 
 
 def _megatron() -> dict[str, Any] | None:
