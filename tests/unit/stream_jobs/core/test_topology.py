@@ -253,3 +253,18 @@ def test_a_new_attempt_may_change_the_layout() -> None:
     steps, _ = run.replay()
     assert [s["metrics"]["loss"]["n"] for s in steps] == [2, 4]
     assert [s["loss_owners"] for s in steps] == [2, 4]
+
+
+def test_late_events_that_complete_a_step_revise_it_with_the_global_norm() -> None:
+    run = Run(4, hsdp_topology)
+    sq = {0: 4.0, 1: 5.0, 2: 4.0, 3: 5.0}
+    for step in range(40):  # 40 s of event time: step 0 is released (grace 30 s) before its late half
+        run.step(step, {r: {"grad_sq": sq[r]} for r in range(4)})
+    late = [e for e in run.events if e["kind"] == "step" and e["step"] == 0 and e["rank"] in (1, 3)]
+    run.events = [e for e in run.events if not any(e is x for x in late)] + late  # shard 1 of step 0 comes last
+    steps, _ = run.replay()
+    first = [s for s in steps if s["step"] == 0]
+    assert "grad_norm" not in first[0]["metrics"] and first[0]["grad_parts"]["exact"] is False
+    revised = first[-1]
+    assert revised.get("revision", 0) >= 1 and revised["metrics"]["grad_norm"]["mean"] == 3.0
+    assert revised["grad_parts"] == {"expected": 2, "present": 2, "exact": True}
