@@ -20,6 +20,7 @@ from tests.integration.streamkit import collect, committed_offsets
 pytestmark = [pytest.mark.kafka]
 
 DING_SECRET = "SECtest-signing-secret"
+FEISHU_SECRET = "feishu-test-secret"
 
 
 def record(run_id: str, rule: str, step: int, ranks: list[int], severity: str, state: str | None = None) -> dict:
@@ -52,7 +53,8 @@ def test_faulty_run_alerts_reach_alertmanager_grouped_and_chat_signed_and_resolv
         record(run, "grad_explosion", 63, [], "critical"),
     ]
     other = record("run-calm", "loss_plateau", 400, [], "info")
-    with WebhookReceiver(dingtalk_secret=DING_SECRET) as hooks, alertmanager(tmp_path, hooks.url) as am:
+    receiver = WebhookReceiver(dingtalk_secret=DING_SECRET, feishu_secret=FEISHU_SECRET)
+    with receiver as hooks, alertmanager(tmp_path, hooks.url) as am:
         config = parse_config(
             {
                 "group_wait_s": 1,
@@ -64,10 +66,12 @@ def test_faulty_run_alerts_reach_alertmanager_grouped_and_chat_signed_and_resolv
                         "secret": DING_SECRET,
                     },
                     "slack": {"kind": "slack", "url": f"{hooks.url}/slack/T000/B000/XXXX"},
+                    "feishu": {"kind": "feishu", "url": f"{hooks.url}/feishu/hook/abc", "secret": FEISHU_SECRET},
                 },
                 "routes": [
                     {"receivers": ["am"]},
                     {"match": {"team": "nlp", "severity": ["warning", "critical"]}, "receivers": ["ding", "slack"]},
+                    {"match": {"severity": "critical"}, "receivers": ["feishu"]},
                 ],
             },
             env={},
@@ -101,7 +105,10 @@ def test_faulty_run_alerts_reach_alertmanager_grouped_and_chat_signed_and_resolv
             # Chat: one DingTalk message and one Slack message list the whole storm; the calm run's info stays out.
             ding = wait_for(lambda: hooks.on("/dingtalk"), 15, "the DingTalk robot message")
             slack = wait_for(lambda: hooks.on("/slack/T000/B000/XXXX"), 15, "the Slack message")
-            assert len(ding) == 1 and len(slack) == 1
+            feishu = wait_for(lambda: hooks.on("/feishu/hook/abc"), 15, "the Feishu bot message")
+            assert len(ding) == 1 and len(slack) == 1 and len(feishu) == 1
+            assert feishu[0].signed is True and feishu[0].body["msg_type"] == "text"
+            assert "2 firing" in feishu[0].body["content"]["text"]  # the storm's two criticals
             assert ding[0].signed is True and ding[0].query["access_token"] == "t0k"
             text = ding[0].body["markdown"]["text"]
             assert all(r["rule"] in text for r in storm) and "loss_plateau" not in text
