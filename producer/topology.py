@@ -80,9 +80,19 @@ def from_mesh(mesh: Any) -> dict[str, Any]:
 
 
 def _with_layout(topology: dict[str, Any], layout: GradLayout) -> dict[str, Any]:
+    """``topology`` with the gradient part of ``layout``. Pipeline stages hold different layers and tensor
+    parallel ranks different slices, which a sharding mesh without those dimensions does not see (a stage
+    is its own module; Megatron's TP is no DTensor): their parts are distinct too. (Outside DTensor a TP
+    rank's ``grad_sq`` must then count a TP-duplicated parameter on TP rank 0 only, as Megatron does.)"""
     out = dict(topology)
-    out["shard"] = list(layout.shard)
-    out["grads"] = layout.grads
+    index, count = layout.shard
+    known = {MESH_NAMES.get(d.lower()) for d in layout.shard_dims}
+    for dim in ("tp", "pp"):
+        coords = topology.get(dim)
+        if coords and coords[1] > 1 and dim not in known:
+            index, count = coords[0] * count + index, coords[1] * count
+    out["shard"] = [index, count]
+    out["grads"] = "shard" if count > 1 else layout.grads
     return validate_topology(out)
 
 

@@ -132,3 +132,15 @@ def test_the_callbacks_keep_todays_path_for_a_plain_model_and_unclip_scales_part
     restored = unclip(clipped, torch.tensor(4.0), 1.0)  # clipping multiplied every gradient by ~1/4
     assert math.isclose(float(restored["grad_norm_adapter"]), 2.0, rel_tol=1e-5)
     assert math.isclose(float(restored["grad_sq_adapter"]), 4.0, rel_tol=1e-5)
+
+
+def test_pipeline_stages_hold_distinct_parts_even_when_the_sharding_mesh_does_not_know_them() -> None:
+    from rankstream.producer.topology import _with_layout
+
+    found = make_topology(pp=(1, 2), dp=(3, 4))
+    fsdp = GradLayout((3, 4), "shard", "dtensor", ("dp",))
+    assert _with_layout(found, fsdp)["shard"] == [7, 8]
+    assert _with_layout(found, GradLayout())["shard"] == [1, 2]  # DDP within a stage: replicas per stage
+    assert _with_layout(make_topology(dp=(3, 4)), fsdp)["shard"] == [3, 4]
+    megatron = make_topology(dp=(1, 2), tp=(1, 2), pp=(1, 2))  # no DTensor mesh: every TP / PP rank is distinct
+    assert _with_layout(megatron, GradLayout())["shard"] == [3, 4]
