@@ -7,12 +7,13 @@ be tested, and read, without a store.
 from __future__ import annotations
 
 import re
+import struct
 import uuid
+from collections.abc import Mapping
 from email.parser import BytesParser
 from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler
 from typing import cast
-from urllib.parse import parse_qsl
 
 from rankstream.errors import OperationFailed
 
@@ -84,7 +85,9 @@ def http_status(code: int) -> int:
         return 400
     if code in (60, 81):  # unknown table / database
         return 404
-    if code in (192, 193, 194, 195, 516):  # auth
+    if code == 516:  # AUTHENTICATION_FAILED
+        return 401
+    if code in (164, 192, 193, 194, 195, 497):  # READONLY, unknown user / password, ACCESS_DENIED
         return 403
     return 500
 
@@ -105,9 +108,11 @@ def decompress(data: bytes, encoding: str) -> bytes:
 class Request:
     """A parsed HTTP request: the SQL, data for inserts, database, output format, settings and bind params."""
 
-    def __init__(self, params: dict[str, str], body: bytes) -> None:
-        self.database = params.get("database") or None
-        self.default_format = params.get("default_format") or "TabSeparated"
+    def __init__(self, params: dict[str, str], body: bytes, headers: Mapping[str, str] | None = None) -> None:
+        headers = headers or {}  # names in lower case
+        self.database = headers.get("x-clickhouse-database") or params.get("database") or None
+        self.default_format = headers.get("x-clickhouse-format") or params.get("default_format") or "TabSeparated"
+        self.readonly = params.get("readonly", "0") not in ("", "0")
         self.query_id = params.get("query_id") or str(uuid.uuid4())
         self.bind = {k[6:]: v for k, v in params.items() if k.startswith("param_")}
         self.settings = {k: v for k, v in params.items() if k not in _TRANSPORT_PARAMS and not k.startswith("param_")}
@@ -146,6 +151,30 @@ class Request:
         return self.default_format if _RESULT_RE.match(self.sql) else None
 
 
+_NATIVE_LZ4 = 0x82
+_NATIVE_BLOCK = 1 << 20
+
+
+def native_compress(data: bytes) -> bytes:
+    """``data`` in ClickHouse's own compressed framing (the response to ``compress=1``, as the JDBC driver asks).
+
+    Blocks of a checksum (CityHash128 of the rest), method 0x82 (LZ4), the
+    compressed and decompressed sizes (little-endian UInt32, the 9 header bytes included
+    in the first), and the LZ4 block.
+    """
+    import lz4.block
+    from clickhouse_cityhash.cityhash import CityHash128
+
+    out = bytearray()
+    for start in range(0, max(len(data), 1), _NATIVE_BLOCK):
+        chunk = data[start : start + _NATIVE_BLOCK]
+        packed = lz4.block.compress(chunk, store_size=False)
+        block = struct.pack("<BII", _NATIVE_LZ4, len(packed) + 9, len(chunk)) + packed
+        checksum = CityHash128(block)
+        out += struct.pack("<QQ", checksum >> 64, checksum & 0xFFFFFFFFFFFFFFFF) + block
+    return bytes(out)
+
+
 def read_body(handler: BaseHTTPRequestHandler) -> bytes:
     if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
         parts = []
@@ -170,8 +199,11 @@ def read_body(handler: BaseHTTPRequestHandler) -> bytes:
 
 
 def form_fields(content_type: str, body: bytes) -> dict[str, str]:
-    if content_type.startswith("application/x-www-form-urlencoded"):
-        return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+    """The fields of a ``multipart/form-data`` body (clickhouse-connect's form-encoded parameters).
+
+    Only multipart: as in ClickHouse, a ``application/x-www-form-urlencoded`` body
+    (curl's default for ``--data-binary``) is the query itself, not fields.
+    """
     message = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
     fields = {}
     for part in message.iter_parts():

@@ -4,15 +4,21 @@ chDB allows one process per data directory, so the process that owns the
 store (the sink) serves it: ``rankstream sql``, an unmodified
 ``clickhouse_connect.get_client(host=..., port=...)`` and dashboards query it
 while the sink writes. Supported: ``GET /ping``, ``GET|POST /`` with the SQL in
-the ``query`` parameter and/or the body (form-encoded too), ``database``,
-``default_format``, ``param_*`` bind parameters, settings as URL parameters,
+the ``query`` parameter and/or the body (multipart fields too), ``database``,
+``default_format``, ``param_*`` bind parameters, settings as URL parameters, ``readonly``,
 FORMAT clauses (Native, RowBinaryWithNamesAndTypes, JSON ... whatever chDB
 can write), inserts with data in the body (plain, chunked, gzip/deflate/lz4/zstd),
 and ClickHouse's error headers. Runnable alone as
 ``python -m rankstream.sinks.store.httpd --path DIR --port N`` (used by tests as a
 stand-in ClickHouse server that can be stopped). Request parsing and error
 shapes live in :mod:`.http_request`; :func:`serve_store` is how the owning
-process (``rankstream sink``) serves its store and tells readers the port.
+process (``rankstream sink``, ``rankstream store serve``) serves its store and tells readers the port.
+
+Access (docs/access.md): every request but ``/ping`` authenticates (:mod:`.auth`,
+users in a 0600 file next to the store, :mod:`.users`); GET, ``readonly=1|2`` and
+team users are read-only, and :mod:`.policy` decides what a statement may touch.
+A body is the query whatever its content type (only multipart bodies carry
+fields), and ``X-ClickHouse-User/Key/Format/Database`` headers work as in ClickHouse.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import logging
 import os
 import queue
 import signal
+import ssl
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -32,7 +39,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlparse
 
-from rankstream.sinks.store import portfile
+from rankstream.sinks.store import policy, portfile
+from rankstream.sinks.store.auth import Authenticator, credentials
+from rankstream.sinks.store.dsn import DATABASE
 from rankstream.sinks.store.http_request import (
     QueryError,
     Request,
@@ -40,8 +49,10 @@ from rankstream.sinks.store.http_request import (
     error_from_engine,
     form_fields,
     http_status,
+    native_compress,
     read_body,
 )
+from rankstream.sinks.store.users import Principal
 
 log = logging.getLogger("rankstream.sink.http")
 
@@ -55,12 +66,14 @@ _BINARY_FORMATS = frozenset(
 class _Conn:
     """One chDB handle with the engine settings currently applied to it (SET is per handle)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, readonly: bool = False) -> None:
         import chdb
 
         self.conn = chdb.connect(path)
         self.applied: dict[str, str] = {}
         self.database: str | None = None
+        if readonly:  # the engine refuses writes on this handle too; it cannot be lifted again
+            self._run("SET readonly = 2")
 
     def prepare(self, database: str | None, settings: dict[str, str]) -> None:
         """Make this handle's database and settings equal to the request's (only the differences are sent)."""
@@ -82,6 +95,29 @@ class _Conn:
         except Exception as exc:
             raise error_from_engine(exc) from None
 
+    def _text(self, sql: str, params: dict[str, str] | None = None) -> str:
+        return bytes(self._run(sql, "TabSeparatedRaw", params).bytes() or b"").decode("utf-8", "replace")
+
+    def _format_query(self, sql: str) -> str:
+        """The statement as the engine's formatter prints it; one statement only (a syntax error otherwise)."""
+        try:
+            return self._text("SELECT formatQuerySingleLine({q:String})", {"q": _tsv_escape(sql)}).strip()
+        except QueryError as exc:  # the engine's own message, without the wrapper query
+            raise QueryError(str(exc).split(". : In scope SELECT formatQuerySingleLine(")[0] + ".", exc.code) from None
+
+    def inspector(self) -> policy.Inspect:
+        """How :func:`policy.check` reads a statement on this handle: the engine's own parser."""
+        return policy.Inspect(
+            format_query=self._format_query,
+            explain_ast=lambda sql: self._text(f"EXPLAIN AST {sql}"),
+            databases=lambda: set(self._text("SELECT name FROM system.databases").split()),
+        )
+
+
+def _tsv_escape(value: str) -> str:
+    """A query parameter's value as the engine reads it (escaped like a TabSeparated field)."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+
 
 def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'")
@@ -90,8 +126,9 @@ def _quote(value: str) -> str:
 class _Pool:
     """A few reusable chDB handles, so concurrent requests do not share session state."""
 
-    def __init__(self, path: str, size: int = 4) -> None:
+    def __init__(self, path: str, size: int = 4, readonly: bool = False) -> None:
         self.path = path
+        self.readonly = readonly
         self._free: queue.LifoQueue[_Conn] = queue.LifoQueue()
         self._sem = threading.BoundedSemaphore(size)
 
@@ -101,7 +138,7 @@ class _Pool:
             try:
                 conn = self._free.get_nowait()
             except queue.Empty:
-                conn = _Conn(self.path)
+                conn = _Conn(self.path, self.readonly)
             try:
                 yield conn
             except Exception:
@@ -120,14 +157,28 @@ class _Pool:
                 conn.conn.close()
 
 
-class StoreHttpServer:
-    """Serves the store at ``path`` on 127.0.0.1:``port`` (0: any free port) from a background thread."""
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
 
-    def __init__(self, path: str | Path, port: int = 8123) -> None:
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up (the JDBC driver closes kept-alive connections) is not worth a traceback."""
+        log.debug("http: connection from %s ended with an error", client_address, exc_info=True)
+
+
+class StoreHttpServer:
+    """Serves the store at ``path`` on 127.0.0.1:``port`` (0: any free port) from a background thread.
+
+    ``tls``: ``(certificate file, key file)`` to serve HTTPS instead of HTTP.
+    """
+
+    def __init__(self, path: str | Path, port: int = 8123, tls: tuple[str, str] | None = None) -> None:
         self.path = os.path.realpath(str(path))
         self.requested_port = port
         self.port = 0
+        self.tls = tls
+        self.auth = Authenticator(Path(self.path))
         self._pool = _Pool(self.path)
+        self._readonly_pool = _Pool(self.path, readonly=True)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._timezone = "UTC"
@@ -140,13 +191,16 @@ class StoreHttpServer:
             self._version, self._timezone = row[0], row[1] if len(row) > 1 else "UTC"
         handler = _make_handler(self)
         try:
-            server = ThreadingHTTPServer((HOST, self.requested_port), handler)
+            server = _Server((HOST, self.requested_port), handler)
         except OSError as exc:
             if self.requested_port == 0:
                 raise
             log.warning("http: port %d unavailable (%s); using a free port instead", self.requested_port, exc)
-            server = ThreadingHTTPServer((HOST, 0), handler)
-        server.daemon_threads = True
+            server = _Server((HOST, 0), handler)
+        if self.tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            server.socket = context.wrap_socket(server.socket, server_side=True)
         self._server = server
         self.port = server.server_address[1]
         self._thread = threading.Thread(target=server.serve_forever, name="rankstream-http", daemon=True)
@@ -159,14 +213,27 @@ class StoreHttpServer:
             self._server.server_close()
             self._server = None
         self._pool.close()
+        self._readonly_pool.close()
 
-    def execute(self, req: Request) -> tuple[bytes, str | None, dict[str, Any]]:
-        """Run one request; returns (body, result format or None, summary)."""
+    def execute(self, req: Request, who: Principal, readonly: bool = False) -> tuple[bytes, str | None, dict[str, Any]]:
+        """Run one request for ``who``; returns (body, result format or None, summary).
+
+        ``readonly``: a GET request; ``readonly=1|2`` in the request and team users are read-only too.
+        """
+        readonly = readonly or req.readonly or not who.admin
         fmt = req.output_format()
-        with self._pool.get() as conn:
-            conn.prepare(req.database, req.settings)
+        settings, database = dict(req.settings), req.database
+        policy.check_settings(who, settings)
+        if who.team is not None:
+            settings["additional_table_filters"] = policy.team_filters(who.team)
+            database = DATABASE
+        with (self._readonly_pool if readonly else self._pool).get() as conn:
+            conn.prepare(database, settings)
             if req.data is not None:
+                if readonly:
+                    raise policy.readonly_error(who)
                 return b"", None, self._insert(conn, req)
+            policy.check(who, readonly, req.sql, conn.inspector())
             result = conn._run(req.sql, fmt or "TabSeparated", req.bind)
             body = result.bytes() or b""
             summary = _summary(result)
@@ -197,17 +264,17 @@ def _summary(result: Any) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def serve_store(path: Path, port: int) -> Iterator[int]:
+def serve_store(path: Path, port: int, tls: tuple[str, str] | None = None) -> Iterator[int]:
     """Serve the embedded store at ``path`` while the block runs; yields the port (``port``, or a free one).
 
     chDB opens a data directory in one process only, so the process that owns
     the store serves it to every other reader; the port file tells them where
     (written once the server accepts connections, removed before it stops).
     """
-    server = StoreHttpServer(path, port)
+    server = StoreHttpServer(path, port, tls)
     bound = server.start()
     try:
-        portfile.write(Path(server.path), HOST, bound)
+        portfile.write(Path(server.path), HOST, bound, tls=tls is not None)
         yield bound
     finally:
         portfile.remove(Path(server.path))
@@ -253,24 +320,25 @@ def _make_handler(server: StoreHttpServer) -> type[BaseHTTPRequestHandler]:
                 self._send(404, b"There is no handle " + route.encode() + b"\n", {"Content-Type": "text/plain"})
                 return
             content_type = self.headers.get("Content-Type", "")
+            headers = {key.lower(): value for key, value in self.headers.items()}
             try:
                 body = decompress(body, self.headers.get("Content-Encoding", ""))
-                if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+                if content_type.startswith("multipart/form-data"):
                     params.update(form_fields(content_type, body))
                     body = b""
-                req = Request(params, body)
-                result, fmt, summary = server.execute(req)
+                who = server.auth.authenticate(*credentials(headers, params))
+                req = Request(params, body, headers)
+                result, fmt, summary = server.execute(req, who, readonly=self.command == "GET")
             except QueryError as exc:
                 message = str(exc) if str(exc).startswith("Code:") else f"Code: {exc.code}. DB::Exception: {exc}"
-                self._send(
-                    http_status(exc.code),
-                    (message.rstrip() + "\n").encode(),
-                    {
-                        "Content-Type": "text/plain; charset=UTF-8",
-                        "X-ClickHouse-Exception-Code": str(exc.code),
-                        "X-ClickHouse-Server-Display-Name": "rankstream",
-                    },
-                )
+                error_headers = {
+                    "Content-Type": "text/plain; charset=UTF-8",
+                    "X-ClickHouse-Exception-Code": str(exc.code),
+                    "X-ClickHouse-Server-Display-Name": "rankstream",
+                }
+                if http_status(exc.code) == 401:
+                    error_headers["WWW-Authenticate"] = 'Basic realm="rankstream", charset="UTF-8"'
+                self._send(http_status(exc.code), (message.rstrip() + "\n").encode(), error_headers)
                 return
             except Exception as exc:  # a bug or an engine failure: still one ClickHouse-shaped error
                 log.warning("http: request failed: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
@@ -280,7 +348,7 @@ def _make_handler(server: StoreHttpServer) -> type[BaseHTTPRequestHandler]:
                     {"Content-Type": "text/plain; charset=UTF-8", "X-ClickHouse-Exception-Code": "1002"},
                 )
                 return
-            headers = {
+            response_headers = {
                 "Content-Type": "application/octet-stream" if fmt in _BINARY_FORMATS else "text/plain; charset=UTF-8",
                 "X-ClickHouse-Query-Id": req.query_id,
                 "X-ClickHouse-Timezone": server._timezone,
@@ -288,8 +356,10 @@ def _make_handler(server: StoreHttpServer) -> type[BaseHTTPRequestHandler]:
                 "X-ClickHouse-Summary": json.dumps(summary),
             }
             if fmt:
-                headers["X-ClickHouse-Format"] = fmt
-            self._send(200, result, headers)
+                response_headers["X-ClickHouse-Format"] = fmt
+            if params.get("compress") == "1":
+                result = native_compress(result)
+            self._send(200, result, response_headers)
 
     return Handler
 
@@ -300,10 +370,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--path", required=True)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--port-file", default="")
+    parser.add_argument("--tls-cert", default="")
+    parser.add_argument("--tls-key", default="")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     Path(args.path).mkdir(parents=True, exist_ok=True)
-    server = StoreHttpServer(args.path, args.port)
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
+    server = StoreHttpServer(args.path, args.port, tls)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

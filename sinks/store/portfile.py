@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,11 @@ def port_file(store_path: Path) -> Path:
     return store_path.parent / f"{store_path.name}.http.json"
 
 
-def write(store_path: Path, host: str, port: int) -> Path:
+def write(store_path: Path, host: str, port: int, tls: bool = False) -> Path:
     path = port_file(store_path)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "host": host, "port": port, "store": str(store_path)}))
+    info = {"pid": os.getpid(), "host": host, "port": port, "store": str(store_path), "tls": tls}
+    tmp.write_text(json.dumps(info))
     tmp.replace(path)
     return path
 
@@ -54,10 +56,21 @@ def find_server(store_path: Path, timeout_s: float = 2.0) -> tuple[str, int] | N
         return None
     if not _alive(pid):
         return None
+    scheme, context = "http", None
+    if info.get("tls"):  # a local self-signed certificate: the ping only checks that the server answers
+        scheme, context = "https", ssl._create_unverified_context()
     try:
-        with urllib.request.urlopen(f"http://{host}:{port}/ping", timeout=timeout_s) as response:
+        with urllib.request.urlopen(f"{scheme}://{host}:{port}/ping", timeout=timeout_s, context=context) as response:
             if response.status == 200:
                 return host, port
     except OSError:
         return None
     return None
+
+
+def uses_tls(store_path: Path) -> bool:
+    """Whether the server named by the port file serves HTTPS (``rankstream store serve --tls-cert``)."""
+    try:
+        return bool(json.loads(port_file(store_path).read_text()).get("tls"))
+    except (OSError, ValueError, AttributeError):
+        return False

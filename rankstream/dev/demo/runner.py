@@ -336,9 +336,9 @@ class Demo:
         server = portfile.find_server(self.store_path)
         if server is None:
             raise DemoError(f"the sink stopped serving the store: {self.services[1].last_line()}")
-        import clickhouse_connect
+        from rankstream.sinks.store.query import local_client
 
-        client = clickhouse_connect.get_client(host=server[0], port=server[1])
+        client = local_client(self.store_path, server)
         want = self.model.step_count
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -23,7 +24,7 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from rankstream.config import Settings
 from rankstream.schema import alert_id, dumps, encode_event
-from rankstream.sinks.store import portfile
+from rankstream.sinks.store import portfile, users
 from tests.paths import REPO_ROOT
 
 RANKSTREAM = str(Path(sys.executable).parent / "rankstream")
@@ -238,8 +239,12 @@ class SinkProcess:
         return self.proc.wait(timeout=timeout_s)
 
 
+# The admin password of every store these tests serve (sinks and stand-in servers inherit the environment).
+os.environ.setdefault(users.ENV_PASSWORD, secrets.token_urlsafe(16))
+
+
 def http_client(host: str, port: int) -> Any:
-    return clickhouse_connect.get_client(host=host, port=port)
+    return clickhouse_connect.get_client(host=host, port=port, password=os.environ[users.ENV_PASSWORD])
 
 
 def count(client: Any, table: str, where: str = "") -> int:

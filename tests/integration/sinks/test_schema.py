@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -13,11 +14,13 @@ import pytest
 from rankstream.sinks.records import Batch
 from rankstream.sinks.store.migrations import migrate, split_statements
 from rankstream.sinks.store.tables import COLUMNS
+from rankstream.sinks.store.users import ENV_PASSWORD
 from rankstream.sinks.writer import batch_token, insert_batch
 from tests.integration.sinks.support import RANKSTREAM, free_port, http_client, start_store, wait_until
 from tests.paths import REPO_ROOT
 
 RBAC = REPO_ROOT / "infra" / "clickhouse" / "rbac.sql"
+ADMIN_PASSWORD = os.environ[ENV_PASSWORD]  # set by support for every store the tests serve
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +146,8 @@ def test_rbac_statements_parse_and_policies_run(server: tuple[Any, int]) -> None
 def test_store_migrate_cli(server: tuple[Any, int]) -> None:
     _, port = server
     ok = subprocess.run(
-        [RANKSTREAM, "store", "migrate", "--dsn", f"http://127.0.0.1:{port}", "--ttl", "events=7"],
+        [RANKSTREAM, "store", "migrate", "--dsn", f"http://default:{ADMIN_PASSWORD}@127.0.0.1:{port}",
+         "--ttl", "events=7"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert ok.returncode == 0, ok.stderr
