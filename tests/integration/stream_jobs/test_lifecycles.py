@@ -255,14 +255,18 @@ def test_a_host_two_hours_ahead_in_another_run_of_the_partition_changes_nothing(
     worker = WorkerProcess(settings, tmp_path / "worker.log")
     try:
         steps = collect(settings, settings.topics.steps, lambda r: step_keys(r) >= want_steps, 120)
-        want = {a["alert_id"] for a in alone.alerts}
-        alerts = collect(settings, settings.topics.alerts, lambda r: {a["alert_id"] for a in r} >= want, 30)
+        want = {(a["alert_id"], a["state"]) for a in alone.alerts + alone.resolved}
+        alerts = collect(
+            settings, settings.topics.alerts, lambda r: {(a["alert_id"], a["state"]) for a in r} >= want, 30
+        )
     finally:
         assert worker.stop() == 0, worker.log()
 
     assert step_keys(steps) == want_steps, worker.log()
     assert [s for s in steps if s["run_id"] == "healthy"] == _normal(alone.steps)
-    assert [a for a in alerts if a["run_id"] == "healthy"] == _normal(alone.alerts)
+    healthy_alerts = [a for a in alerts if a["run_id"] == "healthy"]
+    assert [a for a in healthy_alerts if a["state"] == "firing"] == _normal(alone.alerts)
+    assert [a for a in healthy_alerts if a["state"] == "resolved"] == _normal(alone.resolved)
     skewed_steps = [s for s in steps if s["run_id"] == "skewed"]
     assert all(s["complete"] and s["ranks_reported"] == 4 for s in skewed_steps)  # nothing of it dropped
 
