@@ -13,6 +13,7 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
+from rankstream.producer.redact import redact_metric_names, redact_tags
 from rankstream.schema import (
     MAX_EVENT_BYTES,
     MAX_METRICS,
@@ -104,7 +105,7 @@ class EventEncoder:
                 )
                 continue
             out[key] = encode_metric(number)
-        return out
+        return redact_metric_names(out)
 
     def tags(self, raw: Mapping[Any, Any] | None) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -127,7 +128,7 @@ class EventEncoder:
                 self.truncated += 1
                 self._warn_once("long_tag", f"tag {key!r} longer than {MAX_TAG_CHARS} characters: truncated")
             out[key] = text
-        return out
+        return redact_tags(out)
 
     def encode(
         self,

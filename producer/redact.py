@@ -1,14 +1,18 @@
-"""Make run metadata safe to publish: JSON-able, bounded, and without secrets.
+"""Make what a rank publishes safe: run metadata, tags and metric names JSON-able, bounded, and without secrets.
 
-Training configs routinely carry API keys and hub tokens; run_start goes to a
-shared topic and a shared store, so secrets are replaced by ``"***"`` before
-they leave the process: values under secret-looking keys, and values that look
-like credentials wherever they appear.
+Training configs routinely carry API keys and hub tokens, and tags or metric
+names built from a command line or an URL can too; events go to a shared topic
+and a shared store, so secrets are replaced by ``"***"`` before they leave the
+process: values under secret-looking keys, and values that look like
+credentials wherever they appear (in ``meta``, in tag values, inside tag and
+metric names). Metric values are numbers by the contract, so nothing else in
+them can hold a secret.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -33,9 +37,18 @@ _SECRET_VALUE = re.compile(
     r"|glpat-[A-Za-z0-9_\-]{16,}"  # GitLab
     r"|AIza[0-9A-Za-z_\-]{30,}"  # Google API key
     r"|eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]*"  # JWT
+    r"|[sr]k_(live|test)_[A-Za-z0-9]{16,}"  # Stripe
+    r"|npm_[A-Za-z0-9]{36}"  # npm
+    r"|pypi-[A-Za-z0-9_\-]{16,}"  # PyPI upload token
+    r"|wandb_v1_[A-Za-z0-9_\-]{16,}"  # Weights & Biases (new format)
     r")"
     r"|bearer\s+[A-Za-z0-9._~+/=\-]{8,}"
-    r"|://[^/\s:@]+:[^/\s@]+@",  # URL with user:password
+    r"|(?-i:Basic)\s+(?=[A-Za-z0-9+/]*[0-9+/])[A-Za-z0-9+/]{12,}={0,2}"  # HTTP Basic credentials
+    r"|://[^/\s:@]+:[^/\s@]+@"  # URL with user:password
+    r"|-----BEGIN ([A-Z0-9]+ )*PRIVATE KEY( BLOCK)?-----"  # PEM / OpenSSH / PGP private keys
+    r"|(aws_secret_access_key|secret_?key|account_?key|api_?key|token|password|passwd|pwd)"
+    r"[\"']?\s*[=:]\s*[\"']?[^\s\"'&;,]{8,}"  # key=value / key: value assignments, query strings
+    r"|hooks\.slack\.com/services/[A-Za-z0-9/]+",  # Slack webhook URL
     re.IGNORECASE,
 )
 
@@ -44,9 +57,33 @@ MAX_ITEMS = 1000
 MAX_STR = 4096
 
 
+@functools.lru_cache(maxsize=4096)
 def looks_secret(value: str) -> bool:
-    """True when a string contains something that looks like a credential."""
+    """True when a string contains something that looks like a credential (cached: names repeat every step)."""
     return bool(_SECRET_VALUE.search(value))
+
+
+@functools.lru_cache(maxsize=4096)
+def redact_name(name: str) -> str:
+    """A tag or metric name with every credential-looking part replaced by ``***`` (the rest stays readable)."""
+    return _SECRET_VALUE.sub(REDACTED, name) if looks_secret(name) else name
+
+
+def redact_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """Event tags: names cleaned like metric names; a value under a secret-looking name, or one that
+    looks like a credential, becomes ``***``."""
+    out: dict[str, str] = {}
+    for key, value in tags.items():
+        secret = is_secret_key(key, value) or looks_secret(value)
+        out[redact_name(key)] = REDACTED if secret else value
+    return out
+
+
+def redact_metric_names(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Metrics with credential-looking parts of their names replaced (the values are numbers)."""
+    if not any(looks_secret(name) for name in metrics):
+        return metrics
+    return {redact_name(name): value for name, value in metrics.items()}
 
 
 def is_secret_key(key: str, value: Any) -> bool:
