@@ -6,7 +6,7 @@ from collections import Counter
 from typing import Any
 
 from rankstream.dev.synthetic import Fault, generate_run
-from rankstream.schema import validate_event
+from rankstream.schema import dumps, loads, validate_event
 from rankstream.stream_jobs.core import Engine, Output
 
 WORLD = 2
@@ -85,3 +85,25 @@ def test_eval_loss_rising_with_the_train_loss_rising_too_is_not_overfitting() ->
     )
     out = replay(events)
     assert "eval_loss_rising" not in {a["rule"] for a in out.alerts}
+
+
+def test_pending_evaluations_survive_a_worker_restart() -> None:
+    """The run's state taken over mid-run (a worker restart) while an evaluation is pending gives the same
+    eval records and alerts as one uninterrupted replay."""
+    steps = range(100, 1000, 100)
+    losses = {s: 2.0 - 0.001 * min(s, 500) + (0.04 * (s - 500) / 100 if s > 500 else 0.0) for s in steps}
+    events = [validate_event(e) for e in with_evals(generate_run("st", WORLD, 1000, seed=4), losses)]
+    whole = Engine()
+    want = whole.process_many(events)
+    want.extend(whole.finish())
+    cut = next(i for i, e in enumerate(events) if e["kind"] == "eval" and e["step"] == 700) + 1
+    first = Engine()
+    got = first.process_many(events[:cut])
+    assert first.export_state("st")["evals"]["pending"], "the eval of step 700 is pending at the cut"
+    second = Engine()
+    second.import_state("st", loads(dumps(first.export_state("st"))))  # as JSON, like the worker's state store
+    got.extend(second.process_many(events[cut:]))
+    got.extend(second.finish())
+    assert evals_of(got) == evals_of(want) and len(evals_of(want)) == len(steps)
+    assert [a["step"] for a in firing(got, "eval_loss_rising")] == [a["step"] for a in firing(want, "eval_loss_rising")]
+    assert firing(want, "eval_loss_rising")
