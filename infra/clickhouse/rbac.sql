@@ -1,12 +1,12 @@
--- rankstream access control for a ClickHouse server (>= 25.8). chDB has no SQL access
--- management, so this file is for servers only; tests/integration/test_sink_schema.py
--- checks that every statement parses (formatQuery) and that every row-policy condition
--- runs against the real tables.
+-- rankstream access control for a ClickHouse server (>= 25.8), GENERATED from infra/clickhouse/access.yaml by
+--   rankstream store rbac infra/clickhouse/access.yaml > infra/clickhouse/rbac.sql
+-- (edit the config, not this file). chDB has no SQL access management, so this is for servers only;
+-- tests/integration/sinks/test_schema.py checks that every statement parses (formatQuery) and that every
+-- row-policy condition runs against the real tables.
 --
 -- Apply as an administrator, after `rankstream store migrate --dsn http://admin@host:8123`:
 --   clickhouse-client --host HOST --user admin --multiquery < infra/clickhouse/rbac.sql
--- (requires access_management for the admin user). Copy the "team" block per team and
--- replace the passwords (or use IDENTIFIED WITH ssl_certificate / ldap).
+-- (requires access_management for the admin user).
 --
 -- Model: row policies are permissive per role and combine with OR; once a table has any
 -- row policy, a user that none of them covers sees no rows. So the sink and the
@@ -30,7 +30,7 @@ CREATE ROW POLICY IF NOT EXISTS all_rows ON rankstream.step_metrics FOR SELECT U
 CREATE ROW POLICY IF NOT EXISTS all_rows ON rankstream.alerts FOR SELECT USING 1 TO rankstream_writer;
 CREATE ROW POLICY IF NOT EXISTS all_rows ON rankstream.runs FOR SELECT USING 1 TO rankstream_writer;
 
--- Team "vision": a role that sees only its rows, and a read-only user holding it.
+-- Team "vision": a role that sees only its rows, and read-only users holding it.
 CREATE ROLE IF NOT EXISTS team_vision;
 GRANT rankstream_reader TO team_vision;
 CREATE ROW POLICY IF NOT EXISTS team_vision ON rankstream.metrics FOR SELECT USING team = 'vision' TO team_vision;
@@ -43,7 +43,7 @@ CREATE USER IF NOT EXISTS vision_ro IDENTIFIED WITH sha256_password BY 'change-m
 GRANT team_vision TO vision_ro;
 ALTER USER vision_ro DEFAULT ROLE team_vision;
 
--- Team "nlp".
+-- Team "nlp": a role that sees only its rows, and read-only users holding it.
 CREATE ROLE IF NOT EXISTS team_nlp;
 GRANT rankstream_reader TO team_nlp;
 CREATE ROW POLICY IF NOT EXISTS team_nlp ON rankstream.metrics FOR SELECT USING team = 'nlp' TO team_nlp;

@@ -114,6 +114,20 @@ def serve_cmd(
         fail(f"cannot serve {store}: {str(exc).strip().splitlines()[0][:300]}", EXIT_SERVICE)
 
 
+@store_app.command("rbac")
+def rbac_cmd(
+    config: Annotated[Path, typer.Argument(help="Access config (YAML), e.g. infra/clickhouse/access.yaml")],
+) -> None:
+    """Print the ClickHouse server's roles, row policies and users for every team of CONFIG (SQL)."""
+    from rankstream.errors import ConfigError
+    from rankstream.sinks.store.rbac import load_config, render
+
+    try:
+        typer.echo(render(load_config(config)), nl=False)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+
+
 user_app = typer.Typer(help="Read-only team users of an embedded store's HTTP interface.", no_args_is_help=True)
 store_app.add_typer(user_app, name="user")
 
