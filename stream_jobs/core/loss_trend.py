@@ -175,18 +175,21 @@ class RisingRule:
 
 class PlateauRule:
     """loss_plateau: over the last max(``patience`` steps, ``window_frac`` of the steps since the trend
-    began) the mean loss shows no significant decrease (Mann-Kendall on step bins); once per plateau."""
+    began) the mean loss shows no significant decrease (Mann-Kendall on step bins) at ``confirm``
+    judgements in a row; once per plateau (``confirm`` improving judgements in a row end it)."""
 
     def __init__(self, p: LossPlateauParams) -> None:
         self.p = p
         self.bins = StepBins(PLATEAU_BINS)
-        #: Consecutive judgements that found no significant decrease.
+        #: Consecutive judgements that found no significant decrease, and that found one.
         self.flat = 0
+        self.improving = 0
         self.fired = False
 
     def reset(self) -> None:
         self.bins.clear()
         self.flat = 0
+        self.improving = 0
         self.fired = False
 
     def on_point(self, x: float, at: StepContext, found: list[Finding]) -> None:
@@ -209,8 +212,11 @@ class PlateauRule:
         z = kendall_z(kendall_s(means), n)
         if z <= -p.z:
             self.flat = 0
-            self.fired = False  # improving: a later plateau is a new one
+            self.improving += 1
+            if self.improving >= p.confirm:
+                self.fired = False  # improving again for as long: a later plateau is a new one
             return
+        self.improving = 0
         self.flat += 1
         if self.flat < p.confirm or self.fired or not p.enabled:
             return
@@ -240,9 +246,10 @@ class PlateauRule:
         )
 
     def to_state(self) -> dict[str, Any]:
-        return {"bins": self.bins.to_state(), "flat": self.flat, "fired": self.fired}
+        return {"bins": self.bins.to_state(), "flat": self.flat, "improving": self.improving, "fired": self.fired}
 
     def load_state(self, s: dict[str, Any]) -> None:
         self.bins = StepBins(PLATEAU_BINS, s.get("bins"))
         self.flat = int(s.get("flat", 0))
+        self.improving = int(s.get("improving", 0))
         self.fired = bool(s.get("fired", False))

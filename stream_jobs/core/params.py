@@ -143,7 +143,8 @@ class LossPlateauParams(RuleParams):
     the loss shows no significant decrease ..."""
     confirm: int = 8
     """... and a plateau is that reading at this many judgements in a row (one per closed bin: the stretch
-    has moved on by about half its length, so one unlucky draw of noise is not a plateau)"""
+    has moved on by about half its length, so one unlucky draw of noise is not a plateau); as many
+    judgements in a row that find a decrease end the plateau (the next one alerts again)"""
 
 
 @dataclass(frozen=True)

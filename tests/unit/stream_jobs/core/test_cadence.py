@@ -12,6 +12,7 @@ from collections.abc import Callable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rankstream.dev.synthetic import Fault, generate_run
 from rankstream.importers import import_hf_trainer_state, import_swift_jsonl
 from rankstream.schema import validate_event
 from rankstream.stream_jobs.core import Engine
@@ -21,7 +22,7 @@ from rankstream.stream_jobs.core.params import RuleSet
 from rankstream.stream_jobs.core.trend import RollingKendall, StepBins, kendall_s, kendall_z, theil_sen
 
 CADENCES = (1, 10, 50, 200, 500)
-N = 20_000
+N = 30_000
 WARMUP = 100
 
 
@@ -218,3 +219,30 @@ def test_ms_swift_log_of_a_stalled_loss_is_a_plateau() -> None:
     lines = swift_lines(lambda s: 2.5 * (min(s, 1000.0) + 50.0) ** -0.15, 3000, 10, 0)
     fired = trend_alerts(import_swift_jsonl(lines, run_id="sw").events)
     assert [rule for rule, _ in fired] == ["loss_plateau"] and 1000 <= fired[0][1] <= 2000
+
+
+def logged_every(events: list[dict], cadence: int) -> list[dict]:
+    """A synthetic run as its producer would send it logging every ``cadence`` steps (seq renumbered)."""
+    seq: dict[int, int] = {}
+    out = []
+    for e in events:
+        if e["kind"] == "step" and e["step"] % cadence:
+            continue
+        e = {**e, "seq": seq.get(e["rank"], 0)}
+        seq[e["rank"]] = e["seq"] + 1
+        out.append(e)
+    return out
+
+
+@_SETTINGS
+@given(seed=st.integers(0, 10_000))
+def test_synthetic_runs_subsampled_get_the_same_verdict(seed: int) -> None:
+    """The project's synthetic runs, logged every 1, 5, 10 or 50 steps: a healthy one raises no trend alert, one
+    that stalls for 1500 steps raises exactly one loss_plateau, inside the stall, at each cadence."""
+    healthy = generate_run("h", 4, 3000, seed=seed)
+    stalled = generate_run("p", 4, 3000, seed=seed, faults=[Fault("plateau", 1000, duration=1500)])
+    for cadence in (1, 5, 10, 50):
+        assert trend_alerts(logged_every(healthy, cadence)) == [], cadence
+        fired = trend_alerts(logged_every(stalled, cadence))
+        assert [rule for rule, _ in fired] == ["loss_plateau"], (cadence, fired)
+        assert 1000 <= fired[0][1] < 2500, (cadence, fired)
