@@ -9,6 +9,7 @@ import math
 import random
 from collections.abc import Callable
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -102,15 +103,17 @@ def test_a_divergence_is_loss_rising_at_every_cadence(seed: int) -> None:
         assert 0.6 * N <= fired["loss_rising"] <= 0.9 * N, (cadence, fired)
 
 
-def test_a_noisy_climb_that_never_rises_ten_times_in_a_row_is_loss_rising() -> None:
-    """+0.6% per step under 2% noise, logged every step: caught within 100 steps, seed after seed."""
+@pytest.mark.parametrize(("rate", "noise"), [(0.006, 0.02), (0.006, 0.08), (0.003, 0.05)])
+def test_a_noisy_climb_that_never_rises_ten_times_in_a_row_is_loss_rising(rate: float, noise: float) -> None:
+    """A divergence of +``rate`` per step under ``noise`` per step, logged every step: caught within 100 steps,
+    seed after seed (the 10-consecutive reading alone missed 6-7 of these 10 seeds at 5-8% noise)."""
     for seed in range(10):
         rng = random.Random(seed)
-        det = LossDetector(RuleSet())
+        det = LossDetector(TREND_ONLY)
         found = []
         for s in range(400):
-            level = 2.0 if s < 300 else 2.0 * (1.0 + 0.006 * (s - 300))
-            found += det.on_step(released(s, level * (1.0 + 0.02 * rng.gauss(0.0, 1.0))), warmup=s < 20, label="r")
+            level = 2.0 if s < 300 else 2.0 * (1.0 + rate * (s - 300))
+            found += det.on_step(released(s, level * (1.0 + noise * rng.gauss(0.0, 1.0))), warmup=s < 20, label="r")
         rises = [f for f in found if f.rule == "loss_rising"]
         assert rises and 300 <= rises[0].step <= 400, (seed, [(f.rule, f.step) for f in found])
 
@@ -185,12 +188,17 @@ def test_step_bins_stay_bounded_and_keep_the_mean() -> None:
     assert restored.bins == bins.bins and restored.width == bins.width
 
 
+def sft(s: float) -> float:
+    """A fine-tuning loss: a quick drop, then a slow descent (0.5% per 200 steps at the end)."""
+    return 1.2 + 0.5 * math.exp(-s / 300.0) + 0.1 * (1.0 - s / 3000.0)
+
+
 def swift_lines(curve: Callable[[float], float], steps: int, every: int, seed: int) -> list[str]:
-    """An ms-swift logging.jsonl of ``curve``: the mean loss of every ``every`` steps, 2 s a step."""
+    """An ms-swift logging.jsonl of ``curve`` with 3% noise per step: the mean loss of every ``every`` steps."""
     rng = random.Random(seed)
     lines = []
     for end in range(every, steps + 1, every):
-        loss = sum(curve(s) * (1.0 + 0.01 * rng.gauss(0.0, 1.0)) for s in range(end - every, end)) / every
+        loss = sum(curve(s) * (1.0 + 0.03 * rng.gauss(0.0, 1.0)) for s in range(end - every, end)) / every
         row = {"loss": round(loss, 6), "grad_norm": 1.0, "learning_rate": 1e-4, "memory(GiB)": 17.0}
         row.update({"global_step/max_steps": f"{end}/{steps}", "elapsed_time": f"{2 * end}s"})
         lines.append(json.dumps(row))
@@ -205,9 +213,10 @@ def trend_alerts(events: list[dict]) -> list[tuple[str, int]]:
 
 
 def test_ms_swift_and_hf_logs_of_a_falling_loss_raise_no_plateau() -> None:
-    """The issue's case: an ms-swift run logged every 10 steps, and the HF checkpoint of it."""
+    """The issue's case: an ms-swift run logged every 10 steps, and the HF checkpoint of it (the rules before
+    issue 17 raised 5-6 loss_plateau warnings on each of these)."""
     for seed in range(3):
-        lines = swift_lines(lambda s: 2.5 * (s + 50.0) ** -0.15, 3000, 10, seed)
+        lines = swift_lines(sft, 3000, 10, seed)
         swift = import_swift_jsonl(lines, run_id="sw")
         assert trend_alerts(swift.events) == [], seed
         history = [{"step": e["step"], "loss": e["metrics"]["loss"]} for e in swift.events if e["kind"] == "step"]
@@ -216,7 +225,7 @@ def test_ms_swift_and_hf_logs_of_a_falling_loss_raise_no_plateau() -> None:
 
 
 def test_ms_swift_log_of_a_stalled_loss_is_a_plateau() -> None:
-    lines = swift_lines(lambda s: 2.5 * (min(s, 1000.0) + 50.0) ** -0.15, 3000, 10, 0)
+    lines = swift_lines(lambda s: sft(min(s, 1000.0)), 3000, 10, 0)
     fired = trend_alerts(import_swift_jsonl(lines, run_id="sw").events)
     assert [rule for rule, _ in fired] == ["loss_plateau"] and 1000 <= fired[0][1] <= 2000
 
