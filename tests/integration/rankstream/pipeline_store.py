@@ -61,6 +61,7 @@ class PipelineStore:
     dsn: str
     host: str
     port: int
+    settings: Settings
     runs: dict[str, PipelineRun] = field(default_factory=dict)
 
     def client(self) -> Any:
@@ -113,7 +114,7 @@ def pipeline_store(broker: Settings, tmp: Path, runs: dict[str, list[Fault]]) ->
             detail = {r.run_id: (_counts(client, r.run_id), _want(r)) for r in stored}
             raise AssertionError(f"{exc}: stored vs expected (steps, alerts, events) {detail}") from None
         client.close()
-        yield PipelineStore(dsn, host, port, {run.run_id: run for run in stored})
+        yield PipelineStore(dsn, host, port, settings, {run.run_id: run for run in stored})
     finally:
         worker.stop()
         sink.stop()
