@@ -23,6 +23,7 @@ from rankstream.stream_jobs.core.detect_ranks import RankDetector
 from rankstream.stream_jobs.core.detect_run import GradDetector, LossDetector
 from rankstream.stream_jobs.core.liveness import Liveness
 from rankstream.stream_jobs.core.rules import RulesConfig
+from rankstream.stream_jobs.core.run_state import export_run, import_run
 from rankstream.stream_jobs.core.skew import ClockSkew, skew_finding
 
 #: Event-time seconds between two liveness checks of a run (silent / hung).
@@ -413,56 +414,7 @@ class RunState:
     # ---------------------------------------------------------------------- state
 
     def to_state(self) -> dict[str, Any]:
-        return {
-            "v": 1,
-            "run_id": self.run_id,
-            "team": self.team,
-            "run_name": self.run_name,
-            "meta": dict(self.meta),
-            "precision": self.precision,
-            "has_stage": self.has_stage,
-            "prev_lr": self.prev_lr,
-            "last_event_ts": self.last_event_ts,
-            "ended_at": self.ended_at,
-            "restart_tags": list(self.restart_tags),
-            "attempt_ranks": {str(rank): inc for rank, inc in self.attempt_ranks.items()},
-            "inc_attempt": [[rank, inc, attempt] for (rank, inc), attempt in self.inc_attempt.items()],
-            "expect_relaunch": self.expect_relaunch,
-            "clock_offsets": self.skew.to_state(),
-            "aligner": self.aligner.to_state(),
-            "liveness": self.liveness.to_state(),
-            "loss": self.loss.to_state(),
-            "grad": self.grad.to_state(),
-            "ranks": self.rank_rules.to_state(),
-            "evals": self.evals.to_state(),
-            "cooldowns": self.alerter.to_state(),
-            "open_alerts": self.alerter.open.to_state(),
-        }
+        return export_run(self)
 
     def load_state(self, s: dict[str, Any]) -> None:
-        self.meta = dict(s.get("meta", {}))
-        self.team = s.get("team", "")
-        self.alerter.team = self.team
-        self.run_name = s.get("run_name", "")
-        if self.run_name:
-            self.label = f"run {self.run_name} ({self.run_id})"
-        self._apply_rules()
-        self.precision = s.get("precision", "")
-        self.has_stage = bool(s.get("has_stage", False))
-        self.prev_lr = s.get("prev_lr")
-        self.last_event_ts = max(self.last_event_ts, float(s.get("last_event_ts", 0.0)))
-        self.ended_at = s.get("ended_at")
-        self.restart_tags = list(s.get("restart_tags", []))
-        self.attempt_ranks = {int(rank): str(inc) for rank, inc in s.get("attempt_ranks", {}).items()}
-        self.inc_attempt = {(int(rank), str(inc)): int(attempt) for rank, inc, attempt in s.get("inc_attempt", [])}
-        self.expect_relaunch = bool(s.get("expect_relaunch", False))
-        self.skew.load_state(s.get("clock_offsets", {}))
-        self.aligner.load_state(s["aligner"])
-        self.world_size = self.aligner.world_size
-        self.liveness.load_state(s["liveness"])
-        self.loss.load_state(s["loss"])
-        self.grad.load_state(s["grad"])
-        self.rank_rules.load_state(s["ranks"])
-        self.evals.load_state(s.get("evals", {}))
-        self.alerter.load_state(s["cooldowns"])
-        self.alerter.open.load_state(s.get("open_alerts", []))
+        import_run(self, s)
