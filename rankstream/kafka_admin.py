@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from rankstream.config import Settings
 from rankstream.errors import ServiceUnavailable
@@ -17,8 +19,8 @@ class TopicsUnavailable(ServiceUnavailable):
     """The contract topics could not be created or did not show up with partition leaders."""
 
 
-def broker_ready(bootstrap: str, timeout_s: float = 3.0) -> bool:
-    """A real metadata round trip against the broker."""
+def broker_ready(bootstrap: str, timeout_s: float = 3.0, security: Mapping[str, Any] | None = None) -> bool:
+    """A real metadata round trip against the broker (``security``: SASL/SSL client settings)."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
@@ -28,6 +30,7 @@ def broker_ready(bootstrap: str, timeout_s: float = 3.0) -> bool:
             request_timeout_ms=int(timeout_s * 1000),
             bootstrap_timeout_ms=int(timeout_s * 1000),
             client_id="rankstream-admin",
+            **(security or {}),
         )
     except (KafkaError, OSError, ValueError):
         return False

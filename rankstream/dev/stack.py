@@ -4,6 +4,13 @@ Jars come from Maven Central through ``infra/kafka/pom.xml`` and are cached
 under the state directory; storage is formatted once; start, stop and status
 are idempotent; readiness is a real metadata round trip, not a sleep. The
 broker is a child we started, tracked by a PID file and stopped by that PID.
+
+Secure mode (settings with ``security_protocol=SASL_PLAINTEXT`` and a SCRAM
+mechanism): the client listener takes SASL/SCRAM only, the StandardAuthorizer
+denies whatever no ACL allows, and the settings' user is the super user (its
+SCRAM credential is written when the storage is formatted);
+:mod:`rankstream.kafka_access` creates the teams' principals and ACLs.
+The controller listener takes SASL/PLAIN with the same super user only.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rankstream.config import Settings
 from rankstream.errors import ServiceUnavailable
@@ -130,18 +138,59 @@ def _port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def secure(settings: Settings) -> bool:
+    """Whether the broker of ``settings`` runs in secure mode (SASL/SCRAM listener, ACLs)."""
+    return settings.security_protocol == "SASL_PLAINTEXT" and settings.sasl_mechanism.startswith("SCRAM")
+
+
+def _jaas_quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _secure_properties(settings: Settings) -> list[str]:
+    port, cport = settings.kafka_port, settings.controller_port
+    user, password = _jaas_quote(settings.sasl_username), _jaas_quote(settings.sasl_password)
+    mechanism = settings.sasl_mechanism
+    scram_module = "org.apache.kafka.common.security.scram.ScramLoginModule"
+    plain_module = "org.apache.kafka.common.security.plain.PlainLoginModule"
+    return [
+        f"listeners=SASL_PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
+        f"advertised.listeners=SASL_PLAINTEXT://127.0.0.1:{port}",
+        "listener.security.protocol.map=CONTROLLER:SASL_PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+        "inter.broker.listener.name=SASL_PLAINTEXT",
+        f"sasl.enabled.mechanisms={mechanism}",
+        f"sasl.mechanism.inter.broker.protocol={mechanism}",
+        f"listener.name.sasl_plaintext.{mechanism.lower()}.sasl.jaas.config="
+        f'{scram_module} required username="{user}" password="{password}";',
+        "sasl.mechanism.controller.protocol=PLAIN",
+        "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
+        f"listener.name.controller.plain.sasl.jaas.config="
+        f'{plain_module} required username="{user}" password="{password}" user_{user}="{password}";',
+        "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        f"super.users=User:{settings.sasl_username}",
+        "allow.everyone.if.no.acl.found=false",
+    ]
+
+
 def _server_properties(settings: Settings, data_dir: Path) -> str:
     port, cport = settings.kafka_port, settings.controller_port
+    listeners = (
+        _secure_properties(settings)
+        if secure(settings)
+        else [
+            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "inter.broker.listener.name=PLAINTEXT",
+        ]
+    )
     return "\n".join(
         [
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.bootstrap.servers=127.0.0.1:{cport}",
-            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            *listeners,
             "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-            "inter.broker.listener.name=PLAINTEXT",
             f"log.dirs={data_dir}",
             f"num.partitions={settings.partitions}",
             "offsets.topic.replication.factor=1",
@@ -187,6 +236,9 @@ def _format_storage(settings: Settings, lib: Path) -> None:
         str(kdir / "server.properties"),
         "--standalone",
     ]
+    if secure(settings):  # the super user's SCRAM credential is written with the first metadata records
+        scram = f"{settings.sasl_mechanism}=[name={settings.sasl_username},password={settings.sasl_password}]"
+        cmd += ["--add-scram", scram]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         last = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or ["no output"]
@@ -195,6 +247,8 @@ def _format_storage(settings: Settings, lib: Path) -> None:
 
 def start_broker(settings: Settings, ready_timeout_s: float = READY_TIMEOUT_S) -> BrokerStatus:
     """Start the broker unless ours is already running; wait until it answers metadata."""
+    if secure(settings) and not (settings.sasl_username and settings.sasl_password):
+        raise StackError("a SASL/SCRAM broker needs RANKSTREAM_SASL_USERNAME and RANKSTREAM_SASL_PASSWORD (its admin)")
     bootstrap = bootstrap_address(settings)
     pid = _read_pid(settings)
     if pid is not None:
@@ -245,6 +299,13 @@ def start_broker(settings: Settings, ready_timeout_s: float = READY_TIMEOUT_S) -
     return BrokerStatus(True, proc.pid, bootstrap, True, f"started in {time.monotonic() - started:.1f}s")
 
 
+def _security(settings: Settings) -> dict[str, Any]:
+    """The client security settings to reach this broker (none for a plaintext one)."""
+    kwargs = settings.kafka_python_kwargs()
+    kwargs.pop("bootstrap_servers", None)
+    return kwargs if secure(settings) else {}
+
+
 def _alive(pid: int) -> bool:
     """True while ``pid`` exists and is not a zombie (checked by state, not cmdline:
     right after fork the child still shows the parent's command line)."""
@@ -260,7 +321,7 @@ def _wait_ready(settings: Settings, pid: int, bootstrap: str, timeout_s: float) 
     while time.monotonic() < deadline:
         if not _alive(pid):
             return False
-        if broker_ready(bootstrap, timeout_s=2.0):
+        if broker_ready(bootstrap, timeout_s=2.0, security=_security(settings)):
             return True
         time.sleep(0.3)
     return False
@@ -309,7 +370,7 @@ def running_bootstrap(settings: Settings) -> str:
     except FileNotFoundError:
         return bootstrap_address(settings)
     for line in props:
-        if line.startswith("advertised.listeners=PLAINTEXT://"):
+        if line.startswith(("advertised.listeners=PLAINTEXT://", "advertised.listeners=SASL_PLAINTEXT://")):
             return line.split("//", 1)[1].strip()
     return bootstrap_address(settings)
 
@@ -319,5 +380,5 @@ def broker_status(settings: Settings) -> BrokerStatus:
     pid = _read_pid(settings)
     if pid is None:
         return BrokerStatus(False, None, bootstrap, False, "not running")
-    ready = broker_ready(bootstrap)
+    ready = broker_ready(bootstrap, security=_security(settings))
     return BrokerStatus(True, pid, bootstrap, ready, "ready" if ready else "starting or unhealthy")

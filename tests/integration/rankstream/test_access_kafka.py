@@ -1,0 +1,155 @@
+"""Team identity on a real broker with SASL_PLAINTEXT + SCRAM-SHA-512 and ACLs (issue 14 items 3, 6):
+a team's credentials write only its events topic and read only its alerts; the service principal reads both."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError, TopicAuthorizationFailedError
+
+from rankstream import kafka_access
+from rankstream.config import Settings
+from rankstream.dev.stack import start_broker, stop_broker
+from rankstream.kafka_access import TeamPrincipal, team_topics
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, dict[str, TeamPrincipal]]]:
+    """A broker of its own (never the shared 19092 one) in secure mode, teams a and b, a service principal."""
+    port, cport = _free_port(), _free_port()
+    settings = Settings(
+        state_dir=str(tmp_path_factory.mktemp("sasl") / "state"),
+        kafka_port=port,
+        kafka_controller_port=cport,
+        bootstrap_servers=f"127.0.0.1:{port}",
+        topic_prefix="acl",
+        partitions=1,
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="admin",
+        sasl_password=secrets.token_urlsafe(16),
+    )
+    start_broker(settings)
+    teams = {t: TeamPrincipal(t, f"team-{t}", secrets.token_urlsafe(16)) for t in ("a", "b")}
+    try:
+        kafka_access.apply(settings, teams.values(), service=("svc", "svc-" + settings.sasl_password))
+        yield settings, teams
+    finally:
+        stop_broker(settings)
+
+
+def _as(settings: Settings, user: str, password: str) -> dict[str, Any]:
+    return settings.with_overrides(sasl_username=user, sasl_password=password).kafka_python_kwargs()
+
+
+def _team(settings: Settings, team: TeamPrincipal) -> dict[str, Any]:
+    return _as(settings, team.user, team.password)
+
+
+def _send(kwargs: dict[str, Any], topic: str, value: bytes) -> None:
+    producer = KafkaProducer(**kwargs, max_block_ms=15000, request_timeout_ms=10000, retries=0)
+    try:
+        producer.send(topic, value).get(timeout=20)
+    finally:
+        producer.close(timeout=5)
+
+
+def _read_all(
+    kwargs: dict[str, Any], topic: str, group: str | None = None, expect: int = 1, wait_s: float = 20
+) -> list[bytes]:
+    """Every record of partition 0 of ``topic`` from the start (at least ``expect``, waited for under a deadline)."""
+    consumer = KafkaConsumer(**kwargs, group_id=group, enable_auto_commit=False, request_timeout_ms=10000)
+    try:
+        partition = TopicPartition(topic, 0)
+        consumer.assign([partition])
+        consumer.seek_to_beginning(partition)
+        seen: list[bytes] = []
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                seen += [r.value for r in records]
+            if len(seen) >= expect and consumer.position(partition) >= consumer.end_offsets([partition])[partition]:
+                break
+        return seen
+    finally:
+        consumer.close()
+
+
+def test_a_team_writes_its_events_topic(broker: tuple[Settings, dict[str, TeamPrincipal]]) -> None:
+    settings, teams = broker
+    topic = team_topics(settings.topic_prefix, "a").events
+    for i in range(3):
+        _send(_team(settings, teams["a"]), topic, f"a-{i}".encode())
+    seen = _read_all(_as(settings, "svc", "svc-" + settings.sasl_password), topic, expect=3)
+    assert sorted(seen) == [b"a-0", b"a-1", b"a-2"]  # every one, through the service principal
+
+
+def test_another_teams_credentials_cannot_write_its_topic(broker: tuple[Settings, dict[str, TeamPrincipal]]) -> None:
+    settings, teams = broker
+    a_events = team_topics(settings.topic_prefix, "a").events
+    with pytest.raises(TopicAuthorizationFailedError):
+        _send(_team(settings, teams["b"]), a_events, b"forged by b")
+    with pytest.raises(TopicAuthorizationFailedError):  # nor the shared topic of the prefix
+        _send(_team(settings, teams["b"]), f"{settings.topic_prefix}.events", b"forged by b")
+    seen = _read_all(_as(settings, "admin", settings.sasl_password), a_events, expect=0)
+    assert b"forged by b" not in seen
+
+
+def test_a_team_reads_its_alerts_only(broker: tuple[Settings, dict[str, TeamPrincipal]]) -> None:
+    settings, teams = broker
+    admin = _as(settings, "admin", settings.sasl_password)
+    a_alerts = team_topics(settings.topic_prefix, "a").alerts
+    _send(admin, a_alerts, b"alert of a")
+    assert _read_all(_team(settings, teams["a"]), a_alerts) == [b"alert of a"]
+    assert _read_all(_team(settings, teams["b"]), a_alerts, wait_s=5) == []
+    assert _metadata_error(_team(settings, teams["b"]), a_alerts) == TOPIC_AUTHORIZATION_FAILED
+    b_events = team_topics(settings.topic_prefix, "b").events  # a team reads no events, not even another's
+    assert _metadata_error(_team(settings, teams["a"]), b_events) == TOPIC_AUTHORIZATION_FAILED
+    assert _metadata_error(_team(settings, teams["a"]), a_alerts) == 0
+
+
+TOPIC_AUTHORIZATION_FAILED = TopicAuthorizationFailedError.errno
+
+
+def _metadata_error(kwargs: dict[str, Any], topic: str) -> int:
+    """The broker's error code for ``topic`` in a metadata request with these credentials."""
+    admin = KafkaAdminClient(**kwargs, request_timeout_ms=10000)
+    try:
+        try:
+            described = admin.describe_topics([topic])
+        except TopicAuthorizationFailedError:
+            return TOPIC_AUTHORIZATION_FAILED
+        return int(described[0].get("error_code", 0))
+    finally:
+        admin.close()
+
+
+def test_wrong_or_no_credentials_are_refused(broker: tuple[Settings, dict[str, TeamPrincipal]]) -> None:
+    settings, teams = broker
+    topic = team_topics(settings.topic_prefix, "a").events
+    with pytest.raises(KafkaError):
+        _send(_as(settings, teams["a"].user, teams["a"].password + "x"), topic, b"wrong password")
+    plain = Settings(bootstrap_servers=settings.bootstrap_servers).kafka_python_kwargs()
+    with pytest.raises(KafkaError):
+        _send(plain, topic, b"no credentials")
+
+
+def test_production_commands_name_every_grant() -> None:
+    teams = [TeamPrincipal("a", "team-a"), TeamPrincipal("b", "team-b")]
+    text = kafka_access.render_commands("rankstream", teams, "rankstream-service", "kafka:9092")
+    assert "--allow-principal User:team-a --operation Write --topic rankstream.a.events" in text
+    assert "--allow-principal User:team-b --operation Read --topic rankstream.b.alerts" in text
+    assert "--operation All --topic rankstream. --resource-pattern-type prefixed" in text
+    assert text.count("--entity-type users") == 3
