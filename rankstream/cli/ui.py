@@ -14,6 +14,14 @@ def ui(
         "127.0.0.1"
     ),
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: a free one)")] = 8080,
+    login: Annotated[
+        bool,
+        typer.Option(
+            "--login",
+            help="Viewers sign in with their store user (HTTP Basic) and every query runs as that user, "
+            "so the store's team filters apply; needs a store server (a running sink, store serve, ClickHouse)",
+        ),
+    ] = False,
     dsn: DsnOpt = None,
     state_dir: StateDirOpt = None,
 ) -> None:
@@ -29,7 +37,7 @@ def ui(
 
     settings = load_settings(store_dsn=dsn, state_dir=state_dir)
     try:
-        serve(settings.dsn, host=host, port=port)
+        serve(settings.dsn, host=host, port=port, login=login)
     except StoreError as exc:
         fail(str(exc), EXIT_SERVICE)
     except KeyboardInterrupt:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rankstream.ui import queries as q
-from rankstream.ui.reader import StoreReader
+from rankstream.ui.reader import RowSource
 
 #: Metrics the run page draws, by chart (absent ones are left out).
 CURVES: dict[str, tuple[str, ...]] = {
@@ -18,7 +18,7 @@ RANK_METRICS = ("step_time_s", "data_time_s", "compute_time_s", "mem_peak_mb", "
 
 
 def runs(
-    reader: StoreReader,
+    reader: RowSource,
     *,
     team: str = "",
     project: str = "",
@@ -42,9 +42,9 @@ def runs(
         "updated_at",
     )
     params = {
-        "team": team,
-        "project": project,
-        "status": status,
+        "want_team": team,
+        "want_project": project,
+        "want_status": status,
         "since_s": since_s,
         "run_ids": list(run_ids),
         "limit": limit,
@@ -61,7 +61,7 @@ def runs(
     return found
 
 
-def run_info(reader: StoreReader, run_id: str) -> dict[str, Any] | None:
+def run_info(reader: RowSource, run_id: str) -> dict[str, Any] | None:
     """One run's row, last step, firing alerts and the metrics it has aggregates of; None if unknown."""
     found = runs(reader, run_ids=[run_id], limit=1)
     if not found:
@@ -71,7 +71,7 @@ def run_info(reader: StoreReader, run_id: str) -> dict[str, Any] | None:
     return info
 
 
-def _bounds(reader: StoreReader, run_ids: Sequence[str], metrics: Sequence[str]) -> tuple[int, int, bool] | None:
+def _bounds(reader: RowSource, run_ids: Sequence[str], metrics: Sequence[str]) -> tuple[int, int, bool] | None:
     lo, hi, attempts, count = reader.rows(q.SERIES_BOUNDS_SQL, {"run_ids": list(run_ids), "metrics": list(metrics)})[0]
     if not count:
         return None
@@ -79,7 +79,7 @@ def _bounds(reader: StoreReader, run_ids: Sequence[str], metrics: Sequence[str])
 
 
 def series(
-    reader: StoreReader,
+    reader: RowSource,
     run_id: str,
     metrics: Sequence[str],
     points: int | None = None,
@@ -98,7 +98,7 @@ def series(
     return {"metrics": {m: s for m, s in shaped.items() if s["step"]}, "width": width, "lo": lo, "hi": hi}
 
 
-def compare(reader: StoreReader, run_ids: Sequence[str], metrics: Sequence[str], points: int | None = None) -> dict:
+def compare(reader: RowSource, run_ids: Sequence[str], metrics: Sequence[str], points: int | None = None) -> dict:
     """The runs' mean curves of ``metrics`` on one step axis (same buckets for every run)."""
     bounds = _bounds(reader, run_ids, metrics)
     if bounds is None:
@@ -111,7 +111,7 @@ def compare(reader: StoreReader, run_ids: Sequence[str], metrics: Sequence[str],
 
 
 def ranks(
-    reader: StoreReader,
+    reader: RowSource,
     run_id: str,
     metric: str,
     points: int | None = None,
@@ -127,6 +127,6 @@ def ranks(
     return {"metric": metric, **shaped}
 
 
-def alerts(reader: StoreReader, run_id: str) -> list[dict[str, Any]]:
+def alerts(reader: RowSource, run_id: str) -> list[dict[str, Any]]:
     """The run's alerts, each firing or resolved (with the step it ended at), with its evidence."""
     return q.pair_alerts(reader.rows(q.ALERTS_SQL, {"run_id": run_id}))

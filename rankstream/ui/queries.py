@@ -32,9 +32,9 @@ SELECT run_id, team, project, run_name, status, world_size, task_type, model_nam
        if(isNull(ended_at), NULL, toUnixTimestamp64Micro(assumeNotNull(ended_at)) / 1e6) AS ended_at,
        toUnixTimestamp64Micro(updated_at) / 1e6 AS updated_at
 FROM rankstream.runs FINAL
-WHERE ({team:String} = '' OR team = {team:String})
-  AND ({project:String} = '' OR project = {project:String})
-  AND ({status:String} = '' OR status = {status:String})
+WHERE ({want_team:String} = '' OR team = {want_team:String})
+  AND ({want_project:String} = '' OR project = {want_project:String})
+  AND ({want_status:String} = '' OR status = {want_status:String})
   AND ({since_s:UInt64} = 0 OR updated_at >= now64(6) - toIntervalSecond({since_s:UInt64}))
   AND ({run_ids:Array(String)} = [] OR has({run_ids:Array(String)}, run_id))
 ORDER BY started_at DESC, run_id

@@ -36,14 +36,14 @@ def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
-def serve(dsn: str, host: str = "127.0.0.1", port: int = 8080) -> None:
+def serve(dsn: str, host: str = "127.0.0.1", port: int = 8080, *, login: bool = False) -> None:
     """Open the store, bind, print the URL on one line, then serve until interrupted."""
     import uvicorn
 
     from rankstream.ui.app import create_app
     from rankstream.ui.reader import StoreReader
 
-    reader = StoreReader(dsn)
+    reader = StoreReader(dsn, login=login)
     sock = bind(host, port)
     config = uvicorn.Config(create_app(reader), log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)

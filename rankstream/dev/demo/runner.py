@@ -26,6 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rankstream.config import Settings
+from rankstream.dev.demo.dashboard import DemoDashboard
 from rankstream.dev.demo.notifications import DemoNotifications
 from rankstream.dev.demo.train import DemoJob, launch
 from rankstream.errors import EXIT_FAILURE, EXIT_SERVICE, OperationFailed
@@ -118,6 +119,7 @@ class Demo:
         self.started_broker = False
         self.store_path = self.settings.state_path / "store"
         self.notifications = DemoNotifications(self.settings.state_path / "notify")
+        self.dashboard = DemoDashboard()
 
     # ------------------------------------------------------------------ run
 
@@ -148,6 +150,7 @@ class Demo:
             self.stop_consuming.set()
             self.notifications.stop()
             if not self.keep:
+                self.dashboard.stop()
                 for service in self.services:
                     service.stop()
                 if self.started_broker:
@@ -162,6 +165,8 @@ class Demo:
                 f"--keep: Kafka, worker and sink still run; stop them with `rankstream stack down --state-dir "
                 f"{self.settings.state_dir}` and `kill {' '.join(str(s.proc.pid) for s in self.services)}`"
             )
+            if self.dashboard.note():
+                self.console.print(f"--keep: {self.dashboard.note()} keeps serving; stop it with its kill")
         if len(rules) < 4:
             raise DemoError(f"expected alerts of at least 4 rules, saw {len(rules)}: {rules} (logs: {self._log_dir()})")
         return result
@@ -207,6 +212,7 @@ class Demo:
             f"[green]✓[/] sink pid {sink.proc.pid}, store {self.store_path}, SQL on http://{host}:{port}"
         )
         self.console.print(f"[green]✓[/] {self.notifications.describe()}")
+        self.dashboard.start(self.store_path, logs, self.console)
 
     # ------------------------------------------------------------------ job + live view
 

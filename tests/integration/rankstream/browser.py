@@ -91,14 +91,19 @@ def browser() -> Iterator[Any]:
             chromium.close()
 
 
-@contextmanager
-def new_page(chromium: Any, width: int = 1400, height: int = 1000) -> Iterator[Page]:
-    context = chromium.new_context(viewport={"width": width, "height": height})
-    page = Page(context.new_page())
+def watch(page: Page) -> Page:
+    """Collect the page's console errors, uncaught exceptions, failed requests and error responses."""
     page.page.on("console", lambda m: page.console_errors.append(m.text) if m.type == "error" else None)
     page.page.on("pageerror", lambda exc: page.console_errors.append(f"page error: {exc}"))
     page.page.on("requestfailed", lambda r: page.failed.append(f"{r.url}: {r.failure}"))
     page.page.on("response", lambda r: page.failed.append(f"{r.url}: HTTP {r.status}") if r.status >= 400 else None)
+    return page
+
+
+@contextmanager
+def new_page(chromium: Any, width: int = 1400, height: int = 1000) -> Iterator[Page]:
+    context = chromium.new_context(viewport={"width": width, "height": height})
+    page = watch(Page(context.new_page()))
     try:
         yield page
     finally:

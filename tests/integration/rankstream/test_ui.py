@@ -9,6 +9,9 @@ the compare page, and follow a run that is still training. The JSON each page dr
 from __future__ import annotations
 
 import math
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ import pytest
 
 from rankstream.config import Settings
 from rankstream.dev.synthetic import Fault, generate_run
-from tests.integration.rankstream.browser import browser, new_page
+from tests.integration.rankstream.browser import Page, browser, new_page, watch
 from tests.integration.rankstream.pipeline_store import FAULTS, STEPS, WORLD_SIZE, PipelineStore, pipeline_store
 from tests.integration.rankstream.ui_server import UIServer
 from tests.integration.sinks.support import wait_until
@@ -205,3 +208,46 @@ def test_run_page_follows_a_run_while_it_trains(
         assert drawn == [["loss_spike", 70, "resolved"]]  # the run's end resolved it
         page.screenshot(tmp_path, "ui-live-finished")
         assert page.problems() == []
+
+
+def add_user(store: PipelineStore, team: str) -> tuple[str, str]:
+    """A read-only team user of the store (``rankstream store user add``): (name, password)."""
+    path = store.dsn.removeprefix("chdb://")
+    out = subprocess.run(
+        [sys.executable, "-m", "rankstream.cli", "store", "user", "add", team, "--path", path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    match = re.search(r"user (\S+) .*password: (\S+)", out, re.IGNORECASE)
+    assert match, out
+    return match.group(1), match.group(2)
+
+
+def test_with_login_each_viewer_sees_what_their_store_user_may_read(
+    store: PipelineStore, chromium: Any, tmp_path: Path
+) -> None:
+    nlp, vision = add_user(store, "nlp"), add_user(store, "vision")
+    server = UIServer(store.dsn, tmp_path / "ui-login.log", "--login")
+    try:
+        assert server.status("/api/runs") == 401
+        assert server.status("/") == 401
+        assert server.status("/api/runs", (nlp[0], "wrong")) == 401
+        assert {r["run_id"] for r in server.get("/api/runs", nlp)} >= {FAULTY, HEALTHY}
+        assert server.get("/api/runs", vision) == []  # the store's team filter, not the UI, hides them
+        assert server.status(f"/api/run?run={FAULTY}", vision) == 404
+        assert server.get(f"/api/alerts?run={FAULTY}", vision) == []
+        mine = server.get(f"/api/series?run={FAULTY}&metric=loss&points=1000", nlp)["metrics"]["loss"]
+        assert len(mine["step"]) == STEPS
+        context = chromium.new_context(http_credentials={"username": nlp[0], "password": nlp[1]})
+        try:
+            page = Page(context.new_page())
+            watch(page)
+            page.open(f"{server.url}/run?run={FAULTY}")
+            assert page.js("rankstream.charts.loss.points") == STEPS
+            assert page.problems() == []
+        finally:
+            context.close()
+    finally:
+        assert server.stop() == 0, server.log_path.read_text()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import queue
 import signal
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -18,10 +20,10 @@ import orjson
 class UIServer:
     """The UI server over ``dsn``; ``url`` once it printed that it serves."""
 
-    def __init__(self, dsn: str, log_path: Path) -> None:
+    def __init__(self, dsn: str, log_path: Path, *extra: str) -> None:
         self.log_path = log_path
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rankstream.cli", "ui", "--dsn", dsn, "--port", "0"],
+            [sys.executable, "-m", "rankstream.cli", "ui", "--dsn", dsn, "--port", "0", *extra],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -48,10 +50,22 @@ class UIServer:
         assert line.startswith("rankstream ui: serving http://127.0.0.1:"), line
         return line.split()[3].rstrip("/")
 
-    def get(self, path: str) -> Any:
-        """The JSON of an API path (what the page draws)."""
-        with urllib.request.urlopen(self.url + path, timeout=60) as response:
+    def get(self, path: str, auth: tuple[str, str] | None = None) -> Any:
+        """The JSON of an API path (what the page draws), signed in as ``auth`` (user, password) if given."""
+        request = urllib.request.Request(self.url + path)
+        if auth is not None:
+            token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        with urllib.request.urlopen(request, timeout=60) as response:
             return orjson.loads(response.read())
+
+    def status(self, path: str, auth: tuple[str, str] | None = None) -> int:
+        """The HTTP status of ``path`` (an error status is an answer here, not an exception)."""
+        try:
+            self.get(path, auth)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        return 200
 
     def stop(self) -> int:
         if self.proc.poll() is None:
