@@ -27,9 +27,20 @@ def _filesystem(dest: str) -> tuple[Any, str]:
     try:
         fs, base = pafs.FileSystem.from_uri(dest)
     except (ValueError, OSError) as exc:
-        raise ExportError(f"destination {dest!r}: {str(exc).splitlines()[0]}") from None
+        raise ExportError(f"destination {shown(dest)!r}: {str(exc).splitlines()[0]}") from None
     fs.create_dir(base, recursive=True)
     return fs, base.rstrip("/")
+
+
+def shown(dest: str) -> str:
+    """``dest`` for messages: without credentials in the URI or its query (endpoint, keys)."""
+    if "://" not in dest:
+        return dest
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(dest)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return f"{parts.scheme}://{host}{parts.path}"
 
 
 def write_parquet(source: RunSource, dest: str) -> ExportSummary:
@@ -37,7 +48,7 @@ def write_parquet(source: RunSource, dest: str) -> ExportSummary:
     import pyarrow.parquet as pq
 
     fs, base = _filesystem(dest)
-    summary = ExportSummary(dest=dest)
+    summary = ExportSummary(dest=shown(dest))
     for table in TABLES:
         path = f"{base}/{table}.parquet"
         writer: Any = None

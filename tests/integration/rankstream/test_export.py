@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -106,6 +107,49 @@ def test_parquet_export_holds_every_event_seq_step_and_alert_of_the_run(store: P
     )
     runs = pq.read_table(out / "runs.parquet").to_pylist()
     assert [(r["run_id"], r["team"], r["status"]) for r in runs] == [(RUN, "nlp", "finished")]
+
+
+@pytest.fixture
+def s3_server() -> Iterator[tuple[str, dict[str, str]]]:
+    """moto's S3 server on 127.0.0.1 (no network): its host:port and the AWS environment to reach it."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    try:
+        yield f"{host}:{port}", env
+    finally:
+        server.stop()
+
+
+def test_parquet_export_to_s3_reads_back_from_the_bucket(
+    store: PipelineStore, s3_server: tuple[str, dict[str, str]]
+) -> None:
+    endpoint, env = s3_server
+    query = f"endpoint_override={endpoint}&scheme=http&region=us-east-1&allow_bucket_creation=true"
+    uri = f"s3://archive/runs/{RUN}?{query}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "rankstream.cli", "export", RUN, uri, "--format", "parquet", "--dsn", store.dsn],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, **env},
+    )
+    assert proc.returncode == 0, proc.stderr
+    import pyarrow.fs as pafs
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        fs, base = pafs.FileSystem.from_uri(uri)
+        names = sorted(info.base_name for info in fs.get_file_info(pafs.FileSelector(base)))
+        events = pq.read_table(f"{base}/events.parquet", filesystem=fs).to_pylist()
+    assert names == sorted(f"{t}.parquet" for t in ("runs", "events", "metrics", "steps", "step_metrics", "alerts"))
+    assert {(e["rank"], e["seq"]) for e in events} == {(e["rank"], e["seq"]) for e in store.runs[RUN].events}
+    assert len(events) == len(store.runs[RUN].events)
 
 
 def test_export_of_an_unknown_run_or_format_is_one_line(store: PipelineStore, tmp_path: Path) -> None:
