@@ -158,6 +158,13 @@ def test_run_page_draws_curves_band_heatmaps_memory_and_alert_markers_at_their_s
         )
         assert {alert_id: text.split()[0] for alert_id, text in table} == {k: s for k, (_, s) in states.items()}
         page.screenshot(tmp_path, "ui-run")
+        # Zooming the loss curve onto the straggler's steps narrows the per-rank views to them.
+        first, last = straggler.steps[0], straggler.steps[-1]
+        page.js(f"rankstream.charts.loss.uplot.setScale('x', {{min: {first}, max: {last}}})")
+        page.page.wait_for_function(f"rankstream.charts.heat_compute_time_s.steps[0] === {first}", timeout=30_000)
+        zoomed = page.js("rankstream.charts.heat_compute_time_s")
+        assert zoomed["steps"] == list(range(first, last + 1)) and set(zoomed["hottest"]) == {straggler.rank}
+        assert page.js("document.getElementById('window').innerText") == f"steps {first}–{last}, 1 step(s) per cell"
         assert page.problems() == []
 
 
