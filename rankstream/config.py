@@ -57,6 +57,9 @@ class Settings:
     kafka_controller_port: int = 0  # 0: kafka_port + 1
     partitions: int = 6
     http_port: int = 8123
+    #: The team whose topics this process serves (per-team topic prefixes with Kafka ACLs, docs/access.md):
+    #: the stream worker and the sink take every run's team from it, not from what run_start's meta claims.
+    team: str = ""
 
     def __post_init__(self) -> None:
         if self.security_protocol not in SECURITY_PROTOCOLS:
@@ -72,6 +75,8 @@ class Settings:
             raise ConfigError(f"RANKSTREAM_TOPIC_PREFIX={self.topic_prefix!r}: must be a non-empty Kafka name")
         if self.partitions < 1:
             raise ConfigError("RANKSTREAM_PARTITIONS must be >= 1")
+        if self.team and not all(c.isalnum() or c in "_-" for c in self.team):
+            raise ConfigError(f"RANKSTREAM_TEAM={self.team!r}: letters, digits, '_' and '-' only")
 
     # ------------------------------------------------------------------ loading
 

@@ -16,6 +16,7 @@ import re
 import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from rankstream.config import Settings
 from rankstream.errors import ConfigError, ServiceUnavailable
@@ -35,6 +36,19 @@ class TeamPrincipal:
     def __post_init__(self) -> None:
         if not _TEAM_RE.match(self.team):
             raise ConfigError(f"team {self.team!r}: letters, digits, '_' and '-' only (it is part of topic names)")
+
+
+def claim_team(event: dict[str, Any], team: str) -> str | None:
+    """Give a decoded event the team of the topics it came through; returns the other team its run_start
+    claimed (to be counted), or None. Only run_start carries a team (``meta.team``)."""
+    if not team or event.get("kind") != "run_start":
+        return None
+    meta = event.get("meta")
+    meta = dict(meta) if isinstance(meta, dict) else {}
+    claimed = meta.get("team")
+    meta["team"] = team
+    event["meta"] = meta
+    return str(claimed) if claimed not in (None, "", team) else None
 
 
 def team_topics(prefix: str, team: str) -> Topics:

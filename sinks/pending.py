@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from rankstream.kafka_access import claim_team
 from rankstream.schema import InvalidEvent, decode_event, dlq_record, loads
 from rankstream.sinks.records import validate_alert, validate_step
 from rankstream.sinks.writer import Item
@@ -30,9 +31,13 @@ class PendingBatch:
     ranges: dict[tuple[str, int], list[int]] = field(default_factory=dict)  # (topic, partition) -> [first, last]
     rows: int = 0
     started: float = 0.0  # monotonic time of the first message
+    team_corrected: int = 0  # run_start events that claimed another team than RANKSTREAM_TEAM
 
-    def accept(self, topic: str, record: Any, events_topic: str, steps_topic: str) -> None:
-        """Decode one message into an item, or queue it for the dead-letter topic with the reason."""
+    def accept(self, topic: str, record: Any, events_topic: str, steps_topic: str, team: str = "") -> None:
+        """Decode one message into an item, or queue it for the dead-letter topic with the reason.
+
+        ``team`` (RANKSTREAM_TEAM): the team of every run, whatever its run_start claims.
+        """
         if not self.ranges:
             self.started = time.monotonic()
         key = (topic, record.partition)
@@ -47,6 +52,8 @@ class PendingBatch:
                 raise InvalidEvent("empty message")
             if topic == events_topic:
                 event = decode_event(raw)
+                if team and claim_team(event, team) is not None:
+                    self.team_corrected += 1
                 self.items.append(("event", event))
                 self.rows += 1 + len(event["metrics"])
             else:

@@ -74,6 +74,7 @@ class SinkStats:
     max_buffered_rows: int = 0  # rows of the batch being filled
     max_held_rows: int = 0  # that plus the batch being inserted (the bound: two batches)
     restamped_runs: int = 0  # runs whose rows stored without a team got it (rankstream.sinks.teams)
+    team_corrected: int = 0  # run_start events that claimed another team than RANKSTREAM_TEAM (corrected)
     restamped_rows: int = 0
     committed: dict[str, int] = field(default_factory=dict)
 
@@ -253,7 +254,9 @@ class SinkWorker:
         """Decode one message into the pending batch, or queue it for the dead-letter topic."""
         self.stats.messages += 1
         pending = self._pending
-        pending.accept(topic, record, self._events_topic, self._steps_topic)
+        corrected = pending.team_corrected
+        pending.accept(topic, record, self._events_topic, self._steps_topic, team=self.settings.team)
+        self.stats.team_corrected += pending.team_corrected - corrected
         stats, inflight = self.stats, self._inflight
         stats.max_buffered_rows = max(stats.max_buffered_rows, pending.rows)
         stats.max_held_rows = max(stats.max_held_rows, pending.rows + (inflight.pending.rows if inflight else 0))

@@ -115,7 +115,7 @@ class StreamJob:
         self._last_stats = time.monotonic()
         self.metrics: WorkerMetrics | None = None  # serve_metrics() sets it
         self.pipeline = PartitionedPipeline(
-            rules, source_topic=settings.topics.events, state_lookup=self._saved_state.take
+            rules, source_topic=settings.topics.events, state_lookup=self._saved_state.take, team=settings.team
         )
         self.publisher = Publisher(
             settings.topics, state_topic(settings), self._send, self._ack_offsets, self._state_loaded.__contains__

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from rankstream.kafka_access import claim_team
 from rankstream.schema import InvalidEvent, decode_event, dlq_record
 from rankstream.stream_jobs.core import Engine, RulesConfig
 from rankstream.topics import SINK_ONLY_HEADER
@@ -119,9 +120,11 @@ class PartitionedPipeline:
         state_lookup: Callable[[int, str], dict | None] | None = None,
         max_hold_s: float = DEFAULT_MAX_HOLD_S,
         wall_clock: Callable[[], float] = time.time,
+        team: str = "",
     ) -> None:
         self._rules = rules
         self._source_topic = source_topic
+        self._team = team  # RANKSTREAM_TEAM: the team of every run, whatever run_start claims
         self._state_lookup = state_lookup
         self._max_hold_s = max_hold_s
         self._wall = wall_clock
@@ -133,6 +136,7 @@ class PartitionedPipeline:
             "alerts": 0,
             "forced_acks": 0,
             "sink_only": 0,
+            "team_corrected": 0,
         }
 
     # ----------------------------------------------------------------- partitions
@@ -190,6 +194,8 @@ class PartitionedPipeline:
                 result.ackable.append((item.partition, item.offset))
                 continue
             self.stats["events"] += 1
+            if self._team and claim_team(event, self._team) is not None:
+                self.stats["team_corrected"] += 1
             ps = self._partition(item.partition)
             engine = ps.engine
             run_id = event["run_id"]

@@ -3,10 +3,14 @@ a team's credentials write only its events topic and read only its alerts; the s
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -153,3 +157,58 @@ def test_production_commands_name_every_grant() -> None:
     assert "--allow-principal User:team-b --operation Read --topic rankstream.b.alerts" in text
     assert "--operation All --topic rankstream. --resource-pattern-type prefixed" in text
     assert text.count("--entity-type users") == 3
+
+
+def test_a_forged_team_never_reaches_another_teams_rows(
+    broker: tuple[Settings, dict[str, TeamPrincipal]], tmp_path: Path
+) -> None:
+    """Team b's job claims team a in meta; b's sink (RANKSTREAM_TEAM=b, the service principal) stores it as b's."""
+    from rankstream.dev.synthetic import generate_run
+    from rankstream.schema import dumps
+    from rankstream.sinks.store import portfile
+    from rankstream.sinks.store.tables import COLUMNS
+    from tests.integration.sinks.support import RANKSTREAM, http_client, wait_until
+
+    settings, teams = broker
+    events = generate_run("forged-run", world_size=2, steps=3, seed=5, team="a")
+    producer = KafkaProducer(**_team(settings, teams["b"]), acks="all")
+    b_events = team_topics(settings.topic_prefix, "b").events
+    for event in events:
+        producer.send(b_events, dumps(event), key=event["run_id"].encode())
+    producer.flush(timeout=30)
+    producer.close()
+    store = tmp_path / "store"
+    env = {
+        **os.environ,
+        "RANKSTREAM_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "RANKSTREAM_SASL_MECHANISM": "SCRAM-SHA-512",
+        "RANKSTREAM_SASL_USERNAME": "svc",
+        "RANKSTREAM_SASL_PASSWORD": "svc-" + settings.sasl_password,
+        "RANKSTREAM_TEAM": "b",
+    }
+    log = (tmp_path / "sink.log").open("ab")
+    sink = subprocess.Popen(
+        [RANKSTREAM, "sink", "--dsn", f"chdb://{store}", "--bootstrap", settings.bootstrap_servers,
+         "--prefix", f"{settings.topic_prefix}.b", "--state-dir", str(tmp_path), "--http-port", "0"],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    log.close()
+    try:
+        host, port = wait_until(lambda: portfile.find_server(store), "the sink's HTTP interface", 90)
+        client = http_client(host, port)
+        want = {(e["rank"], e["seq"]) for e in events}
+        got = wait_until(
+            lambda: want == set(client.query("SELECT rank, seq FROM rankstream.events FINAL").result_rows) or None,
+            "every event of the forged run in the store",
+            90,
+        )
+        assert got
+        for table in COLUMNS:
+            teams_seen = {
+                row[0] for row in client.query(f"SELECT DISTINCT team FROM rankstream.{table} FINAL").result_rows
+            }
+            assert "a" not in teams_seen, (table, teams_seen)
+        assert client.query("SELECT team FROM rankstream.runs FINAL").result_rows == [("b",)]
+    finally:
+        sink.send_signal(signal.SIGTERM)
+        sink.wait(timeout=60)
