@@ -16,6 +16,7 @@ const HEATMAPS = [
 const MEMORY = ["mem_peak_mb", "mem_alloc_mb"];
 let span = [null, null];  // the zoomed step range of the curves (null: the whole run)
 let lastSeen = null;
+let lastDrawn = false;
 
 function points() {
   return Math.max(200, Math.min(2000, Math.round(window.innerWidth)));
@@ -70,34 +71,40 @@ function zoomHook(u) {
 async function drawCurves(info, alerts) {
   const grid = document.getElementById("curves");
   grid.replaceChildren();
-  const wanted = CURVES.flatMap(([, , metrics]) => metrics).filter((m) => info.metrics.includes(m));
-  if (!wanted.length) { grid.append(el("p", { class: "note", text: "no aligned steps yet" })); return; }
-  const q = wanted.map((m) => "metric=" + encodeURIComponent(m)).join("&");
-  const data = await getJSON(`/api/series?run=${encodeURIComponent(runId)}&${q}&points=${points()}`);
-  window.rankstream.data.series = data;
-  for (const [id, title, metrics] of CURVES) {
-    const present = metrics.filter((m) => data.metrics[m]);
-    if (!present.length) continue;
-    const box = panel(grid, id, title);
-    if (present.length === 1) {
-      const s = data.metrics[present[0]];
-      const color = PALETTE[0];
-      lineChart(box, id, [
-        { label: present[0] + " mean", color },
-        { label: "min over ranks", color: color + "66", faint: true },
-        { label: "max over ranks", color: color + "66", faint: true, band: [3, 2] },
-      ], [s.step, s.mean, s.min, s.max], { alerts, nonfinite: s.nonfinite, hooks: { setScale: [(u, key) => key === "x" && zoomHook(u)] } });
-      box.append(el("p", { class: "note", text: `${s.step.length} points, ${data.width} step(s) per bucket` }));
-    } else {
-      // Several metrics on one axis: align them on the union of their steps.
-      const steps = [...new Set(present.flatMap((m) => data.metrics[m].step))].sort((a, b) => a - b);
-      const columns = present.map((m) => {
-        const at = new Map(data.metrics[m].step.map((st, i) => [st, data.metrics[m].mean[i]]));
-        return steps.map((st) => (at.has(st) ? at.get(st) : null));
-      });
-      lineChart(box, id, present.map((m, i) => ({ label: m, color: PALETTE[i] })), [steps, ...columns], { alerts });
-    }
+  const charts = CURVES.map(([id, title, metrics]) => [id, title, metrics.filter((m) => info.metrics.includes(m))])
+    .filter(([, , present]) => present.length);
+  if (!charts.length) { grid.append(el("p", { class: "note", text: "no aligned steps yet" })); return; }
+  // One request per chart, all at once: each chart draws as soon as its own data is there.
+  const boxes = charts.map(([id, title]) => panel(grid, id, title));
+  window.rankstream.data.series = {};
+  await Promise.all(charts.map(async ([id, , present], i) => {
+    const q = present.map((m) => "metric=" + encodeURIComponent(m)).join("&");
+    const data = await getJSON(`/api/series?run=${encodeURIComponent(runId)}&${q}&points=${points()}`);
+    window.rankstream.data.series[id] = data;
+    drawCurve(boxes[i], id, present.filter((m) => data.metrics[m]), data, alerts);
+  }));
+}
+
+function drawCurve(box, id, present, data, alerts) {
+  if (!present.length) { box.append(el("p", { class: "note", text: "no data" })); return; }
+  if (present.length === 1) {
+    const s = data.metrics[present[0]];
+    const color = PALETTE[0];
+    lineChart(box, id, [
+      { label: present[0] + " mean", color },
+      { label: "min over ranks", color: color + "66", faint: true },
+      { label: "max over ranks", color: color + "66", faint: true, band: [3, 2] },
+    ], [s.step, s.mean, s.min, s.max], { alerts, nonfinite: s.nonfinite, hooks: { setScale: [(u, key) => key === "x" && zoomHook(u)] } });
+    box.append(el("p", { class: "note", text: `${s.step.length} points, ${data.width} step(s) per bucket` }));
+    return;
   }
+  // Several metrics on one axis: align them on the union of their steps.
+  const steps = [...new Set(present.flatMap((m) => data.metrics[m].step))].sort((a, b) => a - b);
+  const columns = present.map((m) => {
+    const at = new Map(data.metrics[m].step.map((st, i) => [st, data.metrics[m].mean[i]]));
+    return steps.map((st) => (at.has(st) ? at.get(st) : null));
+  });
+  lineChart(box, id, present.map((m, i) => ({ label: m, color: PALETTE[i] })), [steps, ...columns], { alerts });
 }
 
 async function drawRanks() {
@@ -136,8 +143,11 @@ async function refresh() {
   const alerts = await getJSON("/api/alerts?run=" + encodeURIComponent(runId));
   window.rankstream.data.alerts = alerts;
   renderAlerts(alerts);
-  await drawCurves(info, alerts);
-  await drawRanks();
+  if (span[0] == null || !lastDrawn) {  // zoomed in: keep the view (double-click to follow the run again)
+    await drawCurves(info, alerts);
+    await drawRanks();
+    lastDrawn = true;
+  }
   window.rankstream.data.info = info;
   return info;
 }
