@@ -27,12 +27,13 @@ def ui(
 ) -> None:
     """Serve the web dashboard: runs, a run's curves with alert markers and per-rank heatmaps, run comparison."""
     try:
+        import clickhouse_connect  # noqa: F401
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
 
         from rankstream.ui.server import serve
     except ImportError as exc:
-        fail(f"rankstream ui needs the ui extra ({exc.name} missing): pip install 'rankstream[ui]'", EXIT_CONFIG)
+        fail(f"rankstream ui needs {exc.name}: pip install 'rankstream[sinks,ui]'", EXIT_CONFIG)
     from rankstream.sinks.store import StoreError
 
     settings = load_settings(store_dsn=dsn, state_dir=state_dir)
