@@ -154,3 +154,39 @@ def test_clickhouse_connect_team_user(served: tuple[Path, int, Any]) -> None:
     assert client.query("SELECT DISTINCT run_id FROM rankstream.events").result_rows == [("run-b",)]
     df = client.query_df("SELECT team, run_id FROM rankstream.alerts")
     assert df["team"].tolist() == ["b"]
+
+
+def test_tls_serve(tmp_path: Path) -> None:
+    """--tls-cert/--tls-key: HTTPS only, and the CLI follows the port file's tls flag."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    store, port = tmp_path / "store", free_port()
+    proc = subprocess.Popen(
+        [RANKSTREAM, "store", "serve", "--path", str(store), "--port", str(port),
+         "--tls-cert", str(cert), "--tls-key", str(key)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env_without_password(),
+    )  # fmt: skip
+    try:
+        wait_until(lambda: portfile.find_server(store), "rankstream store serve --tls-cert", 60)
+        assert portfile.uses_tls(store)
+        client = clickhouse_connect.get_client(
+            host="127.0.0.1", port=port, password=_file_password(store), secure=True, ca_cert=str(cert)
+        )
+        assert client.command("SELECT 41 + 1") == 42
+        with pytest.raises(Exception):  # noqa: B017 - plain HTTP on the TLS port fails, whatever the client says
+            clickhouse_connect.get_client(
+                host="127.0.0.1", port=port, password=_file_password(store), connect_timeout=3
+            )
+        out = subprocess.run(
+            [RANKSTREAM, "sql", "--dsn", f"chdb://{store}", "--format", "csv", "SELECT 7"],
+            capture_output=True, text=True, timeout=60, env=_env_without_password(), check=False,
+        )  # fmt: skip
+        assert out.returncode == 0 and out.stdout.split() == ["7", "7"], out.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
