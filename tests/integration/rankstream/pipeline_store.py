@@ -84,15 +84,20 @@ def _want(run: PipelineRun) -> tuple[int, int, int]:
 
 
 @contextmanager
-def pipeline_store(broker: Settings, tmp: Path, runs: dict[str, list[Fault]]) -> Iterator[PipelineStore]:
-    """Worker + sink on fresh topics, ``runs`` (run_id -> faults) produced, yielded once fully stored."""
+def pipeline_store(
+    broker: Settings, tmp: Path, runs: dict[str, list[Fault]], lora: frozenset[str] = frozenset()
+) -> Iterator[PipelineStore]:
+    """Worker + sink on fresh topics, ``runs`` (run_id -> faults; LoRA runs in ``lora``) produced, yielded once
+    fully stored."""
     settings = broker.with_overrides(
         topic_prefix=f"ui{uuid.uuid4().hex[:10]}", state_dir=str(tmp / "state"), partitions=3
     )
     ensure_topics(settings)
     stored: list[PipelineRun] = []
     for index, (run_id, faults) in enumerate(runs.items()):
-        events = generate_run(run_id, world_size=WORLD_SIZE, steps=STEPS, faults=faults, seed=index, team="nlp")
+        events = generate_run(
+            run_id, world_size=WORLD_SIZE, steps=STEPS, faults=faults, seed=index, team="nlp", lora=run_id in lora
+        )
         stored.append(PipelineRun(run_id, events, replay(events)))
     store_path = tmp / "store"
     dsn = f"chdb://{store_path}"

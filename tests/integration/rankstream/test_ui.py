@@ -37,7 +37,7 @@ RESOLVED_RGB = [255, 127, 14]
 @pytest.fixture(scope="module")
 def store(kafka_broker: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipelineStore]:
     runs = {FAULTY: list(FAULTS), HEALTHY: []}
-    with pipeline_store(kafka_broker, tmp_path_factory.mktemp("ui"), runs) as filled:
+    with pipeline_store(kafka_broker, tmp_path_factory.mktemp("ui"), runs, lora=frozenset({HEALTHY})) as filled:
         yield filled
 
 
@@ -184,6 +184,10 @@ def test_compare_page_overlays_runs_on_one_step_axis(ui: UIServer, chromium: Any
             assert page.js(f"rankstream.charts['{metric}'].points") == STEPS
         assert page.js("document.querySelectorAll('canvas').length") >= 3
         page.screenshot(tmp_path, "ui-compare")
+        # The LoRA run's grad norm chart splits the adapter's from the backbone's.
+        page.open(f"{ui.url}/run?run={HEALTHY}")
+        assert page.js("rankstream.charts.grad_norm.series") == ["grad_norm", "grad_norm_adapter", "grad_norm_backbone"]
+        assert page.js("rankstream.charts.grad_norm.points") == STEPS
         assert page.problems() == []
 
 
