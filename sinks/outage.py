@@ -2,9 +2,11 @@
 
 While a call fails, the consumer's partitions are paused and polled now and
 then, so the sink stays in its group without reading more (memory stays bounded).
-A rebalance during the wait hands out partitions unpaused: whatever a keep-alive
-poll returns then is not kept but rewound (``seek``) and paused again, so an
-outage that spans rebalances never buffers more than before it began. A refusal
+A rebalance during the wait hands out partitions unpaused: the rebalance listener
+pauses them at once (:meth:`Retrier.keep_paused`, before anything is fetched), and
+whatever a keep-alive poll still returns is not kept but rewound (``seek``) and
+paused again, so an outage that spans rebalances never buffers more than before
+it began. A refusal
 of the rows themselves (:class:`~rankstream.sinks.rejections.Rejected`) is not
 an outage and is raised at once.
 """
@@ -42,7 +44,43 @@ class Retrier:
         self.consumer: Any = None
         self.stop = threading.Event()
         self._on_outage = on_outage
+        self.waiting = False  # consumption is paused for a failing call
         self.rewound = 0  # messages a keep-alive poll returned and left for later (tests, logs)
+        self._to_rewind: set[Any] = set()
+
+    def rewind_after_poll(self, partitions: Any) -> None:
+        """Have ``partitions`` read again from their committed offsets once the current poll returns.
+
+        kafka-python 3 keeps the position of a partition that stays assigned across
+        a rebalance, so the messages of a batch dropped on the rebalance would be
+        skipped. Called from the rebalance callback, where committed offsets cannot
+        be fetched: :meth:`rewound_after_poll` does it.
+        """
+        self._to_rewind.update(partitions)
+
+    def rewound_after_poll(self) -> bool:
+        """Seek the partitions asked for to their committed offsets (the beginning when none, as
+        ``auto_offset_reset``); True when done: the records that poll returned must be dropped."""
+        if not self._to_rewind or self.consumer is None:
+            return False
+        consumer, asked, self._to_rewind = self.consumer, self._to_rewind, set()
+        partitions = asked & set(consumer.assignment())
+        for tp in partitions:
+            committed = consumer.committed(tp)
+            if committed is None:
+                consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, committed)
+        log.info("sink: %d partition(s) rewound to their committed offsets after a dropped batch", len(partitions))
+        return True
+
+    def keep_paused(self, assigned: Any) -> None:
+        """Pause the partitions a rebalance assigns while consumption is paused for the store (none is fetched)."""
+        if self.waiting and assigned and self.consumer is not None:
+            self.consumer.pause(*assigned)
+            log.info(
+                "sink: %d partition(s) assigned while waiting for the store; paused until it is back", len(assigned)
+            )
 
     def with_store(self, fn: Callable[[], T], what: str, *, paused: bool = True, deadline: float | None = None) -> T:
         """Call ``fn`` until it succeeds; while it fails, consumption is paused and retried with backoff."""
@@ -71,9 +109,13 @@ class Retrier:
                         "consumption paused, " if pause and self.consumer is not None else "",
                     )
                     if pause:
+                        self.waiting = True
                         self._pause(True)
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
+                    if pause:  # the caller gives up (a rebalance, shutdown): consumption is not left paused
+                        self.waiting = False
+                        self._pause(False)
                     raise Stopped() from exc
                 if self.stop.is_set() and deadline is None:
                     deadline = now + SHUTDOWN_GRACE_S
@@ -89,6 +131,7 @@ class Retrier:
             return
         log.info("sink: %s available again after %.1f s; resuming", what, time.monotonic() - failing_since)
         if pause:
+            self.waiting = False
             self._pause(False)
 
     def _pause(self, paused: bool) -> None:
@@ -114,6 +157,8 @@ class Retrier:
             if left <= 0:
                 return
             records = self.consumer.poll(timeout_ms=int(min(left, 0.5) * 1000))
+            if self.rewound_after_poll():
+                continue
             if records:  # only right after a rebalance reset the pause
                 self._rewind(records)
 
@@ -128,3 +173,5 @@ class Retrier:
             self.consumer.seek(tp, batch[0].offset)
             self.rewound += len(batch)
         self._pause(True)
+        count = sum(map(len, records.values()))
+        log.info("sink: %d message(s) of a new assignment left in Kafka until the store is back", count)

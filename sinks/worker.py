@@ -75,7 +75,8 @@ class SinkStats:
     max_held_rows: int = 0  # that plus the batch being inserted (the bound: two batches)
     restamped_runs: int = 0  # runs whose rows stored without a team got it (rankstream.sinks.teams)
     team_corrected: int = 0  # run_start events that claimed another team than RANKSTREAM_TEAM (corrected)
-    restamped_rows: int = 0
+    polls: int = 0  # rounds of the consumer loop (a test waits for one to pass)
+    dropped_batches: int = 0  # batches dropped on a rebalance, to be read again
     committed: dict[str, int] = field(default_factory=dict)
 
 
@@ -120,8 +121,8 @@ class SinkWorker:
         self._inserter: ThreadPoolExecutor | None = None
         self._consumer: Any = None
         self._producer: Any = None
-        self._retrier = Retrier(self._count_outage)
-        self._stop = self._retrier.stop
+        self.retrier = Retrier(self._count_outage)
+        self._stop = self.retrier.stop
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -132,13 +133,13 @@ class SinkWorker:
         it first to serve an embedded store's HTTP interface before consuming.
         """
         if stop_event is not None:
-            self._stop = self._retrier.stop = stop_event
+            self._stop = self.retrier.stop = stop_event
         if self.writer.client is None:
             try:
-                self.writer.client = self._retrier.with_store(
+                self.writer.client = self.retrier.with_store(
                     lambda: open_for_writing(self.dsn.raw), "open", paused=False
                 )
-                self._retrier.with_store(self.writer.adopt_stored_teamless, "team-less runs", paused=False)
+                self.retrier.with_store(self.writer.adopt_stored_teamless, "team-less runs", paused=False)
             except Stopped:
                 log.info("sink: stopped while waiting for the store; uncommitted messages will be re-read")
                 return False
@@ -151,7 +152,7 @@ class SinkWorker:
                 return
             from rankstream.sinks.worker_rebalance import make_consumer
 
-            self._consumer = self._retrier.consumer = make_consumer(self)
+            self._consumer = self.retrier.consumer = make_consumer(self)
             self.ready.set()
             log.info(
                 "sink: consuming %s, %s, %s into %s (group %s)",
@@ -174,7 +175,7 @@ class SinkWorker:
         if self._inserter is not None:
             self._inserter.shutdown(wait=True, cancel_futures=True)  # an insert in flight is left to finish
             self._inserter = None
-        consumer, self._consumer, self._retrier.consumer = self._consumer, None, None
+        consumer, self._consumer, self.retrier.consumer = self._consumer, None, None
         if consumer is not None:
             try:
                 consumer.close(autocommit=False)
@@ -208,11 +209,10 @@ class SinkWorker:
                 self._restamp_teams()
             # While an insert runs, poll briefly so its offsets are committed soon after it lands.
             records = consumer.poll(timeout_ms=100 if self._inflight is None else 10)
-            for tp, batch in records.items():
-                for record in batch:
-                    self._accept(tp.topic, record)
-                    if self._pending.rows >= self.batch_rows:  # memory bound: one batch plus one message
-                        self._flush()
+            self.stats.polls += 1
+            if self.retrier.rewound_after_poll():  # records of a rebalance that dropped a batch: read again
+                records = {}
+            self._take(records)
             pending = self._pending
             if pending.ranges and (
                 pending.rows >= self.batch_rows
@@ -230,8 +230,25 @@ class SinkWorker:
             "store), at most %d rows buffered (plus the batch being inserted: %d rows held at most), %d message(s) "
             "left in Kafka by outage waits, %d run(s) re-stamped with their team",
             *(stats.batches, stats.rows_written, stats.dlq, stats.rejected, stats.max_buffered_rows),
-            *(stats.max_held_rows, self._retrier.rewound, stats.restamped_runs),
+            *(stats.max_held_rows, self.retrier.rewound, stats.restamped_runs),
         )
+
+    def _take(self, records: dict[Any, list[Any]]) -> None:
+        """Accept polled records, flushing each full batch; stop when a rebalance dropped a batch meanwhile
+        (the rest of this poll is read again from the committed offsets, see :mod:`.worker_rebalance`)."""
+        dropped = self.stats.dropped_batches
+        for tp, batch in records.items():
+            for record in batch:
+                self._accept(tp.topic, record)
+                if self._pending.rows >= self.batch_rows:  # memory bound: one batch plus one message
+                    self._flush()
+                    if self.stats.dropped_batches != dropped:
+                        return
+
+    @property
+    def buffered_rows(self) -> int:
+        """Rows of the batch being filled (not yet handed to the insert thread)."""
+        return self._pending.rows
 
     def _caught_up(self, pending: PendingBatch) -> bool:
         """True when ``pending`` ends at the last known high watermark of every partition it holds."""
@@ -295,11 +312,10 @@ class SinkWorker:
         self._flushing = True
         try:
             self._finish_inflight(deadline)
-            runs, rows = self._retrier.with_store(self.writer.restamp, "team re-stamp", deadline=deadline)
+            runs = self.retrier.with_store(self.writer.restamp, "team re-stamp", deadline=deadline)
         finally:
             self._flushing = False
         self.stats.restamped_runs += runs
-        self.stats.restamped_rows += rows
 
     def _handover(self, deadline: float | None, wait: bool) -> None:
         pending = self._pending
@@ -315,7 +331,7 @@ class SinkWorker:
         unknown = writer.unknown_runs(pending.items)
         if unknown:
             self._finish_inflight(deadline)  # one store call at a time (an HTTP session serves one query)
-            self._retrier.with_store(lambda: writer.resolve_runs(unknown), "run lookup", deadline=deadline)
+            self.retrier.with_store(lambda: writer.resolve_runs(unknown), "run lookup", deadline=deadline)
         batch = writer.build(pending.items)  # while the previous batch is being inserted
         self._finish_inflight(deadline)
         if self._inserter is None:
@@ -340,7 +356,7 @@ class SinkWorker:
                 return self.writer.insert(job.batch, job.token)
 
             try:
-                self._retrier.with_store(attempt, "insert", deadline=deadline)
+                self.retrier.with_store(attempt, "insert", deadline=deadline)
             except Rejected as exc:
                 written = self._insert_around_refused(job, exc.reason, deadline)
             if job.pending.dlq:
@@ -359,7 +375,7 @@ class SinkWorker:
         """
         items = job.pending.items
         stored, refused = self.writer.insert_around_refused(
-            items, job.token, lambda insert: self._retrier.with_store(insert, "insert", deadline=deadline)
+            items, job.token, lambda insert: self.retrier.with_store(insert, "insert", deadline=deadline)
         )
         job.pending.refuse(refused)
         self.stats.rejected += len(refused)
@@ -373,8 +389,9 @@ class SinkWorker:
         return stored
 
     def discard_pending(self) -> None:
-        """Forget the uncommitted batch (after a rebalance its messages are re-read from the committed offsets)."""
+        """Forget the uncommitted batch (after the rebalance its messages are re-read from the committed offsets)."""
         self._pending = PendingBatch()
+        self.stats.dropped_batches += 1
 
     def flush_once(self) -> bool:
         """One insert attempt without retries (used while partitions are being revoked)."""
@@ -403,7 +420,7 @@ class SinkWorker:
             for future in futures:
                 future.get(timeout=30)
 
-        self._retrier.retry(send, "dead-letter topic", deadline)
+        self.retrier.retry(send, "dead-letter topic", deadline)
         log.info("sink: %d invalid message(s) sent to %s", len(messages), self.settings.topics.dlq)
 
     def _commit(self, ranges: dict[tuple[str, int], tuple[int, int]]) -> None:

@@ -1,8 +1,9 @@
 """The sink's consumer: its settings, a flush before partitions go away, and rejoining a group that forgot us.
 
-kafka-python rebalances eagerly: every partition is revoked and the positions
-of the new assignment start from the committed offsets, so a batch that cannot
-be flushed in time is simply dropped and read again, never lost.
+kafka-python rebalances eagerly (every partition is revoked), but keeps the
+position of a partition that stays assigned: when a batch cannot be flushed in
+time it is dropped, and the new assignment is rewound to the committed offsets,
+so its messages are read again, never skipped.
 """
 
 from __future__ import annotations
@@ -25,13 +26,18 @@ MAX_REJOINS = 3
 class RevokeListener(ConsumerRebalanceListener):
     def __init__(self, worker: SinkWorker) -> None:
         self.worker = worker
+        self.reread = False  # a batch was dropped: rewind the next assignment
 
     def on_partitions_revoked(self, revoked: Any) -> None:
-        if revoked:
-            self.worker.flush_once()
+        if revoked and not self.worker.flush_once():
+            self.reread = True
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("sink: assigned %d partition(s)", len(assigned))
+        if self.reread:
+            self.reread = False
+            self.worker.retrier.rewind_after_poll(assigned)
+        self.worker.retrier.keep_paused(assigned)
 
 
 def make_consumer(worker: SinkWorker) -> Any:

@@ -83,6 +83,14 @@ def generate_run(run_id: str, world_size: int, steps: int, team: str, t0: float 
     return events
 
 
+def runs_on_partition(prefix: str, partition: int, n: int = 1, partitions: int = 3) -> list[str]:
+    """``n`` run_ids that the producer's default partitioner (murmur2 of the key) puts on ``partition``."""
+    from kafka.partitioner.default import murmur2
+
+    found = [f"{prefix}-{i}" for i in range(100 * n * partitions)]
+    return [r for r in found if (murmur2(r.encode()) & 0x7FFFFFFF) % partitions == partition][:n]
+
+
 def expected_counts(events: list[dict]) -> dict[str, int]:
     return {
         "events": len(events),
@@ -245,6 +253,11 @@ os.environ.setdefault(users.ENV_PASSWORD, secrets.token_urlsafe(16))
 
 def http_client(host: str, port: int) -> Any:
     return clickhouse_connect.get_client(host=host, port=port, password=os.environ[users.ENV_PASSWORD])
+
+
+def server_dsn(port: int) -> str:
+    """The DSN a sink writes a stand-in store server (:func:`start_store`) through, as its admin."""
+    return f"http://default:{os.environ[users.ENV_PASSWORD]}@127.0.0.1:{port}"
 
 
 def count(client: Any, table: str, where: str = "") -> int:

@@ -27,6 +27,8 @@ from tests.integration.sinks.support import (
     http_client,
     produce_events,
     read_topic,
+    runs_on_partition,
+    server_dsn,
     start_store,
     stored_counts,
     wait_until,
@@ -95,7 +97,7 @@ def test_store_outage_pauses_then_recovers_without_loss(kafka: Settings, tmp_pat
         client = wait_until(lambda: http_client("127.0.0.1", port), "the store server", 60)
         batch_rows = 1000
         sink = SinkProcess(
-            kafka, f"http://127.0.0.1:{port}", tmp_path / "sink.log", "--batch-rows", str(batch_rows),
+            kafka, server_dsn(port), tmp_path / "sink.log", "--batch-rows", str(batch_rows),
             "--batch-seconds", "0.2",
         ).start()  # fmt: skip
         before = generate_run("outage-a", 4, 100, team="nlp")
@@ -122,6 +124,64 @@ def test_store_outage_pauses_then_recovers_without_loss(kafka: Settings, tmp_pat
     finally:
         if sink is not None:
             sink.stop()
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+def _held(log: str) -> tuple[int, int, int]:
+    """(rows buffered, rows held with the batch being inserted, messages left in Kafka) from a sink's last line."""
+    match = re.search(r"at most (\d+) rows buffered .*?: (\d+) rows held at most\), (\d+) message\(s\) left", log)
+    assert match, log[-3000:]
+    buffered, held, rewound = map(int, match.groups())
+    return buffered, held, rewound
+
+
+def test_store_outage_spanning_a_rebalance_keeps_the_buffer_within_two_batches(kafka: Settings, tmp_path: Path) -> None:
+    """Two sinks of one group; the store goes down, one sink dies, the other takes over every partition
+    (unpaused by the rebalance) while still waiting for the store: it must not read the backlog into memory."""
+    port = free_port()
+    store_path = tmp_path / "server-store"
+    server = start_store(store_path, port, tmp_path / "store.log")
+    dsn, batch_rows = server_dsn(port), 1000
+    args = ("--batch-rows", str(batch_rows), "--batch-seconds", "0.2")
+    survivor = SinkProcess(kafka, dsn, tmp_path / "a.log", *args).start()
+    victim = SinkProcess(kafka, dsn, tmp_path / "b.log", *args)
+    try:
+        client = wait_until(lambda: http_client("127.0.0.1", port), "the store server", 60)
+        survivor.wait_log("assigned 9 partition(s)")
+        victim.start().wait_log("assigned")
+        wait_until(lambda: re.search(r"assigned [1-9]\d* partition", victim.log()), "the victim's partitions")
+        before = [e for i in range(3) for e in generate_run(f"span-{i}", 2, 20, team="nlp", t0=1.75e9 + i * 1e4)]
+        produce_events(kafka, before)
+        wait_until(lambda: stored_counts(client) == expected_counts(before), "rows before the outage")
+        client.close()
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0
+        # A backlog of many batches on every partition, for both sinks.
+        backlog = [run_id for p in range(3) for run_id in runs_on_partition("backlog", p, n=3)]
+        after = [e for i, r in enumerate(backlog) for e in generate_run(r, 4, 150, team="nlp", t0=1.7501e9 + i * 1e4)]
+        produce_events(kafka, after)
+        survivor.wait_log("unavailable")
+        victim.wait_log("unavailable")
+        victim.stop(signal.SIGKILL)
+        # The group gives the dead sink's partitions to the survivor (session timeout), unpaused, while it
+        # keeps waiting for the store.
+        survivor.wait_log("9 partition(s) assigned while waiting for the store", timeout_s=90)
+        assert survivor.proc is not None and survivor.proc.poll() is None
+        server = start_store(store_path, port, tmp_path / "store.log")
+        client = wait_until(lambda: http_client("127.0.0.1", port), "the store server again", 60)
+        wait_until(lambda: stored_counts(client) == expected_counts(before + after), "all rows after the outage", 120)
+        _assert_complete(client, before + after, survivor.log_path, victim.log_path)
+        client.close()
+        assert survivor.stop() == 0
+        log = survivor.log()
+        buffered, held, _ = _held(log)
+        assert buffered < batch_rows + 10 and held < 2 * (batch_rows + 10), log[-3000:]
+        assert "rewound to their committed offsets" in log  # the batch dropped on the rebalance was read again
+    finally:
+        for sink in (survivor, victim):
+            if sink.proc is not None:
+                sink.stop(signal.SIGKILL)
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
 

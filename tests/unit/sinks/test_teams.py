@@ -55,7 +55,7 @@ class _Store:
     def command(self, sql: str, parameters: dict[str, Any], settings: dict[str, Any]) -> Any:
         assert settings == {"insert_deduplicate": 0}
         self.restamped.append({"sql": sql, **parameters})
-        return SimpleNamespace(written_rows=len(parameters["ids"]))
+        return SimpleNamespace(written_rows=0)
 
 
 def _runs_row(run_id: str, team: str, updated_at: int = 5) -> dict[str, Any]:
@@ -76,7 +76,7 @@ def test_rows_of_a_run_whose_team_is_unknown_are_followed_and_re_stamped_once_it
     assert teams_of_steps == [""] and "r" in w.teamless and "known" not in w.teamless
     w.build([_event("r", 0, 0, "run_start", team="vision"), _event("r", 0, 1)])
     assert w.restamp_due(force=True)
-    assert w.restamp() == (1, len(RESTAMP_TABLES))  # the fake store reports one row per table
+    assert w.restamp() == 1
     assert {tuple(c["ids"]) for c in store.restamped} == {("r",)}
     assert {tuple(c["teams"]) for c in store.restamped} == {("vision",)}
     assert len(store.restamped) == len(RESTAMP_TABLES) and store.restamped[0]["sql"].startswith(
@@ -96,14 +96,14 @@ def test_another_sinks_run_start_is_found_in_the_store_with_a_doubling_interval(
     assert not w.restamp_due(force=True)  # the first lookup waits FIRST_LOOKUP_S
     now[0] += teams.FIRST_LOOKUP_S
     assert w.restamp_due(force=True)
-    assert w.restamp() == (0, 0) and store.queries == 1  # not in the store yet: nothing re-stamped
+    assert w.restamp() == 0 and store.queries == 1  # not in the store yet: nothing re-stamped
     now[0] += teams.FIRST_LOOKUP_S
     assert not w.restamp_due(force=True)  # next lookup after twice the interval
     now[0] += teams.FIRST_LOOKUP_S
     store.runs["r"] = _runs_row("r", "", updated_at=9)  # its latest row has no team (a run_end of a third sink)
     store.teams["r"] = "vision"  # but its run_start's row has
     assert w.restamp_due(force=True)
-    assert w.restamp() == (1, len(RESTAMP_TABLES))
+    assert w.restamp() == 1
     assert w.runs.team("r") == "vision" and store.restamped[0]["teams"] == ["vision"]
     w.build([_step("r", 1)])
     assert not w.teamless  # later rows get the team at once
@@ -184,3 +184,24 @@ def test_an_outage_wait_leaves_the_records_a_rebalance_brings_in_kafka_and_pause
     assert consumer.paused_at_poll[:2] == [True, True]  # paused again right after the rebalance's poll
     assert consumer.paused == set()  # resumed once the store answered
     assert outages == [1] and calls[0] >= 2
+
+
+def test_partitions_a_rebalance_assigns_during_an_outage_are_paused_before_anything_is_fetched() -> None:
+    retrier = Retrier(lambda: None)
+    consumer = _Consumer()
+    retrier.consumer = consumer
+    retrier.keep_paused({consumer.tp})
+    assert consumer.paused == set()  # no outage: a new assignment is consumed as usual
+    seen: list[bool] = []
+
+    def insert() -> str:
+        if not seen:
+            seen.append(retrier.waiting)
+            raise ConnectionError("store down")
+        consumer.paused.clear()  # a rebalance hands the partition out again, unpaused ...
+        retrier.keep_paused({consumer.tp})  # ... and the listener pauses it at once
+        seen.append(consumer.tp in consumer.paused)
+        return "stored"
+
+    assert retrier.with_store(insert, "insert") == "stored"
+    assert seen == [False, True] and not retrier.waiting and consumer.paused == set()
