@@ -111,7 +111,10 @@ def serve_cmd(
     except OSError as exc:
         fail(f"cannot serve {store}: {exc}", EXIT_SERVICE)
     except Exception as exc:  # chDB refuses a directory another process has open
-        fail(f"cannot serve {store}: {str(exc).strip().splitlines()[0][:300]}", EXIT_SERVICE)
+        text = str(exc).strip()
+        if "lock" in text.lower() or "EmbeddedServer" in text:
+            fail(f"store {store} is in use by another process (a sink or another server owns it)", EXIT_SERVICE)
+        fail(f"cannot serve {store}: {text.splitlines()[0][:300] if text else type(exc).__name__}", EXIT_SERVICE)
 
 
 @store_app.command("rbac")

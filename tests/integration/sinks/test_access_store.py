@@ -258,3 +258,19 @@ def test_removed_user_is_refused_at_once(store: Store) -> None:
     assert client.query("SELECT count() FROM rankstream.runs").result_rows == [(0,)]
     subprocess.run([RANKSTREAM, "store", "user", "remove", name, "--path", str(store.path)], check=True, timeout=60)
     _refused(client, "SELECT 1", 516)
+
+
+def test_user_list_never_shows_passwords(store: Store) -> None:
+    out = subprocess.run(
+        [RANKSTREAM, "store", "user", "list", "--path", str(store.path)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert "default\tadmin" in out.stdout and "a_ro\tteam a (read-only)" in out.stdout
+    assert store.team_a[1] not in out.stdout and ADMIN_PASSWORD not in out.stdout
+    again = subprocess.run(
+        [RANKSTREAM, "store", "serve", "--path", str(store.path), "--port", "0"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert again.returncode == 3  # the stand-in server owns the store (it writes no port file)
+    why = f"rankstream: error: store {store.path} is in use by another process (a sink or another server owns it)"
+    assert again.stderr.strip().splitlines()[-1] == why
