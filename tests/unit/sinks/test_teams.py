@@ -205,3 +205,35 @@ def test_partitions_a_rebalance_assigns_during_an_outage_are_paused_before_anyth
 
     assert retrier.with_store(insert, "insert") == "stored"
     assert seen == [False, True] and not retrier.waiting and consumer.paused == set()
+
+
+class _RewindConsumer:
+    """Positions kept across a rebalance (kafka-python 3); committed offsets per partition."""
+
+    def __init__(self) -> None:
+        self.committed_offsets: dict[Any, int | None] = {("e", 0): 120, ("e", 1): None}
+        self.positions: dict[Any, int | str] = {("e", 0): 400, ("e", 1): 50, ("e", 2): 70}
+
+    def assignment(self) -> set[Any]:
+        return {("e", 0), ("e", 1)}
+
+    def committed(self, tp: Any) -> int | None:
+        return self.committed_offsets[tp]
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.positions[tp] = offset
+
+    def seek_to_beginning(self, tp: Any) -> None:
+        self.positions[tp] = "beginning"
+
+
+def test_after_a_dropped_batch_the_new_assignment_is_read_again_from_the_committed_offsets() -> None:
+    retrier = Retrier(lambda: None)
+    consumer = _RewindConsumer()
+    retrier.consumer = consumer
+    assert not retrier.rewound_after_poll()  # nothing asked: the poll's records are kept
+    retrier.rewind_after_poll([("e", 0), ("e", 1), ("e", 2)])  # from the rebalance callback
+    assert consumer.positions[("e", 0)] == 400  # not inside the callback
+    assert retrier.rewound_after_poll()  # after the poll: drop its records, positions go back
+    assert consumer.positions == {("e", 0): 120, ("e", 1): "beginning", ("e", 2): 70}  # e/2 is no longer ours
+    assert not retrier.rewound_after_poll()
