@@ -105,11 +105,13 @@ class _Conn:
         except QueryError as exc:  # the engine's own message, without the wrapper query
             raise QueryError(str(exc).split(". : In scope SELECT formatQuerySingleLine(")[0] + ".", exc.code) from None
 
-    def inspector(self) -> policy.Inspect:
-        """How :func:`policy.check` reads a statement on this handle: the engine's own parser."""
+    def inspector(self, params: dict[str, str] | None = None) -> policy.Inspect:
+        """How :func:`policy.check` reads a statement on this handle: the engine's own parser.
+
+        ``params``: the request's bind parameters (``{name:Type}`` in the query must be set to explain it)."""
         return policy.Inspect(
             format_query=self._format_query,
-            explain_ast=lambda sql: self._text(f"EXPLAIN AST {sql}"),
+            explain_ast=lambda sql: self._text(f"EXPLAIN AST {sql}", params),
             databases=lambda: set(self._text("SELECT name FROM system.databases").split()),
         )
 
@@ -233,7 +235,7 @@ class StoreHttpServer:
                 if readonly:
                     raise policy.readonly_error(who)
                 return b"", None, self._insert(conn, req)
-            policy.check(who, readonly, req.sql, conn.inspector())
+            policy.check(who, readonly, req.sql, conn.inspector(req.bind))
             result = conn._run(req.sql, fmt or "TabSeparated", req.bind)
             body = result.bytes() or b""
             summary = _summary(result)

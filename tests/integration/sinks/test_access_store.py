@@ -184,6 +184,16 @@ def test_a_team_user_sees_only_its_rows(store: Store) -> None:
         assert team.query(f"SELECT count() FROM {table}").result_rows == [(1,)]  # unqualified: rankstream
     other = _client(store, store.team_b)
     assert other.query("SELECT DISTINCT team FROM rankstream.metrics").result_rows == [("b",)]
+    # server-side bind parameters (clickhouse-connect's default binding) work for team users, filtered too
+    bound = "SELECT team, run_id FROM rankstream.runs FINAL WHERE run_id IN ({a:String}, {b:String})"
+    assert team.query(bound, parameters={"a": "run-a", "b": "run-b"}).result_rows == [("a", "run-a")]
+    refused = "SELECT * FROM file({path:String})"
+    try:
+        team.query(refused, parameters={"path": "/etc/passwd"})
+    except Exception as exc:  # the check still sees the table function once the parameters are set
+        assert "Code: 497" in str(exc), exc
+    else:
+        raise AssertionError("a team user read a host file through a bound parameter")
 
 
 AROUND_THE_FILTER = [
