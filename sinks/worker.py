@@ -89,6 +89,7 @@ class _InFlight:
     token: str
     batch: Batch
     future: Future[int]
+    started: float = field(default_factory=time.monotonic)
 
 
 class SinkWorker:
@@ -112,6 +113,7 @@ class SinkWorker:
         self.group_id = group_id or f"{settings.topic_prefix}.sink"
         self.max_poll_records = max_poll_records
         self.stats = SinkStats()
+        self.on_stored: Any = None  # called with each stored batch's seconds (rankstream.sinks.prom)
         self._events_topic, self._steps_topic = settings.topics.events, settings.topics.steps
         self.ready = threading.Event()  # set while consuming
         self.writer = BatchWriter()
@@ -367,6 +369,8 @@ class SinkWorker:
         self.stats.batches += 1
         self.stats.rows_written += written
         self.stats.dlq += len(job.pending.dlq)
+        if self.on_stored is not None:  # /metrics: the batch's insert-to-commit latency
+            self.on_stored(time.monotonic() - job.started)
 
     def _insert_around_refused(self, job: _InFlight, reason: str, deadline: float | None) -> int:
         """Store the batch in halves around the messages the store refuses; queue those for the DLQ.

@@ -43,6 +43,11 @@ def sink(
     batch_seconds: Annotated[float, typer.Option(min=0.01, help="Flush after this many seconds")] = 1.0,
     group: Annotated[str | None, typer.Option(help="Consumer group [default <prefix>.sink]")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging")] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve Prometheus /metrics on this port (0: any free port, printed) [default off]"),
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address /metrics binds to")] = "127.0.0.1",
 ) -> None:
     """Consume the contract topics into ClickHouse/chDB until SIGTERM/SIGINT (then flush, commit, exit 0)."""
     from kafka.errors import KafkaError
@@ -69,11 +74,25 @@ def sink(
     signal.signal(signal.SIGINT, _on_signal)
     try:
         worker = SinkWorker(settings, batch_rows=batch_rows, batch_seconds=batch_seconds, group_id=group)
+        if metrics_port is not None:
+            _serve_metrics(worker, metrics_port, metrics_host)
         _run(worker, settings.http_port, stop)
     except StoreError as exc:
         fail(str(exc), EXIT_CONFIG)
     except KafkaError as exc:
         fail(f"kafka at {settings.bootstrap_servers} unavailable: {exc}", EXIT_SERVICE)
+
+
+def _serve_metrics(worker: SinkWorker, port: int, host: str) -> None:
+    from rankstream.sinks.prom import SinkMetrics
+
+    metrics = SinkMetrics(worker)
+    worker.on_stored = metrics.insert_latency.observe
+    try:
+        served = metrics.serve(port, host)
+    except OSError as exc:
+        fail(f"cannot serve /metrics on {host}:{port}: {exc.strerror or exc}", EXIT_CONFIG)
+    log.info("sink: metrics at http://%s:%d/metrics", host, served)
 
 
 def _run(worker: SinkWorker, http_port: int, stop: threading.Event) -> None:
