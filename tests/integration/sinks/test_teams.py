@@ -60,6 +60,11 @@ def _expected_teams(runs: dict[str, tuple[str, list[dict]]]) -> dict[tuple[str, 
     return out
 
 
+def _found_in_store(log: str) -> int:
+    """Runs whose team a sink's re-stamps found in the store's runs table (not in its own run_start)."""
+    return sum(int(n) for n in re.findall(r"re-stamped .* \((\d+) found in the store\)", log))
+
+
 def _steps(run_id: str, world: int) -> list[dict]:
     return [step_record(run_id, s, world) for s in range(STEPS)]
 
@@ -130,11 +135,11 @@ def test_two_sinks_of_one_group_stamp_rows_whose_run_start_the_other_sink_stored
         wait_until(lambda: _teams(client) == want, "every row of every run with its team, counts exact", 90)
         for run_id, (team, _) in runs.items():
             assert count(client, "steps", f"WHERE run_id = '{run_id}' AND team = '{team}'") == STEPS
+        # A never sees the run_start of the runs B consumes: it learns their team from the store's runs table
+        # (B, which found A's team-less steps in the store when it started, may have re-stamped them first).
+        wait_until(lambda: _found_in_store(first.log()) >= 1, "A finding a team in the store", 30)
     finally:
         client.close()
         assert first.stop() == 0
         if second.proc is not None:
             assert second.stop() == 0
-    # A wrote the team-less steps and re-stamps them, the teams of the runs whose run_start B stored from the store
-    from_store = [int(n) for n in re.findall(r"re-stamped .* \((\d+) found in the store\)", first.log())]
-    assert sum(from_store) >= 1, first.log()[-3000:]
