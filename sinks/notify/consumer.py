@@ -29,6 +29,7 @@ class _Rebalance(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("notify: assigned %d partition(s)", len(assigned))
+        self.notifier.rewind_after_poll(assigned)
 
 
 def make_consumer(notifier: Notifier) -> Any:

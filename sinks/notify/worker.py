@@ -90,6 +90,8 @@ class Notifier:
         self._offsets = Offsets()
         self._consumer: Any = None
         self._producer: Any = None
+        #: Partitions (re)assigned by a rebalance, to be read again from their committed offsets.
+        self._to_rewind: set[Any] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -143,6 +145,9 @@ class Notifier:
         nxt = self._outbox.next_due()
         timeout_ms = POLL_MS if nxt is None else int(max(0.0, min(POLL_MS / 1000, nxt - now)) * 1000)
         records = self._consumer.poll(timeout_ms=timeout_ms)
+        if self._to_rewind:  # a rebalance happened in that poll: its records may start past what is committed
+            self._rewind()
+            records = {}
         now = time.time()
         for batch in records.values():
             for record in batch:
@@ -182,8 +187,25 @@ class Notifier:
             self._attempt(delivery, last_chance=True)
         self._commit()
 
+    def rewind_after_poll(self, assigned: Any) -> None:
+        """A rebalance assigned ``assigned``: read them again from their committed offsets once the poll returns.
+
+        kafka-python 3 keeps the position of a partition that stays assigned across a rebalance, so
+        alerts left undelivered (uncommitted) at the revocation would otherwise be skipped. The
+        committed offsets cannot be fetched inside the rebalance callback: :meth:`step` does it."""
+        self._to_rewind.update(assigned)
+
+    def _rewind(self) -> None:
+        consumer, asked, self._to_rewind = self._consumer, self._to_rewind, set()
+        for tp in asked & set(consumer.assignment()):
+            committed = consumer.committed(tp)
+            if committed is None:
+                consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, committed)
+
     def forget_uncommitted(self) -> None:
-        """After partitions were revoked: positions restart from the committed offsets, queues start empty."""
+        """After partitions were revoked: queues start empty; what they held is read again (rewind_after_poll)."""
         for delivery in self._outbox.everything():
             for alert, _ in delivery.items:
                 self._seen.forget(delivery.receiver.name, alert)

@@ -194,3 +194,32 @@ def test_a_resolve_in_the_same_batch_closes_the_alert_that_fired() -> None:
     assert len(posted) == 2 and posted[0]["labels"] == posted[1]["labels"]
     assert posted[1]["labels"]["run_name"] == "llama-sft" and "team" not in posted[1]["labels"]
     assert posted[1]["startsAt"] == posted[0]["startsAt"] and posted[1]["endsAt"] < posted[0]["endsAt"]
+
+
+class RebalancingConsumer(FakeConsumer):
+    """kafka-python 3 keeps a partition's position across a rebalance; the notifier must seek back itself."""
+
+    def __init__(self, records: list[Record], committed: int) -> None:
+        super().__init__(records)
+        self.committed_offset = committed
+        self.seeks: list[tuple[Any, int]] = []
+
+    def assignment(self) -> set[Any]:
+        return {(TOPIC, 0)}
+
+    def committed(self, tp: Any) -> int:
+        return self.committed_offset
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+
+def test_a_rebalance_rewinds_to_the_committed_offsets_and_drops_that_polls_records() -> None:
+    delivered: list[Any] = []
+    n, _, _ = notifier(AM_CONFIG, lambda r: delivered.append(r) or httpx.Response(200), [])
+    consumer = RebalancingConsumer(records(alert_record(step=5)), committed=3)
+    n._consumer = consumer
+    n.rewind_after_poll({(TOPIC, 0)})  # what the rebalance listener does inside a poll
+    n.step()
+    assert consumer.seeks == [((TOPIC, 0), 3)]  # read again from what was committed, not from the kept position
+    assert delivered == [] and n.stats.messages == 0  # the records of that poll are read again after the seek
