@@ -149,9 +149,9 @@ class RunBoard:
         view.firing[alert_id] = (rule, str(alert.get("severity", "")), ranks)
         if not view.team and isinstance(alert.get("team"), str):
             view.team = alert["team"]
-        score = (alert.get("evidence") or {}).get("score")
-        if rule == "straggler" and isinstance(score, int | float) and len(ranks) == 1:
-            view.straggler_score[ranks[0]] = 1.0 + float(score)
+        score = (alert.get("evidence") or {}).get("score")  # the straggler rule's score: median / own time
+        if rule == "straggler" and isinstance(score, int | float) and score > 0 and len(ranks) == 1:
+            view.straggler_score[ranks[0]] = 1.0 / float(score)
             self._bound_ranks(view)
 
     def _bound_ranks(self, view: RunView) -> None:

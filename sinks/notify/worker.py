@@ -96,10 +96,11 @@ class Notifier:
     # ------------------------------------------------------------------ lifecycle
 
     def run(self, stop: threading.Event) -> None:
-        from rankstream.sinks.notify.consumer import make_consumer
+        from rankstream.sinks.notify.consumer import RejoinWatch, make_consumer
 
         try:
             self._consumer = make_consumer(self)
+            rejoin = RejoinWatch()
             self.ready.set()
             log.info(
                 "notify: consuming %s (group %s) for %d receiver(s): %s",
@@ -110,6 +111,7 @@ class Notifier:
             )
             while not stop.is_set():
                 self.step()
+                rejoin.check(self._consumer, self)
             self.flush_all()
             log.info(
                 "notify: stopped after %d alert message(s): %s delivered, %d duplicate(s), %d dead-lettered",
