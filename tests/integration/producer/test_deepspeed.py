@@ -1,6 +1,7 @@
 """DeepSpeed ZeRO 1-3 on CPU (``DS_ACCELERATOR=cpu``, gloo, 2 ranks): the stream's grad norms are the model's.
 
-Skipped where ``deepspeed`` is not installed (it is not a dependency of the project). Each rank
+``deepspeed`` is in the dev extras (``make setup`` installs it; the ops are not built, the CPU
+accelerator needs none). Each rank
 encodes its events with the producer's encoder (run_start with the topology found on the engine,
 steps with ``deepspeed_norm`` and, under ZeRO-3, ``deepspeed_parts``); the core aligns them. Rank 0
 trains an unsharded copy on both ranks' batches: the aligned norms must equal its (rel <= 1e-5).
@@ -22,8 +23,6 @@ import torch.multiprocessing as mp
 
 from rankstream.schema import decode_event
 from rankstream.stream_jobs.core import Engine
-
-pytest.importorskip("deepspeed")
 
 pytestmark = pytest.mark.timeout(300)
 
