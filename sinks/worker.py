@@ -200,12 +200,16 @@ class SinkWorker:
     # ------------------------------------------------------------------ main loop
 
     def _loop(self) -> None:
-        from rankstream.sinks.worker_rebalance import RejoinWatch
+        from rankstream.sinks.rejoin import RejoinWatch
+        from rankstream.sinks.worker_rebalance import UNASSIGNED_REJOIN_S, subscribe
 
         consumer = self._consumer
-        rejoin = RejoinWatch()
+        topics = self.topics()
+        rejoin = RejoinWatch(
+            topics, lambda: subscribe(consumer, topics, self), first_wait_s=UNASSIGNED_REJOIN_S, log=log, who="sink"
+        )
         while not self._stop.is_set():
-            rejoin.check(consumer, self.topics(), self)
+            rejoin.check(consumer)
             self._settle()
             if self.writer.restamp_due():
                 self._restamp_teams()

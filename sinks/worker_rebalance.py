@@ -9,7 +9,6 @@ so its messages are read again, never skipped.
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 from kafka import ConsumerRebalanceListener
@@ -19,8 +18,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rankstream.sink")
 
-UNASSIGNED_REJOIN_S = 10.0  # see RejoinWatch
-MAX_REJOINS = 3
+#: Seconds a sink waits without partitions before re-subscribing (rankstream.sinks.rejoin).
+UNASSIGNED_REJOIN_S = 10.0
 
 
 class RevokeListener(ConsumerRebalanceListener):
@@ -71,36 +70,3 @@ def make_consumer(worker: SinkWorker) -> Any:
 def subscribe(consumer: Any, topics: tuple[str, ...], worker: SinkWorker) -> None:
     """Subscribe ``consumer`` to ``topics`` with ``worker``'s rebalance listener."""
     consumer.subscribe(list(topics), listener=RevokeListener(worker))
-
-
-class RejoinWatch:
-    """Re-subscribe when the group gave this sink no partition for a while although the topics have some.
-
-    kafka-python 3 can join with metadata that lacks just-created topics, get an
-    empty assignment and never rejoin (seen in CI: minutes of silence). A sink
-    that is idle on purpose (more sinks than partitions) stops trying after a few attempts.
-    """
-
-    def __init__(self) -> None:
-        self.rejoins = 0
-        self.unassigned_since: float | None = None
-
-    def check(self, consumer: Any, topics: tuple[str, ...], worker: SinkWorker) -> None:
-        """Called between polls: rejoin when unassigned for long enough (the wait doubles each time)."""
-        if consumer.assignment():
-            self.rejoins = 0
-            self.unassigned_since = None
-            return
-        now = time.monotonic()
-        if self.unassigned_since is None:
-            self.unassigned_since = now
-            return
-        wait = UNASSIGNED_REJOIN_S * 2**self.rejoins
-        if self.rejoins >= MAX_REJOINS or now - self.unassigned_since < wait:
-            return
-        if any(consumer.partitions_for_topic(t) for t in topics):
-            self.rejoins += 1
-            log.warning("sink: no partitions assigned for %.0fs although the topics exist; rejoining", wait)
-            consumer.unsubscribe()
-            subscribe(consumer, topics, worker)
-        self.unassigned_since = now

@@ -8,7 +8,6 @@ delivered is read again by whoever gets the partition.
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 from kafka import ConsumerRebalanceListener
@@ -33,42 +32,22 @@ class _Rebalance(ConsumerRebalanceListener):
         self.notifier.rewind_after_poll(assigned)
 
 
-#: Seconds without any partition (the topic has some) before re-subscribing; doubles each time, 3 times at most.
+#: Seconds a notifier waits without partitions before re-subscribing (rankstream.sinks.rejoin).
 UNASSIGNED_REJOIN_S = 5.0
-MAX_REJOINS = 3
 
 
-class RejoinWatch:
-    """Re-subscribe when the group gave this notifier no partition for a while although the topic has some.
+def rejoin_watch(consumer: Any, notifier: Notifier) -> Any:
+    """The notifier's :class:`~rankstream.sinks.rejoin.RejoinWatch` (same subscription as :func:`make_consumer`)."""
+    from rankstream.sinks.rejoin import RejoinWatch
 
-    kafka-python 3 can take an empty assignment (a just-created topic missing from its metadata, or a
-    previous member of the group still being timed out) and not rejoin by itself: the sink's
-    ``worker_rebalance.RejoinWatch`` found it first. A notifier idle on purpose (more notifiers than
-    partitions) stops trying after a few attempts.
-    """
-
-    def __init__(self) -> None:
-        self.rejoins = 0
-        self.unassigned_since: float | None = None
-
-    def check(self, consumer: Any, notifier: Notifier) -> None:
-        if consumer.assignment():
-            self.rejoins, self.unassigned_since = 0, None
-            return
-        now = time.monotonic()
-        if self.unassigned_since is None:
-            self.unassigned_since = now
-            return
-        wait = UNASSIGNED_REJOIN_S * 2**self.rejoins
-        if self.rejoins >= MAX_REJOINS or now - self.unassigned_since < wait:
-            return
-        topic = notifier.settings.topics.alerts
-        if consumer.partitions_for_topic(topic):
-            self.rejoins += 1
-            log.warning("notify: no partitions assigned for %.0fs although %s has some; rejoining", wait, topic)
-            consumer.unsubscribe()
-            consumer.subscribe([topic], listener=_Rebalance(notifier))
-        self.unassigned_since = now
+    topic = notifier.settings.topics.alerts
+    return RejoinWatch(
+        [topic],
+        lambda: consumer.subscribe([topic], listener=_Rebalance(notifier)),
+        first_wait_s=UNASSIGNED_REJOIN_S,
+        log=log,
+        who="notify",
+    )
 
 
 def make_consumer(notifier: Notifier) -> Any:

@@ -96,11 +96,11 @@ class Notifier:
     # ------------------------------------------------------------------ lifecycle
 
     def run(self, stop: threading.Event) -> None:
-        from rankstream.sinks.notify.consumer import RejoinWatch, make_consumer
+        from rankstream.sinks.notify.consumer import make_consumer, rejoin_watch
 
         try:
             self._consumer = make_consumer(self)
-            rejoin = RejoinWatch()
+            rejoin = rejoin_watch(self._consumer, self)
             self.ready.set()
             log.info(
                 "notify: consuming %s (group %s) for %d receiver(s): %s",
@@ -111,7 +111,7 @@ class Notifier:
             )
             while not stop.is_set():
                 self.step()
-                rejoin.check(self._consumer, self)
+                rejoin.check(self._consumer)
             self.flush_all()
             log.info(
                 "notify: stopped after %d alert message(s): %s delivered, %d duplicate(s), %d dead-lettered",

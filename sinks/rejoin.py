@@ -1,0 +1,61 @@
+"""Re-subscribe a kafka-python consumer that the group left without partitions although its topics have some.
+
+kafka-python 3 can take an empty assignment (a just-created topic missing from its metadata, or a
+previous member of the group still being timed out) and never rejoin by itself: seen in CI as minutes
+of silence from the sink, and from a notifier started right after another one of its group stopped.
+A consumer idle on purpose (more members than partitions) stops trying after a few attempts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+MAX_REJOINS = 3
+
+
+class RejoinWatch:
+    """Called between polls: re-subscribe when unassigned for ``first_wait_s`` (the wait doubles each time)."""
+
+    def __init__(
+        self,
+        topics: Sequence[str],
+        resubscribe: Callable[[], None],
+        *,
+        first_wait_s: float,
+        log: logging.Logger,
+        who: str,
+    ) -> None:
+        self._topics = list(topics)
+        self._resubscribe = resubscribe
+        self._first_wait_s = first_wait_s
+        self._log = log
+        self._who = who
+        self.rejoins = 0
+        self.unassigned_since: float | None = None
+
+    def check(self, consumer: Any) -> None:
+        if consumer.assignment():
+            self.rejoins = 0
+            self.unassigned_since = None
+            return
+        now = time.monotonic()
+        if self.unassigned_since is None:
+            self.unassigned_since = now
+            return
+        wait = self._first_wait_s * 2**self.rejoins
+        if self.rejoins >= MAX_REJOINS or now - self.unassigned_since < wait:
+            return
+        if any(consumer.partitions_for_topic(t) for t in self._topics):
+            self.rejoins += 1
+            self._log.warning(
+                "%s: no partitions assigned for %.0fs although the topics exist; rejoining", self._who, wait
+            )
+            consumer.unsubscribe()
+            self._resubscribe()
+        self.unassigned_since = now
+
+
+__all__ = ["MAX_REJOINS", "RejoinWatch"]
