@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from rankstream.errors import one_line
 from rankstream.sinks.rejections import Rejected
+from rankstream.sinks.rejoin import rewind_to_committed
 
 log = logging.getLogger("rankstream.sink")
 
@@ -63,15 +64,9 @@ class Retrier:
         ``auto_offset_reset``); True when done: the records that poll returned must be dropped."""
         if not self._to_rewind or self.consumer is None:
             return False
-        consumer, asked, self._to_rewind = self.consumer, self._to_rewind, set()
-        partitions = asked & set(consumer.assignment())
-        for tp in partitions:
-            committed = consumer.committed(tp)
-            if committed is None:
-                consumer.seek_to_beginning(tp)
-            else:
-                consumer.seek(tp, committed)
-        log.info("sink: %d partition(s) rewound to their committed offsets after a dropped batch", len(partitions))
+        asked, self._to_rewind = self._to_rewind, set()
+        rewound = rewind_to_committed(self.consumer, asked)
+        log.info("sink: %d partition(s) rewound to their committed offsets after a dropped batch", rewound)
         return True
 
     def keep_paused(self, assigned: Any) -> None:

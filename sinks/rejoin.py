@@ -1,4 +1,8 @@
-"""Re-subscribe a kafka-python consumer that the group left without partitions although its topics have some.
+"""Two kafka-python group quirks the sink and the notifier both work around.
+
+Re-subscribe a consumer that the group left without partitions although its topics have some
+(:class:`RejoinWatch`), and read a partition kept across a rebalance again from its committed
+offset (:func:`rewind_to_committed`).
 
 kafka-python 3 can take an empty assignment (a just-created topic missing from its metadata, or a
 previous member of the group still being timed out) and never rejoin by itself: seen in CI as minutes
@@ -58,4 +62,19 @@ class RejoinWatch:
         self.unassigned_since = now
 
 
-__all__ = ["MAX_REJOINS", "RejoinWatch"]
+def rewind_to_committed(consumer: Any, partitions: set[Any]) -> int:
+    """Seek those of ``partitions`` still assigned to their committed offsets (the beginning when none,
+    as ``auto_offset_reset``); returns how many. kafka-python 3 keeps the position of a partition that
+    stays assigned across a rebalance, so what was read but not committed before it would be skipped.
+    Not callable inside the rebalance callback (committed offsets cannot be fetched there)."""
+    kept = partitions & set(consumer.assignment())
+    for tp in kept:
+        committed = consumer.committed(tp)
+        if committed is None:
+            consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek(tp, committed)
+    return len(kept)
+
+
+__all__ = ["MAX_REJOINS", "RejoinWatch", "rewind_to_committed"]

@@ -198,13 +198,10 @@ class Notifier:
         self._to_rewind.update(assigned)
 
     def _rewind(self) -> None:
-        consumer, asked, self._to_rewind = self._consumer, self._to_rewind, set()
-        for tp in asked & set(consumer.assignment()):
-            committed = consumer.committed(tp)
-            if committed is None:
-                consumer.seek_to_beginning(tp)
-            else:
-                consumer.seek(tp, committed)
+        from rankstream.sinks.rejoin import rewind_to_committed
+
+        asked, self._to_rewind = self._to_rewind, set()
+        rewind_to_committed(self._consumer, asked)
 
     def forget_uncommitted(self) -> None:
         """After partitions were revoked: queues start empty; what they held is read again (rewind_after_poll)."""
