@@ -14,8 +14,8 @@ from pathlib import Path
 from kafka import KafkaConsumer, KafkaProducer
 
 from rankstream.config import Settings
-from rankstream.schema import dumps, loads, validate_event
-from rankstream.stream_jobs.core import Engine, Output
+from rankstream.schema import dumps, loads
+from tests.corekit import replay  # noqa: F401  (re-exported: the integration tests import it from here)
 
 
 def produce(settings: Settings, messages: Iterable[dict | bytes], key: bytes | None = None) -> int:
@@ -31,14 +31,6 @@ def produce(settings: Settings, messages: Iterable[dict | bytes], key: bytes | N
     producer.flush(60)
     producer.close()
     return count
-
-
-def replay(events: Iterable[dict]) -> Output:
-    """What `rankstream replay` computes for the same events (the expected output)."""
-    engine = Engine()
-    out = engine.process_many(validate_event(e) for e in events)
-    out.extend(engine.finish())
-    return out
 
 
 class WorkerProcess:

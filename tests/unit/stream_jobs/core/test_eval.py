@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 from rankstream.dev.synthetic import Fault, generate_run
 from rankstream.schema import dumps, loads, validate_event
 from rankstream.stream_jobs.core import Engine, Output
+from tests.corekit import replay, reseq
 
 WORLD = 2
-
-
-def replay(events: list[dict]) -> Output:
-    engine = Engine()
-    out = engine.process_many(validate_event(e) for e in events)
-    out.extend(engine.finish())
-    return out
-
-
-def reseq(events: list[dict]) -> list[dict]:
-    seq: Counter[int] = Counter()
-    for e in events:
-        e["seq"] = seq[e["rank"]]
-        seq[e["rank"]] += 1
-    return events
 
 
 def with_evals(events: list[dict], eval_losses: dict[int, float]) -> list[dict]:

@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 from rankstream.dev.synthetic import Fault, generate_run
-from rankstream.schema import validate_event
-from rankstream.stream_jobs.core import Engine, Output
+from rankstream.stream_jobs.core import Output
+from tests.corekit import replay, reseq
 
 WORLD = 2
-
-
-def replay(events: list[dict]) -> Output:
-    engine = Engine()
-    out = engine.process_many(validate_event(e) for e in events)
-    out.extend(engine.finish())
-    return out
-
-
-def reseq(events: list[dict]) -> list[dict]:
-    seq: Counter[int] = Counter()
-    for e in events:
-        e["seq"] = seq[e["rank"]]
-        seq[e["rank"]] += 1
-    return events
 
 
 def subsample(events: list[dict], cadence: int) -> list[dict]:

@@ -5,15 +5,8 @@ from __future__ import annotations
 from rankstream.dev.synthetic import Fault, generate_run
 from rankstream.schema import validate_event
 from rankstream.stream_jobs.core import Engine, RulesConfig
-from rankstream.stream_jobs.core.engine import Output
 from rankstream.stream_jobs.core.resolve import QUIET_STEPS, RESOLVING_RULES
-
-
-def _replay(events: list[dict]) -> Output:
-    engine = Engine()
-    out = engine.process_many(validate_event(e) for e in events)
-    out.extend(engine.finish())
-    return out
+from tests.corekit import replay
 
 
 def _without_run_end(events: list[dict]) -> list[dict]:
@@ -22,7 +15,7 @@ def _without_run_end(events: list[dict]) -> list[dict]:
 
 def test_a_straggler_that_recovers_is_resolved_once_its_cooldown_passed_quietly() -> None:
     events = generate_run("s", 8, 400, faults=[Fault("straggler", step=60, rank=3, duration=30)], seed=1)
-    out = _replay(_without_run_end(events))
+    out = replay(_without_run_end(events))
     fired = [a for a in out.alerts if a["rule"] == "straggler"]
     assert fired and all(a["ranks"] == [3] for a in fired)
     resolved = [r for r in out.resolved if r["rule"] == "straggler"]
@@ -38,7 +31,7 @@ def test_a_rank_that_comes_back_resolves_rank_silent() -> None:
     events = generate_run("b", 4, 400, seed=2, step_time_s=0.5)
     # rank 1 sends nothing for 200 steps (100 s) in the middle, then comes back
     gap = [e for e in events if not (e["rank"] == 1 and 100 <= e["step"] < 300)]
-    out = _replay(_without_run_end(gap))
+    out = replay(_without_run_end(gap))
     [silent] = [a for a in out.alerts if a["rule"] == "rank_silent"]
     assert silent["ranks"] == [1]
     [back] = [r for r in out.resolved if r["alert_id"] == silent["alert_id"]]
@@ -47,7 +40,7 @@ def test_a_rank_that_comes_back_resolves_rank_silent() -> None:
 
 def test_the_run_ending_resolves_what_is_still_open() -> None:
     events = generate_run("e", 4, 120, faults=[Fault("straggler", step=80, rank=2, duration=40)], seed=3)
-    out = _replay(events)  # the straggler lasts to the last step; every rank then sends run_end
+    out = replay(events)  # the straggler lasts to the last step; every rank then sends run_end
     fired = {a["alert_id"] for a in out.alerts if a["rule"] == "straggler"}
     ended = [r for r in out.resolved if r["evidence"]["why"] == "the run ended"]
     assert fired and {r["alert_id"] for r in ended} == fired
@@ -55,7 +48,7 @@ def test_the_run_ending_resolves_what_is_still_open() -> None:
 
 def test_event_rules_never_resolve_and_every_resolution_has_a_firing_alert() -> None:
     faults = [Fault("loss_spike", step=100), Fault("plateau", step=250), Fault("nan_grad", step=160)]
-    out = _replay(generate_run("p", 4, 600, faults=faults, seed=4))
+    out = replay(generate_run("p", 4, 600, faults=faults, seed=4))
     fired = {a["alert_id"]: a for a in out.alerts}
     assert {a["rule"] for a in out.alerts} >= {"loss_spike", "nonfinite_grad", "loss_plateau"}
     for r in out.resolved:
