@@ -12,10 +12,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from rankstream.metrics_http import serve_metrics
 from rankstream.stream_jobs.run_board import RunBoard, RunView
 
 _RUN_LABELS = ["run_id", "run_name", "team"]
@@ -109,8 +110,7 @@ class WorkerMetrics:
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Serve ``/metrics`` on ``host:port`` (port 0: any free one); returns the port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        return int(server.server_address[1])
+        return serve_metrics(self.registry, port, host)
 
 
 def worker_health(pipeline: Any, publisher: Any) -> PipelineHealth:
