@@ -18,12 +18,14 @@ from rankstream.errors import ConfigError
 from rankstream.topics import DEFAULT_PREFIX, Topics
 
 ENV_PREFIX = "RANKSTREAM_"
+#: ``RANKSTREAM_TEAM`` value of a shared worker / sink / notifier serving every team's topics.
+ALL_TEAMS = "*"
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
-__all__ = ["ConfigError", "Settings"]
+__all__ = ["ALL_TEAMS", "ConfigError", "Settings"]
 
 
 def _default_state_dir() -> Path:
@@ -59,6 +61,8 @@ class Settings:
     http_port: int = 8123
     #: The team whose topics this process serves (per-team topic prefixes with Kafka ACLs, docs/access.md):
     #: the stream worker and the sink take every run's team from it, not from what run_start's meta claims.
+    #: ``*`` (ALL_TEAMS): one shared service for every team's ``<prefix>.<team>.*`` topics, each record's team
+    #: taken from the topic it came through.
     team: str = ""
 
     def __post_init__(self) -> None:
@@ -75,8 +79,10 @@ class Settings:
             raise ConfigError(f"RANKSTREAM_TOPIC_PREFIX={self.topic_prefix!r}: must be a non-empty Kafka name")
         if self.partitions < 1:
             raise ConfigError("RANKSTREAM_PARTITIONS must be >= 1")
-        if self.team and not all(c.isalnum() or c in "_-" for c in self.team):
-            raise ConfigError(f"RANKSTREAM_TEAM={self.team!r}: letters, digits, '_' and '-' only")
+        if self.team and self.team != ALL_TEAMS and not all(c.isalnum() or c in "_-" for c in self.team):
+            raise ConfigError(
+                f"RANKSTREAM_TEAM={self.team!r}: letters, digits, '_' and '-' only, or '*' for every team's topics"
+            )
 
     # ------------------------------------------------------------------ loading
 
@@ -107,6 +113,16 @@ class Settings:
     @property
     def topics(self) -> Topics:
         return Topics(self.topic_prefix)
+
+    @property
+    def all_teams(self) -> bool:
+        """One shared service for every team's topics (``RANKSTREAM_TEAM=*``)."""
+        return self.team == ALL_TEAMS
+
+    @property
+    def fixed_team(self) -> str:
+        """The one team every run of this process belongs to; "" when none is fixed (no team topics, or ``*``)."""
+        return "" if self.team == ALL_TEAMS else self.team
 
     @property
     def controller_port(self) -> int:

@@ -12,6 +12,7 @@ production commands (:func:`render_commands` prints them).
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 from collections.abc import Iterable
@@ -54,6 +55,33 @@ def claim_team(event: dict[str, Any], team: str) -> str | None:
 def team_topics(prefix: str, team: str) -> Topics:
     """The contract topics of ``team``: ``<prefix>.<team>.events`` ..."""
     return Topics(f"{prefix}.{team}")
+
+
+#: The topic kinds of a team (``<prefix>.<team>.<kind>``), as named by :class:`~rankstream.topics.Topics`.
+TOPIC_KINDS = ("events", "steps", "alerts", "dlq")
+
+
+def team_topic_pattern(prefix: str, kinds: Iterable[str] = TOPIC_KINDS) -> str:
+    """A regular expression matching every team's topics of ``kinds`` under ``prefix`` (shared services
+    subscribe with it: ``RANKSTREAM_TEAM=*``); group ``team`` is the team. The prefix's own topics
+    (``<prefix>.events``) do not match: a team name is one dot-free segment."""
+    kinds = list(kinds)
+    unknown = [k for k in kinds if k not in TOPIC_KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"topic kinds {unknown or kinds}: expected some of {', '.join(TOPIC_KINDS)}")
+    return rf"^{re.escape(prefix)}\.(?P<team>[A-Za-z0-9_-]{{1,64}})\.(?P<kind>{'|'.join(kinds)})$"
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+@functools.lru_cache(maxsize=65536)
+def team_of_topic(prefix: str, topic: str) -> tuple[str, str] | None:
+    """``(team, kind)`` of a team topic ``<prefix>.<team>.<kind>``; None for any other topic."""
+    match = _compiled(team_topic_pattern(prefix)).match(topic)
+    return (match["team"], match["kind"]) if match else None
 
 
 @dataclass(frozen=True)

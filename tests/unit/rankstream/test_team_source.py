@@ -71,3 +71,29 @@ def test_sink_rows_carry_the_topics_team() -> None:
     starts = [item for kind, item in batch.items if kind == "event" and item["kind"] == "run_start"]
     assert starts and all(e["meta"]["team"] == "b" for e in starts)
     assert batch.team_corrected == sum(1 for e in events if e["kind"] == "run_start" and e["meta"].get("team"))
+
+
+def test_all_teams_setting() -> None:
+    shared = Settings(team="*")
+    assert shared.all_teams and shared.fixed_team == ""
+    one = Settings(team="vision")
+    assert not one.all_teams and one.fixed_team == "vision"
+    assert Settings().fixed_team == "" and not Settings().all_teams
+
+
+def test_team_of_topic_names_only_team_topics() -> None:
+    from rankstream.kafka_access import team_of_topic, team_topic_pattern
+
+    assert team_of_topic("rankstream", "rankstream.vision.events") == ("vision", "events")
+    assert team_of_topic("rankstream", "rankstream.nlp-2.alerts") == ("nlp-2", "alerts")
+    assert team_of_topic("rankstream", "rankstream.events") is None  # the prefix's own topics
+    assert team_of_topic("rankstream", "rankstream.a.b.events") is None  # a team is one segment
+    assert team_of_topic("rankstream", "rankstreamXa.events") is None  # the prefix's dot is literal
+    assert team_of_topic("rankstream", "rankstream.a.stream-state") is None
+    assert team_of_topic("rank.stream", "rank.stream.a.steps") == ("a", "steps")
+    import re
+
+    events_only = re.compile(team_topic_pattern("rankstream", ["events"]))
+    assert events_only.match("rankstream.a.events") and not events_only.match("rankstream.a.steps")
+    with pytest.raises(ValueError, match="topic kinds"):
+        team_topic_pattern("rankstream", ["stream-state"])
