@@ -52,7 +52,15 @@ class EventBuilder:
             meta={"run_name": run_name or run_id, "team": team, "project": "", "task_type": "", "model_name": ""},
         )
 
-    def add(self, kind: str, step: int, ts: float, metrics: dict[str, float], meta: dict | None = None) -> None:
+    def add(
+        self,
+        kind: str,
+        step: int,
+        ts: float,
+        metrics: dict[str, float],
+        meta: dict | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
         ev: dict[str, Any] = {
             "v": 1,
             "kind": kind,
@@ -65,7 +73,7 @@ class EventBuilder:
             "ts": ts,
             "seq": self.seq,
             "metrics": {k: encode_metric(v) for k, v in metrics.items()},
-            "tags": {"source": self.result.source},
+            "tags": {"source": self.result.source, **(tags or {})},
         }
         if meta:
             ev["meta"] = meta

@@ -112,16 +112,21 @@ class _Reading:
     runtime: float | None = None
     end_elapsed: float = 0.0
     errors: list[str] = field(default_factory=list)
+    #: Which end lines the log holds: the train() summary, the final state line (written in a ``finally:``).
+    summary_seen: bool = False
+    state_seen: bool = False
 
 
 def _read_end(obj: Mapping[str, Any], kind: EntryKind, reading: _Reading) -> None:
     """The summary and final state lines: their numbers go on ``run_end``."""
     if kind == "summary":
+        reading.summary_seen = True
         reading.end_metrics.update(map_metrics(obj, eval_line=True))
         runtime = to_number(obj.get("train_runtime"))
         if runtime is not None and math.isfinite(runtime) and runtime > 0:
             reading.runtime = runtime
     else:
+        reading.state_seen = True
         best = to_number(obj.get("best_metric"))
         if best is not None:
             reading.end_metrics["best_metric"] = best
@@ -229,5 +234,20 @@ def build_events(
             last_step = e.step
     if not reading.logged and reading.end_step is not None:
         last_step = reading.end_step
-    b.add("run_end", last_step, max(last_ts, start_ts + run_seconds) + 1.0, reading.end_metrics)
+    b.add("run_end", last_step, max(last_ts, start_ts + run_seconds) + 1.0, reading.end_metrics, tags=end_tags(reading))
     return b.result
+
+
+def end_tags(reading: _Reading) -> dict[str, str]:
+    """How the logged run ended, as the live producer's run_end says it (``status``, ``reason``).
+
+    The trainer's summary (``train_runtime``) is logged only when ``train()`` returns: ``finished``.
+    ms-swift writes its final state line in a ``finally:``, so a state line without a summary is a run
+    that raised: ``failed``. Neither: the process was killed (OOM killer, SIGKILL, node loss), or the log is
+    a checkpoint's / a run still writing: ``unknown``, never ``finished``.
+    """
+    if reading.summary_seen:
+        return {"status": "finished", "reason": "normal"}
+    if reading.state_seen:
+        return {"status": "failed", "reason": "no_train_summary"}
+    return {"status": "unknown", "reason": "log_ends_without_summary"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -192,3 +193,25 @@ def test_final_state_line_alone_reads_its_log_history() -> None:
     assert [k for k in _kinds(result) if k[0] == "step"] == [("step", 5), ("step", 10), ("step", 15), ("step", 20)]
     assert result.events[-1]["metrics"]["train_runtime"] == 128.0
     assert result.events[-1]["metrics"]["mem_peak_mb"] == 17.41 * 1024  # the final line's "memory" (GiB)
+
+
+def _end_tags(result: ImportResult) -> tuple[str, str]:
+    end = result.events[-1]
+    assert end["kind"] == "run_end"
+    return end["tags"]["status"], end["tags"]["reason"]
+
+
+def test_a_log_says_how_its_run_ended() -> None:
+    """Only a log with the trainer's summary is a finished run; a killed run's log is never 'finished'."""
+    assert _end_tags(_swift("swift_finished/logging.jsonl")) == ("finished", "normal")
+    assert _end_tags(_swift("swift_crashed/logging.jsonl")) == ("unknown", "log_ends_without_summary")
+    finished = (FIXTURES / "swift_finished/logging.jsonl").read_text().splitlines()
+    summary = [i for i, line in enumerate(finished) if "train_runtime" in json.loads(line)]
+    assert summary, "the finished fixture has the train() summary line"
+    raised = "\n".join(line for i, line in enumerate(finished) if i not in summary)  # the finally: line stays
+    result = import_swift_jsonl(io.BytesIO(raised.encode()), run_id="r", end_ts=END)
+    assert _end_tags(result) == ("failed", "no_train_summary")
+    state = json.loads((FIXTURES / "hf_trainer_state/trainer_state.json").read_text())  # a checkpoint's state
+    assert _end_tags(import_hf_trainer_state(state, run_id="r", end_ts=END))[0] == "unknown"
+    state["log_history"].append({"train_runtime": 128.0, "train_loss": 1.9875, "epoch": 1.0, "step": 20})
+    assert _end_tags(import_hf_trainer_state(state, run_id="r", end_ts=END))[0] == "finished"
