@@ -43,14 +43,17 @@ class EventBuilder:
     def __init__(self, run_id: str, source: str, start_ts: float, run_name: str, team: str) -> None:
         self.run_id = run_id
         self.seq = 0
+        self.inc = "launch-1"  # every launch an incarnation of its own (see relaunch)
         self.result = ImportResult(source=source)
-        self.add(
-            "run_start",
-            0,
-            start_ts,
-            {},
-            meta={"run_name": run_name or run_id, "team": team, "project": "", "task_type": "", "model_name": ""},
-        )
+        self._meta = {"run_name": run_name or run_id, "team": team, "project": "", "task_type": "", "model_name": ""}
+        self.add("run_start", 0, start_ts, {}, meta=self._meta)
+
+    def relaunch(self, launch: int, ts: float) -> None:
+        """A later launch of the run in the same log: a new incarnation (``inc``, ``seq`` from 0 again) opened
+        with its own ``run_start``, as a relaunched live job is (DESIGN "Runs that span launches")."""
+        self.inc = f"launch-{launch + 1}"
+        self.seq = 0
+        self.add("run_start", 0, ts, {}, meta=dict(self._meta))
 
     def add(
         self,
@@ -72,6 +75,7 @@ class EventBuilder:
             "step": step,
             "ts": ts,
             "seq": self.seq,
+            "inc": self.inc,
             "metrics": {k: encode_metric(v) for k, v in metrics.items()},
             "tags": {"source": self.result.source, **(tags or {})},
         }

@@ -100,6 +100,7 @@ class _Logged:
     step: int
     seconds: float
     metrics: dict[str, float]
+    launch: int = 0  # 0 for the first launch; a relaunch appended to the same file restarts the elapsed clock
 
 
 @dataclass
@@ -166,12 +167,14 @@ def read_entries(entries: Sequence[tuple[str, Any]], *, require_step: bool) -> _
         if final > 0:
             sec_per_step = reading.runtime / final
     offset = previous_elapsed = seconds = 0.0
+    launch = 0
     for where, kind, obj, step, elapsed in pending:
         if step is None:
             step = last_step if kind == "eval" else last_step + 1
         if elapsed is not None:
             if elapsed < previous_elapsed - 1.0:  # a new launch appended to the same file: its clock restarts
                 offset += previous_elapsed
+                launch += 1
             previous_elapsed = elapsed
             seconds = offset + elapsed
         elif not timed:
@@ -182,7 +185,7 @@ def read_entries(entries: Sequence[tuple[str, Any]], *, require_step: bool) -> _
         if not metrics:
             reading.errors.append(f"{where}: no numeric metrics")
             continue
-        reading.logged.append(_Logged("eval" if kind == "eval" else "step", step, seconds, metrics))
+        reading.logged.append(_Logged("eval" if kind == "eval" else "step", step, seconds, metrics, launch))
         if kind == "train":
             last_step = step
     _drop_constant_unit_loss_scale(reading.logged)
@@ -226,8 +229,12 @@ def build_events(
     b.result.errors.extend(reading.errors)
     last_step = 0
     last_ts = start_ts
+    launch = 0
     for e in reading.logged:
         ts = start_ts + e.seconds
+        if e.launch != launch:
+            launch = e.launch
+            b.relaunch(launch, ts)
         b.add(e.kind, e.step, ts, e.metrics)
         last_ts = max(last_ts, ts)
         if e.kind == "step":

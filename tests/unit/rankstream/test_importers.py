@@ -145,3 +145,28 @@ def test_nothing_importable_is_one_error() -> None:
             require_logged(result, "f.jsonl")
         assert str(info.value).startswith("nothing to import from f.jsonl: ") and "\n" not in str(info.value)
         assert info.value.exit_code == 1
+
+
+def test_a_relaunch_appended_to_the_same_log_is_a_new_incarnation() -> None:
+    """A resumed launch repeats steps from its checkpoint: its own inc and seq, so nothing is deduplicated away."""
+    lines = [
+        json.dumps({"loss": 3.0 - s / 10, "global_step/max_steps": f"{s}/8", "elapsed_time": f"{e}s"})
+        for s, e in ((1, 10), (2, 20), (3, 30), (2, 5), (3, 15), (4, 25))  # resumed from the step-1 checkpoint
+    ]
+    events = [validate_event(e) for e in import_swift_jsonl(lines, run_id="s", end_ts=1000.0).events]
+    starts = [e for e in events if e["kind"] == "run_start"]
+    assert [s["inc"] for s in starts] == ["launch-1", "launch-2"]
+    by_inc: dict[str, list[tuple[int, int]]] = {}
+    for e in events:
+        if e["kind"] == "step":
+            by_inc.setdefault(e["inc"], []).append((e["seq"], e["step"]))
+    assert by_inc == {"launch-1": [(1, 1), (2, 2), (3, 3)], "launch-2": [(1, 2), (2, 3), (3, 4)]}
+    keys = {(e["rank"], e["inc"], e["seq"]) for e in events}
+    assert len(keys) == len(events)  # the store's dedup key keeps every event
+    engine = Engine()
+    out = engine.process_many(events)
+    out.extend(engine.finish())
+    steps = [(s["step"], s.get("restart", 0), s["metrics"]["loss"]["mean"]) for s in out.steps]
+    # both attempts of steps 2 and 3 are aligned and kept (the resumed one as restart 1), none dropped as late
+    assert steps == [(1, 0, 2.9), (2, 0, 2.8), (3, 0, 2.7), (2, 1, 2.8), (3, 1, 2.7), (4, 1, 2.6)]
+    assert engine.stats["late_events"] == 0 and engine.stats["restarts"] == 1
