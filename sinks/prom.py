@@ -27,6 +27,8 @@ _COUNTERS = {
     "rejected": "messages the store refused for their data",
     "outages": "store or Kafka outages waited out",
     "restamped_runs": "runs whose rows stored without a team got it",
+    "team_corrected": "run_start events whose meta claimed another team than their topic's (corrected)",
+    "foreign_runs": "messages of a run_id another team owns, sent to their own team's dead-letter topic",
     "dropped_batches": "batches dropped on a rebalance, to be read again",
 }
 

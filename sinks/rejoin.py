@@ -13,6 +13,7 @@ A consumer idle on purpose (more members than partitions) stops trying after a f
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,7 +22,11 @@ MAX_REJOINS = 3
 
 
 class RejoinWatch:
-    """Called between polls: re-subscribe when unassigned for ``first_wait_s`` (the wait doubles each time)."""
+    """Called between polls: re-subscribe when unassigned for ``first_wait_s`` (the wait doubles each time).
+
+    ``pattern``: the consumer subscribes with this regular expression (``topics`` unused); the
+    topics checked for partitions are the broker's topics it matches (one metadata request per check).
+    """
 
     def __init__(
         self,
@@ -31,8 +36,10 @@ class RejoinWatch:
         first_wait_s: float,
         log: logging.Logger,
         who: str,
+        pattern: str | None = None,
     ) -> None:
         self._topics = list(topics)
+        self._pattern = re.compile(pattern) if pattern else None
         self._resubscribe = resubscribe
         self._first_wait_s = first_wait_s
         self._log = log
@@ -52,7 +59,7 @@ class RejoinWatch:
         wait = self._first_wait_s * 2**self.rejoins
         if self.rejoins >= MAX_REJOINS or now - self.unassigned_since < wait:
             return
-        if any(consumer.partitions_for_topic(t) for t in self._topics):
+        if any(consumer.partitions_for_topic(t) for t in self._candidates(consumer)):
             self.rejoins += 1
             self._log.warning(
                 "%s: no partitions assigned for %.0fs although the topics exist; rejoining", self._who, wait
@@ -60,6 +67,11 @@ class RejoinWatch:
             consumer.unsubscribe()
             self._resubscribe()
         self.unassigned_since = now
+
+    def _candidates(self, consumer: Any) -> list[str]:
+        if self._pattern is None:
+            return self._topics
+        return sorted(t for t in consumer.topics() if self._pattern.match(t))
 
 
 def rewind_to_committed(consumer: Any, partitions: set[Any]) -> int:

@@ -39,6 +39,7 @@ FIRST_LOOKUP_S = 1.0  # first store lookup of a team-less run; the interval doub
 MAX_LOOKUP_S = 60.0
 GIVE_UP_S = 3600.0  # a run whose run_start never shows up (or has no team) is not followed longer
 MAX_TRACKED = 10_000
+_RUN_COLUMNS = column_names("runs")
 
 
 def restamp_sql(table: str) -> str:
@@ -73,6 +74,50 @@ def lookup_teams(client: Any, run_ids: list[str]) -> dict[str, str]:
     result = client.query(
         f"SELECT run_id, argMax(team, updated_at) FROM {DATABASE}.runs "
         "WHERE run_id IN {ids:Array(String)} AND team != '' GROUP BY run_id",
+        parameters={"ids": run_ids},
+    )
+    return {run_id: team for run_id, team in result.result_rows}
+
+
+def lookup_runs(client: Any, run_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Latest ``runs`` rows for ``run_ids`` (those the store knows), keyed by run_id."""
+    if not run_ids:
+        return {}
+    result = client.query(
+        f"SELECT {', '.join(_RUN_COLUMNS)} FROM {DATABASE}.runs FINAL WHERE run_id IN {{ids:Array(String)}}",
+        parameters={"ids": run_ids},
+    )
+    rows: dict[str, dict[str, Any]] = {}
+    for values in result.result_rows:
+        row = dict(zip(_RUN_COLUMNS, values, strict=True))
+        for key in ("started_at", "ended_at", "updated_at"):
+            if row[key] is not None:
+                row[key] = _to_micros(row[key])
+        rows[row["run_id"]] = row
+    return rows
+
+
+def _to_micros(value: Any) -> int:
+    """A DateTime64 read back (datetime) as integer microseconds since the epoch."""
+    if isinstance(value, int):
+        return value
+    import datetime as dt
+
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    delta = value - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def lookup_row_teams(client: Any, run_ids: list[str]) -> dict[str, str]:
+    """A team any ``events`` or ``steps`` row of ``run_ids`` has: who owns a run whose run_start was never
+    stored (both tables are ordered by run_id first, so this reads a few granules per run)."""
+    if not run_ids:
+        return {}
+    where = "WHERE run_id IN {ids:Array(String)} AND team != '' LIMIT 1 BY run_id"
+    result = client.query(
+        f"SELECT run_id, any(team) FROM (SELECT run_id, team FROM {DATABASE}.events {where} "
+        f"UNION ALL SELECT run_id, team FROM {DATABASE}.steps {where}) GROUP BY run_id",
         parameters={"ids": run_ids},
     )
     return {run_id: team for run_id, team in result.result_rows}

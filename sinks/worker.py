@@ -17,7 +17,10 @@ rebalances. Guarantees:
   (their run_start not seen yet) are re-stamped between inserts (:mod:`.teams`);
 * rows the store refuses for their data (a constraint, a value a column cannot hold)
   are not an outage: the batch is inserted in halves around them, and the refused
-  messages go to the dead-letter topic with the store's reason (:mod:`.rejections`).
+  messages go to the dead-letter topic with the store's reason (:mod:`.rejections`);
+* with a team (``--team a`` or ``'*'``, :mod:`.routing`) every record's team is its
+  topic's, and a record of a run another team owns goes to its team's dead-letter
+  topic instead of the store (:mod:`.ownership`).
 
 With a ``chdb://`` DSN the process that runs the worker owns the store; the
 ``rankstream sink`` command serves its HTTP interface
@@ -51,33 +54,18 @@ from typing import Any
 
 from rankstream.config import Settings
 from rankstream.errors import one_line
+from rankstream.sinks.dead_letters import DeadLetterSender
+from rankstream.sinks.offsets import caught_up, commit
 from rankstream.sinks.outage import SHUTDOWN_GRACE_S, Retrier, Stopped
-from rankstream.sinks.pending import DeadLetter, PendingBatch
+from rankstream.sinks.pending import PendingBatch
 from rankstream.sinks.records import Batch
 from rankstream.sinks.rejections import Rejected
+from rankstream.sinks.routing import Router
+from rankstream.sinks.stats import SinkStats
 from rankstream.sinks.store import parse_dsn
 from rankstream.sinks.writer import BatchWriter, batch_token, open_for_writing
 
 log = logging.getLogger("rankstream.sink")
-
-
-@dataclass
-class SinkStats:
-    """Counters a caller (tests, the CLI) can read while the worker runs."""
-
-    messages: int = 0
-    batches: int = 0
-    rows_written: int = 0
-    dlq: int = 0
-    rejected: int = 0  # messages the store refused for their data (also counted in dlq)
-    outages: int = 0
-    max_buffered_rows: int = 0  # rows of the batch being filled
-    max_held_rows: int = 0  # that plus the batch being inserted (the bound: two batches)
-    restamped_runs: int = 0  # runs whose rows stored without a team got it (rankstream.sinks.teams)
-    team_corrected: int = 0  # run_start events that claimed another team than RANKSTREAM_TEAM (corrected)
-    polls: int = 0  # rounds of the consumer loop (a test waits for one to pass)
-    dropped_batches: int = 0  # batches dropped on a rebalance, to be read again
-    committed: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -104,6 +92,7 @@ class SinkWorker:
         group_id: str | None = None,
         max_poll_records: int = 5000,
         caught_up_rows: int | None = None,
+        topic_refresh_s: float = 30.0,
     ) -> None:
         self.settings = settings
         self.dsn = parse_dsn(settings.dsn)
@@ -112,9 +101,10 @@ class SinkWorker:
         self.caught_up_rows = max(1, self.batch_rows // 2 if caught_up_rows is None else caught_up_rows)
         self.group_id = group_id or f"{settings.topic_prefix}.sink"
         self.max_poll_records = max_poll_records
+        self.topic_refresh_s = topic_refresh_s  # consumer metadata age: how soon new (team) topics are read
+        self.router = Router(settings)
         self.stats = SinkStats()
         self.on_stored: Any = None  # called with each stored batch's seconds (rankstream.sinks.prom)
-        self._events_topic, self._steps_topic = settings.topics.events, settings.topics.steps
         self.ready = threading.Event()  # set while consuming
         self.writer = BatchWriter()
         self._pending = PendingBatch()
@@ -122,8 +112,8 @@ class SinkWorker:
         self._flushing = False  # inside _flush/_finish_inflight (whose store retries poll the consumer)
         self._inserter: ThreadPoolExecutor | None = None
         self._consumer: Any = None
-        self._producer: Any = None
         self.retrier = Retrier(self._count_outage)
+        self._dead_letters = DeadLetterSender(settings, self.retrier)
         self._stop = self.retrier.stop
 
     # ------------------------------------------------------------------ lifecycle
@@ -157,8 +147,8 @@ class SinkWorker:
             self._consumer = self.retrier.consumer = make_consumer(self)
             self.ready.set()
             log.info(
-                "sink: consuming %s, %s, %s into %s (group %s)",
-                *self.topics(),
+                "sink: consuming %s into %s (group %s)",
+                self.router.describe(),
                 self.dsn.raw if self.dsn.embedded else self.dsn.scheme + "://...",
                 self.group_id,
             )
@@ -167,10 +157,6 @@ class SinkWorker:
             log.info("sink: stopped while waiting for the store; uncommitted messages will be re-read")
         finally:
             self.close()
-
-    def topics(self) -> tuple[str, str, str]:
-        topics = self.settings.topics
-        return topics.events, topics.steps, topics.alerts
 
     def close(self) -> None:
         """Release the insert thread, the consumer, the DLQ producer and the store client (idempotent)."""
@@ -183,12 +169,7 @@ class SinkWorker:
                 consumer.close(autocommit=False)
             except Exception as exc:  # closing must not mask the reason we stop
                 log.warning("sink: closing the consumer failed: %s", exc)
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            try:
-                producer.close(timeout=5)
-            except Exception as exc:
-                log.warning("sink: closing the DLQ producer failed: %s", exc)
+        self._dead_letters.close()
         client, self.writer.client = self.writer.client, None
         if client is not None:
             try:
@@ -203,10 +184,14 @@ class SinkWorker:
         from rankstream.sinks.rejoin import RejoinWatch
         from rankstream.sinks.worker_rebalance import UNASSIGNED_REJOIN_S, subscribe
 
-        consumer = self._consumer
-        topics = self.topics()
+        consumer, router = self._consumer, self.router
         rejoin = RejoinWatch(
-            topics, lambda: subscribe(consumer, topics, self), first_wait_s=UNASSIGNED_REJOIN_S, log=log, who="sink"
+            router.topics,
+            lambda: subscribe(consumer, self),
+            first_wait_s=UNASSIGNED_REJOIN_S,
+            log=log,
+            who="sink",
+            pattern=router.pattern,
         )
         while not self._stop.is_set():
             rejoin.check(consumer)
@@ -223,21 +208,14 @@ class SinkWorker:
             if pending.ranges and (
                 pending.rows >= self.batch_rows
                 or time.monotonic() - pending.started >= self.batch_seconds
-                or (not records and pending.rows >= self.caught_up_rows and self._caught_up(pending))
+                or (not records and pending.rows >= self.caught_up_rows and caught_up(consumer, pending.ranges))
             ):
                 self._flush()
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
         self._flush(deadline=deadline, wait=True)
         if self.writer.restamp_due(force=True):
             self._restamp_teams(deadline)
-        stats = self.stats
-        log.info(
-            "sink: stopped after %d batches, %d rows, %d message(s) to the dead-letter topic (%d refused by the "
-            "store), at most %d rows buffered (plus the batch being inserted: %d rows held at most), %d message(s) "
-            "left in Kafka by outage waits, %d run(s) re-stamped with their team",
-            *(stats.batches, stats.rows_written, stats.dlq, stats.rejected, stats.max_buffered_rows),
-            *(stats.max_held_rows, self.retrier.rewound, stats.restamped_runs),
-        )
+        log.info("%s", self.stats.summary(self.retrier.rewound))
 
     def _take(self, records: dict[Any, list[Any]]) -> None:
         """Accept polled records, flushing each full batch; stop when a rebalance dropped a batch meanwhile
@@ -256,20 +234,6 @@ class SinkWorker:
         """Rows of the batch being filled (not yet handed to the insert thread)."""
         return self._pending.rows
 
-    def _caught_up(self, pending: PendingBatch) -> bool:
-        """True when ``pending`` ends at the last known high watermark of every partition it holds."""
-        from kafka.errors import IllegalStateError
-        from kafka.structs import TopicPartition
-
-        for (topic, part), (_, last) in pending.ranges.items():
-            try:
-                highwater = self._consumer.highwater(TopicPartition(topic, part))
-            except IllegalStateError:  # no longer assigned
-                return False
-            if highwater is None or last + 1 < highwater:
-                return False
-        return True
-
     def _count_outage(self) -> None:
         self.stats.outages += 1
 
@@ -278,7 +242,8 @@ class SinkWorker:
         self.stats.messages += 1
         pending = self._pending
         corrected = pending.team_corrected
-        pending.accept(topic, record, self._events_topic, self._steps_topic, team=self.settings.team)
+        route = self.router.route(topic)
+        pending.add(topic, record, route.kind, route.team, route.dlq)
         self.stats.team_corrected += pending.team_corrected - corrected
         stats, inflight = self.stats, self._inflight
         stats.max_buffered_rows = max(stats.max_buffered_rows, pending.rows)
@@ -334,11 +299,14 @@ class SinkWorker:
         ranges = pending.offset_ranges()
         token = batch_token(ranges)
         writer = self.writer
-        unknown = writer.unknown_runs(pending.items)
+        owned = bool(self.settings.team)  # a team mode: a run_id belongs to one team (.ownership)
+        unknown = writer.unknown_runs(pending.items, pending.teams)
         if unknown:
             self._finish_inflight(deadline)  # one store call at a time (an HTTP session serves one query)
-            self.retrier.with_store(lambda: writer.resolve_runs(unknown), "run lookup", deadline=deadline)
-        batch = writer.build(pending.items)  # while the previous batch is being inserted
+            self.retrier.with_store(lambda: writer.resolve_runs(unknown, rows=owned), "run lookup", deadline=deadline)
+        if owned:
+            self._refuse_foreign(pending)
+        batch = writer.build(pending.items, pending.teams)  # while the previous batch is being inserted
         self._finish_inflight(deadline)
         if self._inserter is None:
             self._inserter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rankstream-sink-insert")
@@ -346,6 +314,20 @@ class SinkWorker:
         self._inflight = _InFlight(pending, ranges, token, batch, future)
         if wait:
             self._finish_inflight(deadline)
+
+    def _refuse_foreign(self, pending: PendingBatch) -> None:
+        """Move the messages of runs another team owns from ``pending`` to their team's dead letters."""
+        foreign = self.writer.refuse_foreign(pending.items, pending.teams)
+        if not foreign:
+            return
+        index = foreign[0][0]
+        log.warning(
+            "sink: %d message(s) of runs another team owns sent to their team's dead-letter topic (e.g. run %r "
+            "from %s)",
+            *(len(foreign), pending.items[index][1]["run_id"], pending.origins[index].topic),
+        )
+        pending.drop(foreign)
+        self.stats.foreign_runs += len(foreign)
 
     def _finish_inflight(self, deadline: float | None = None) -> None:
         """Wait for the batch in flight; retry it here if its attempt failed; then dead letters and commit."""
@@ -366,8 +348,8 @@ class SinkWorker:
             except Rejected as exc:
                 written = self._insert_around_refused(job, exc.reason, deadline)
             if job.pending.dlq:
-                self._send_dlq(job.pending.dlq, deadline)
-            self._commit(job.ranges)
+                self._dead_letters.send(job.pending.dlq, deadline)
+            commit(self._consumer, job.ranges, self.stats.committed)
         finally:
             self._inflight = None  # inserted and committed, or dropped to be re-read
         self.stats.batches += 1
@@ -383,16 +365,19 @@ class SinkWorker:
         """
         items = job.pending.items
         stored, refused = self.writer.insert_around_refused(
-            items, job.token, lambda insert: self.retrier.with_store(insert, "insert", deadline=deadline)
+            items,
+            job.token,
+            lambda insert: self.retrier.with_store(insert, "insert", deadline=deadline),
+            job.pending.teams,
         )
         job.pending.refuse(refused)
         self.stats.rejected += len(refused)
         log.warning(
-            "sink: the store refused %d of %d message(s) of a batch (%s); sent to %s with the reason, the rest stored",
+            "sink: the store refused %d of %d message(s) of a batch (%s); sent to the dead-letter topic with the "
+            "reason, the rest stored",
             len(refused),
             len(items),
             refused[0][1] if refused else reason,
-            self.settings.topics.dlq,
         )
         return stored
 
@@ -417,30 +402,5 @@ class SinkWorker:
             self.discard_pending()
             return False
 
-    def _send_dlq(self, messages: list[DeadLetter], deadline: float | None) -> None:
-        def send() -> None:
-            if self._producer is None:
-                from kafka import KafkaProducer
 
-                self._producer = KafkaProducer(acks="all", linger_ms=5, **self.settings.kafka_python_kwargs())
-            futures = [self._producer.send(self.settings.topics.dlq, key=k, value=v) for k, v in messages]
-            self._producer.flush(timeout=30)
-            for future in futures:
-                future.get(timeout=30)
-
-        self.retrier.retry(send, "dead-letter topic", deadline)
-        log.info("sink: %d invalid message(s) sent to %s", len(messages), self.settings.topics.dlq)
-
-    def _commit(self, ranges: dict[tuple[str, int], tuple[int, int]]) -> None:
-        from kafka.errors import KafkaError
-        from kafka.structs import OffsetAndMetadata, TopicPartition
-
-        offsets = {TopicPartition(t, p): OffsetAndMetadata(last + 1, "", -1) for (t, p), (_, last) in ranges.items()}
-        try:
-            self._consumer.commit(offsets)
-        except KafkaError as exc:
-            # The rows are stored; a failed commit only means they are read again and collapse as duplicates.
-            log.warning("sink: offset commit failed (%s); the batch will be re-read and deduplicated", one_line(exc))
-            return
-        for (topic, part), (_, last) in ranges.items():
-            self.stats.committed[f"{topic}/{part}"] = last + 1
+__all__ = ["SinkStats", "SinkWorker"]

@@ -58,15 +58,20 @@ def make_consumer(worker: SinkWorker) -> Any:
         # A crashed sink's partitions move to its restarted successor after 10 s, not the 45 s default.
         session_timeout_ms=10_000,
         heartbeat_interval_ms=2_000,
-        # Topics created after the sink joined (e.g. the compose `topics` service racing it) are
-        # picked up within 30 s instead of kafka-python's 5 min metadata refresh.
-        metadata_max_age_ms=30_000,
+        # Topics created after the sink joined (the compose `topics` service racing it, a new team's topics
+        # matching a shared sink's pattern) are picked up within this age instead of kafka-python's 5 min.
+        metadata_max_age_ms=int(worker.topic_refresh_s * 1000),
         **worker.settings.kafka_python_kwargs(),
     )
-    subscribe(consumer, worker.topics(), worker)
+    subscribe(consumer, worker)
     return consumer
 
 
-def subscribe(consumer: Any, topics: tuple[str, ...], worker: SinkWorker) -> None:
-    """Subscribe ``consumer`` to ``topics`` with ``worker``'s rebalance listener."""
-    consumer.subscribe(list(topics), listener=RevokeListener(worker))
+def subscribe(consumer: Any, worker: SinkWorker) -> None:
+    """Subscribe ``consumer`` to ``worker``'s topics, or its pattern of every team's topics
+    (:class:`~rankstream.sinks.routing.Router`), with ``worker``'s rebalance listener."""
+    router = worker.router
+    if router.pattern:
+        consumer.subscribe(pattern=router.pattern, listener=RevokeListener(worker))
+    else:
+        consumer.subscribe(list(router.topics), listener=RevokeListener(worker))

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from rankstream.sinks.ownership import Owners, claim_runs, foreign_reason
 from rankstream.sinks.records import Batch
 from rankstream.sinks.rejections import Rejected, find_rejected, rejection_reason
 from rankstream.sinks.runs import (
@@ -43,9 +44,17 @@ from rankstream.sinks.runs import (
     run_row_lost,
     run_row_revived,
 )
-from rankstream.sinks.store import DATABASE, open_store
+from rankstream.sinks.store import open_store
 from rankstream.sinks.store.tables import TABLE_ORDER, column_names, column_types, qualified
-from rankstream.sinks.teams import GIVE_UP_S, TeamlessRuns, lookup_teams, restamp, stored_teamless_runs
+from rankstream.sinks.teams import (
+    GIVE_UP_S,
+    TeamlessRuns,
+    lookup_row_teams,
+    lookup_runs,
+    lookup_teams,
+    restamp,
+    stored_teamless_runs,
+)
 
 log = logging.getLogger("rankstream.sink")
 
@@ -54,7 +63,6 @@ Item = tuple[str, dict[str, Any]]
 
 NEGATIVE_LOOKUP_S = 2.0  # a run whose team the store did not know is not looked up again for this long
 RESTAMP_CHECK_S = 0.5  # how often the consumer loop asks whether team-less rows can be re-stamped
-RUN_LOOKUP_COLUMNS = column_names("runs")
 _LC_STRING = "LowCardinality(String)"
 
 
@@ -104,36 +112,6 @@ def insert_batch(client: Any, batch: Batch, token: str) -> int:
     return written
 
 
-def lookup_runs(client: Any, run_ids: list[str]) -> dict[str, dict[str, Any]]:
-    """Latest ``runs`` rows for ``run_ids`` (those the store knows), keyed by run_id."""
-    if not run_ids:
-        return {}
-    result = client.query(
-        f"SELECT {', '.join(RUN_LOOKUP_COLUMNS)} FROM {DATABASE}.runs FINAL WHERE run_id IN {{ids:Array(String)}}",
-        parameters={"ids": run_ids},
-    )
-    rows: dict[str, dict[str, Any]] = {}
-    for values in result.result_rows:
-        row = dict(zip(RUN_LOOKUP_COLUMNS, values, strict=True))
-        for key in ("started_at", "ended_at", "updated_at"):
-            if row[key] is not None:
-                row[key] = _to_micros(row[key])
-        rows[row["run_id"]] = row
-    return rows
-
-
-def _to_micros(value: Any) -> int:
-    """A DateTime64 read back (datetime) as integer microseconds since the epoch."""
-    if isinstance(value, int):
-        return value
-    import datetime as dt
-
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    delta = value - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
 def open_for_writing(dsn: str) -> Any:
     """A client for ``dsn`` with the schema migrated and the client's lazy imports done; raises while down."""
     from rankstream.sinks.store.migrations import migrate
@@ -160,30 +138,43 @@ class BatchWriter:
         self.client = client
         self.runs = RunCache()
         self.teamless = TeamlessRuns()
+        self.owners = Owners()  # runs claimed by a team whose row the run cache lacks (.ownership)
         self._unknown_runs: dict[str, float] = {}
         self._restamp_check_at = 0.0
 
-    def unknown_runs(self, items: list[Item]) -> list[str]:
-        """Runs of ``items`` whose team the run cache does not know (and that were not looked up lately)."""
-        starts = {rec["run_id"] for kind, rec in items if kind == "event" and rec["kind"] == "run_start"}
+    def team_of(self, run_id: str) -> str:
+        """The run's team as this sink knows it (its cached ``runs`` row, else a claim it saw); '' if unknown."""
+        return self.runs.team(run_id) or self.owners.get(run_id)
+
+    def unknown_runs(self, items: list[Item], teams: list[str] | None = None) -> list[str]:
+        """Runs of ``items`` whose team this sink does not know (and that were not looked up lately).
+
+        With ``teams`` (a team mode: the team of each item's topic) every run needs its owner,
+        also one whose run_start is in ``items``, and an alert's run; otherwise a run
+        whose run_start is in ``items`` gets its team from it, and alerts carry their own.
+        """
         now = time.monotonic()
-        runs, negative = self.runs, self._unknown_runs
+        negative = self._unknown_runs
+        if teams and any(teams):
+            wanted = {rec["run_id"] for (_, rec), team in zip(items, teams, strict=True) if team}
+        else:
+            starts = {rec["run_id"] for kind, rec in items if kind == "event" and rec["kind"] == "run_start"}
+            wanted = {rec["run_id"] for kind, rec in items if kind != "alert" or marks_lost(rec)} - starts
         return sorted(
-            {
-                run_id
-                for run_id in {rec["run_id"] for kind, rec in items if kind != "alert" or marks_lost(rec)}
-                if not runs.team(run_id)
-                and run_id not in starts
-                and now - negative.get(run_id, -1e9) > NEGATIVE_LOOKUP_S
-            }
+            run_id
+            for run_id in wanted
+            if not self.team_of(run_id) and now - negative.get(run_id, -1e9) > NEGATIVE_LOOKUP_S
         )
 
-    def resolve_runs(self, unknown: list[str]) -> None:
+    def resolve_runs(self, unknown: list[str], *, rows: bool = False) -> None:
         """Make the run cache know the team of the ``unknown`` runs (one store query, two in a rare race).
 
         The store's row is at least as new as the cached one (the caller lets no
         insert run meanwhile). When its latest version has no team (a run_end
         stored by a sink that had not seen the run_start), an older version's team is used.
+        With ``rows`` (a team mode, where a run's owner matters) a run the ``runs`` table
+        has no team for is looked up in the ``events`` and ``steps`` rows too (a run
+        whose run_start was never stored still belongs to the team that stored its rows).
         """
         if not unknown:
             return
@@ -195,55 +186,83 @@ class BatchWriter:
         for run_id in unknown:
             if run_id in found:
                 self.runs.put(found[run_id])
-            if self.runs.team(run_id):
+        if rows:
+            missing = [run_id for run_id in unknown if not self.team_of(run_id)]
+            for run_id, team in (lookup_row_teams(self.client, missing) if missing else {}).items():
+                self.owners.put(run_id, team)
+        for run_id in unknown:
+            if self.team_of(run_id):
                 self._unknown_runs.pop(run_id, None)
             else:
                 self._unknown_runs[run_id] = now
         if len(self._unknown_runs) > 100_000:
             self._unknown_runs.clear()
 
-    def build(self, items: list[Item]) -> Batch:
+    def refuse_foreign(self, items: list[Item], teams: list[str]) -> list[tuple[int, str]]:
+        """Items whose run belongs to another team than their topic's, ``(index, reason)``; the other runs
+        are now their team's (:mod:`.ownership`). A run this sink knows without a team is adopted: its
+        team-less rows are re-stamped."""
+        claims = [(rec["run_id"], team) for (_, rec), team in zip(items, teams, strict=True)]
+        refused, claimed = claim_runs(claims, {run_id: self.team_of(run_id) for run_id, team in claims if team})
+        for run_id, team in claimed.items():
+            self.owners.put(run_id, team)
+            row = self.runs.get(run_id)
+            if row is not None and not row["team"]:
+                self.runs.put({**row, "team": team})
+                self.teamless.note([run_id], time.monotonic())
+        return [(index, foreign_reason(claims[index][0])) for index in refused]
+
+    def build(self, items: list[Item], teams: list[str] | None = None) -> Batch:
         """Rows of every table for ``items``, with each touched run's latest ``runs`` row.
 
         Run status changes are applied in message order (run_start, run_end, a
         ``run_lost`` alert, any event of a lost run, which may bring it back)
         before the other rows are built, so run_start metadata (the team) applies
         to the whole batch; one ``runs`` row per touched run carries the outcome.
+        ``teams`` (a team mode): each item's team, put on every row of it
+        (:meth:`refuse_foreign` has kept out the items of another team's runs).
         """
         runs = self.runs
+        teams = teams or [""] * len(items)
         events: list[dict[str, Any]] = []
-        lifecycle: list[Item] = []
-        others: list[Item] = []
+        event_teams: list[str] = []
+        lifecycle: list[tuple[Item, str]] = []
+        others: list[tuple[Item, str]] = []
         # Runs whose events may change their status: lost ones, and those a run_lost alert of this batch names.
         watched = runs.lost | {rec["run_id"] for kind, rec in items if kind == "alert" and marks_lost(rec)}
-        for item in items:
+        for item, own in zip(items, teams, strict=True):
             kind, rec = item
             if kind != "event":
-                others.append(item)
+                others.append((item, own))
                 if kind == "alert" and marks_lost(rec):
-                    lifecycle.append(item)
+                    lifecycle.append((item, own))
                 continue
             events.append(rec)
+            event_teams.append(own)
             event_kind = rec["kind"]
             if event_kind == "run_start" or event_kind == "run_end" or (watched and rec["run_id"] in watched):
-                lifecycle.append(item)
+                lifecycle.append((item, own))
         touched: dict[str, dict[str, Any]] = {}
-        for item in lifecycle:
+        for item, own in lifecycle:
             row = self._run_row(item)
             if row is not None:
+                if own:
+                    row["team"] = own
                 runs.put(row)
                 touched[row["run_id"]] = row
         batch = Batch()
         teamless = {run_id for run_id, row in touched.items() if not row["team"]}
         for row in touched.values():
             batch.add_run(row)
-        if events:
+        if events and any(event_teams):  # a team mode: every event has its topic's team
+            batch.add_events(events, event_teams)
+        elif events:
             team = {run_id: runs.team(run_id) for run_id in {rec["run_id"] for rec in events}}
             teamless.update(run_id for run_id, name in team.items() if not name)
             batch.add_events(events, [team[rec["run_id"]] for rec in events])
-        for kind, rec in others:
+        for (kind, rec), own in others:
             if kind == "step":
-                step_team = runs.team(rec["run_id"])
+                step_team = own or runs.team(rec["run_id"])
                 if not step_team:
                     teamless.add(rec["run_id"])
                 batch.add_step(rec, step_team)
@@ -269,7 +288,7 @@ class BatchWriter:
         if not force and now < self._restamp_check_at:
             return False
         self._restamp_check_at = now + RESTAMP_CHECK_S
-        return self.teamless.due_soon(now) or any(self.runs.team(run_id) for run_id in self.teamless.runs())
+        return self.teamless.due_soon(now) or any(self.team_of(run_id) for run_id in self.teamless.runs())
 
     def restamp(self) -> int:
         """Look up the due teams, then re-stamp the rows of every followed run whose team is known.
@@ -287,10 +306,10 @@ class BatchWriter:
                 GIVE_UP_S,
                 example,
             )
-        due = [run_id for run_id in self.teamless.due(now) if not self.runs.team(run_id)]
+        due = [run_id for run_id in self.teamless.due(now) if not self.team_of(run_id)]
         if due:
             self.resolve_runs(due)
-        ready = {run_id: team for run_id in self.teamless.runs() if (team := self.runs.team(run_id))}
+        ready = {run_id: team for run_id in self.teamless.runs() if (team := self.team_of(run_id))}
         restamp(self.client, ready)
         self.teamless.forget(ready)
         if ready:
@@ -324,7 +343,11 @@ class BatchWriter:
             raise Rejected(reason) from exc
 
     def insert_around_refused(
-        self, items: list[Item], token: str, retry: Callable[[Callable[[], int]], int]
+        self,
+        items: list[Item],
+        token: str,
+        retry: Callable[[Callable[[], int]], int],
+        teams: list[str] | None = None,
     ) -> tuple[int, list[tuple[int, str]]]:
         """Store ``items`` in halves around those the store refuses; returns the rows stored and the refused items.
 
@@ -336,7 +359,7 @@ class BatchWriter:
 
         def insert(lo: int, hi: int) -> None:
             nonlocal stored
-            part = self.build(items[lo:hi])
+            part = self.build(items[lo:hi], teams[lo:hi] if teams else None)
             retry(lambda: self.insert(part, f"{token}:{lo}-{hi}"))
             stored += part.rows
 

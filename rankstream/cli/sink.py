@@ -48,6 +48,17 @@ def sink(
         typer.Option(help="Serve Prometheus /metrics on this port (0: any free port, printed) [default off]"),
     ] = None,
     metrics_host: Annotated[str, typer.Option(help="Address /metrics binds to")] = "127.0.0.1",
+    team: Annotated[
+        str | None,
+        typer.Option(
+            help="The team whose topics this sink serves (with --prefix <prefix>.<team>), or '*': one sink for "
+            "every team's <prefix>.<team>.* topics, each record's team from its topic [env RANKSTREAM_TEAM]",
+        ),
+    ] = None,
+    topic_refresh_seconds: Annotated[
+        float,
+        typer.Option(min=0.1, help="How often the topic list is refreshed: a new team's topics are read this soon"),
+    ] = 30.0,
 ) -> None:
     """Consume the contract topics into ClickHouse/chDB until SIGTERM/SIGINT (then flush, commit, exit 0)."""
     from kafka.errors import KafkaError
@@ -56,7 +67,12 @@ def sink(
     from rankstream.sinks.worker import SinkWorker
 
     settings = load_settings(
-        store_dsn=dsn, bootstrap_servers=bootstrap, topic_prefix=prefix, state_dir=state_dir, http_port=http_port
+        store_dsn=dsn,
+        bootstrap_servers=bootstrap,
+        topic_prefix=prefix,
+        state_dir=state_dir,
+        http_port=http_port,
+        team=team,
     )
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -73,7 +89,13 @@ def sink(
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     try:
-        worker = SinkWorker(settings, batch_rows=batch_rows, batch_seconds=batch_seconds, group_id=group)
+        worker = SinkWorker(
+            settings,
+            batch_rows=batch_rows,
+            batch_seconds=batch_seconds,
+            group_id=group,
+            topic_refresh_s=topic_refresh_seconds,
+        )
         if metrics_port is not None:
             _serve_metrics(worker, metrics_port, metrics_host)
         _run(worker, settings.http_port, stop)

@@ -36,11 +36,11 @@ def test_pending_batch_decodes_items_dead_letters_the_invalid_and_spans_the_offs
     assert [kind for kind, _ in pending.items] == ["event", "event"]
     assert pending.rows == 4  # one events row and one metrics row each
     assert len(pending.origins) == 2 and pending.origins[1].offset == 13
-    reasons = [loads(letter)["reason"] for _, letter in pending.dlq]
+    reasons = [loads(letter.value)["reason"] for letter in pending.dlq]
     assert reasons[1] == "empty message" and len(reasons) == 3
     assert pending.offset_ranges() == {("p.events", 0): (10, 13), ("p.alerts", 2): (5, 5)}
     pending.refuse([(1, "the store refused the rows: no")])
-    letter = loads(pending.dlq[-1][1])
+    letter = loads(pending.dlq[-1].value)
     assert letter["reason"] == "the store refused the rows: no" and letter["offset"] == 13
 
 
