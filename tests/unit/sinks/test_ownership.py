@@ -157,7 +157,8 @@ def test_the_writer_refuses_another_teams_runs_and_stamps_every_row_with_the_top
     events = dict(zip(*(batch.columns["events"][names.index(c)] for c in ("run_id", "team")), strict=True))
     assert events == {"legacy": "b", "new": "b", "owned": "a"}
     runs = batch.columns["runs"]
-    assert list(zip(runs[0], runs[1], strict=True)) == [("new", "b")]  # run_id, team: the forged claim never reaches a row
+    # run_id, team: the forged claim never reaches a row
+    assert list(zip(runs[0], runs[1], strict=True)) == [("new", "b")]
     assert writer.unknown_runs(pending.items, pending.teams) == []  # every owner now known to this sink
 
 
