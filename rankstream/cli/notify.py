@@ -1,4 +1,4 @@
-"""``rankstream notify``: alerts to AlertManager and chat webhooks (long-running sink of ``<prefix>.alerts``)."""
+"""``rankstream notify``: alerts to AlertManager and chat webhooks (long-running sink of the alerts topics)."""
 
 from __future__ import annotations
 
@@ -27,20 +27,35 @@ def notify(
     ] = None,
     bootstrap: BootstrapOpt = None,
     prefix: PrefixOpt = None,
-    group: Annotated[str | None, typer.Option(help="Consumer group [default <prefix>.notify]")] = None,
+    team: Annotated[
+        str | None,
+        typer.Option(
+            "--team",
+            help="One team's alerts (<prefix>.<team>.alerts), or '*': every team's, each alert's team from its"
+            " topic [env RANKSTREAM_TEAM]",
+        ),
+    ] = None,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            help="Consumer group [default <prefix>.notify; <prefix>.<team>.notify; '*': <prefix>.teams-notify]"
+        ),
+    ] = None,
     check: Annotated[
         bool, typer.Option("--check", help="Validate the configuration, print its receivers, exit")
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging")] = False,
 ) -> None:
-    """Send <prefix>.alerts to AlertManager and chat until SIGTERM/SIGINT (then deliver what is queued, commit, exit 0).
+    """Send alerts to AlertManager and chat until SIGTERM/SIGINT (then deliver what is queued, commit, exit 0).
 
-    Offsets are committed only after delivery; deliveries that keep failing go to <prefix>.dlq with the reason.
+    Reads <prefix>.alerts, or with --team one team's <prefix>.<team>.alerts, or with --team '*' every team's
+    (a new team's topic is picked up within ~30 s). Offsets are committed only after delivery; deliveries that
+    keep failing go to the dlq beside their alerts topic with the reason.
     """
     from rankstream.kafka_admin import broker_ready
     from rankstream.sinks.notify.config import alertmanager_only, load_config
 
-    settings = load_settings(bootstrap_servers=bootstrap, topic_prefix=prefix)
+    settings = load_settings(bootstrap_servers=bootstrap, topic_prefix=prefix, team=team)
     try:
         if config is not None:
             notify_config = load_config(config)

@@ -36,14 +36,18 @@ class NotifyAlert:
     ts: float
     message: str
     evidence: dict[str, Any]
+    #: The team of the topic the alert came through ("" without ``--team``: one topic, whose alerts' own
+    #: ``team`` may fill in during a run). Part of every identity (dedup, run names, AlertManager resolves):
+    #: ``alert_id`` is derived from the run_id, which two teams may both use.
+    source_team: str = ""
 
     @property
     def resolved(self) -> bool:
         return self.state == "resolved"
 
-    def key(self) -> tuple[str, str]:
-        """What deduplication compares: the same alert in the same state is sent once."""
-        return (self.alert_id, self.state)
+    def key(self) -> tuple[str, str, str]:
+        """What deduplication compares: the same alert of the same topic's team in the same state is sent once."""
+        return (self.source_team, self.alert_id, self.state)
 
 
 def run_name_from(message: str, run_id: str) -> str:
@@ -78,19 +82,21 @@ def parse_alert(obj: Any) -> NotifyAlert:
 
 
 class RunNames:
-    """run_id -> run name from the alerts that named it (bounded LRU), so that every alert of a run,
-    its resolves included, carries the same ``run_name`` label (AlertManager's identity is the label set)."""
+    """(team, run_id) -> run name from the alerts that named it (bounded LRU), so that every alert of a run,
+    its resolves included, carries the same ``run_name`` label (AlertManager's identity is the label set).
+    Keyed by the topic's team too: another team's run of the same run_id must never lend its name."""
 
     def __init__(self, size: int = 10_000) -> None:
         self.size = size
-        self._names: OrderedDict[str, str] = OrderedDict()
+        self._names: OrderedDict[tuple[str, str], str] = OrderedDict()
 
     def fill(self, alert: NotifyAlert) -> NotifyAlert:
+        key = (alert.source_team, alert.run_id)
         if alert.run_name:
-            self._names[alert.run_id] = alert.run_name
-            self._names.move_to_end(alert.run_id)
+            self._names[key] = alert.run_name
+            self._names.move_to_end(key)
             while len(self._names) > self.size:
                 self._names.popitem(last=False)
             return alert
-        name = self._names.get(alert.run_id)
+        name = self._names.get(key)
         return replace(alert, run_name=name) if name else alert

@@ -34,16 +34,55 @@ class _Rebalance(ConsumerRebalanceListener):
 
 #: Seconds a notifier waits without partitions before re-subscribing (rankstream.sinks.rejoin).
 UNASSIGNED_REJOIN_S = 5.0
+#: How often the consumer refreshes its metadata: with ``--team '*'`` also how soon a new team's
+#: alerts topic joins the pattern subscription (then a rebalance assigns it).
+METADATA_MAX_AGE_MS = 30_000
+
+
+def subscribe(consumer: Any, notifier: Notifier) -> None:
+    """Subscribe by name (legacy, one team) or by pattern (every team's alerts topic)."""
+    sub = notifier.subscription
+    if sub.pattern is not None:
+        consumer.subscribe(pattern=sub.pattern, listener=_Rebalance(notifier))
+    else:
+        consumer.subscribe(sub.topics, listener=_Rebalance(notifier))
+
+
+class _SubscribedRejoin:
+    """A :class:`~rankstream.sinks.rejoin.RejoinWatch` over the topics the subscription names now: a
+    pattern's matched topics grow as teams appear (a new set starts a fresh watch)."""
+
+    def __init__(self, consumer: Any, notifier: Notifier) -> None:
+        self._consumer = consumer
+        self._notifier = notifier
+        self._topics: list[str] | None = None
+        self._watch: Any = None
+
+    def check(self, consumer: Any) -> None:
+        from rankstream.sinks.rejoin import RejoinWatch
+
+        topics = sorted(consumer.subscription() or ())
+        if topics != self._topics:
+            self._topics = topics
+            self._watch = RejoinWatch(
+                topics,
+                lambda: subscribe(self._consumer, self._notifier),
+                first_wait_s=UNASSIGNED_REJOIN_S,
+                log=log,
+                who="notify",
+            )
+        self._watch.check(consumer)
 
 
 def rejoin_watch(consumer: Any, notifier: Notifier) -> Any:
-    """The notifier's :class:`~rankstream.sinks.rejoin.RejoinWatch` (same subscription as :func:`make_consumer`)."""
+    """The notifier's rejoin watch (same subscription as :func:`make_consumer`)."""
     from rankstream.sinks.rejoin import RejoinWatch
 
-    topic = notifier.settings.topics.alerts
+    if notifier.subscription.pattern is not None:
+        return _SubscribedRejoin(consumer, notifier)
     return RejoinWatch(
-        [topic],
-        lambda: consumer.subscribe([topic], listener=_Rebalance(notifier)),
+        notifier.subscription.topics,
+        lambda: subscribe(consumer, notifier),
         first_wait_s=UNASSIGNED_REJOIN_S,
         log=log,
         who="notify",
@@ -56,14 +95,14 @@ def make_consumer(notifier: Notifier) -> Any:
     consumer = KafkaConsumer(
         group_id=notifier.group_id,
         enable_auto_commit=False,
-        auto_offset_reset="earliest",
+        auto_offset_reset="earliest",  # a new team's alerts topic is read from its start
         max_poll_records=1000,
         client_id=f"rankstream-notify-{notifier.group_id}",
         session_timeout_ms=10_000,
         heartbeat_interval_ms=2_000,
-        metadata_max_age_ms=30_000,
+        metadata_max_age_ms=notifier.metadata_max_age_ms,
         fetch_max_wait_ms=50,  # an alert waits at most this long in the broker before a poll returns it
         **notifier.settings.kafka_python_kwargs(),
     )
-    consumer.subscribe([notifier.settings.topics.alerts], listener=_Rebalance(notifier))
+    subscribe(consumer, notifier)
     return consumer

@@ -5,7 +5,7 @@
   get one message per run per ``group_wait_s`` window. A failed delivery is
   retried with doubling backoff, and after ``retry.attempts`` it is given up
   (the caller dead-letters its alerts).
-* :class:`Seen` deduplicates by ``(receiver, alert_id, state)``: what is
+* :class:`Seen` deduplicates by ``(receiver, team, alert_id, state)``: what is
   delivered (bounded LRU) or on its way is not queued again.
 * :class:`Offsets` commits a partition only up to its oldest message not yet
   delivered or dead-lettered: the log stays the source of truth.
@@ -49,6 +49,11 @@ class Delivery:
     items: list[tuple[NotifyAlert, Source]] = field(default_factory=list)
     failures: int = 0
     last_error: str = ""
+    #: The run's topic team (chat groups are per team and run: two teams may use one run_id); "" for AlertManager.
+    team: str = ""
+
+    def group_key(self) -> tuple[str, str, str]:
+        return (self.receiver.name, self.team, self.run_id)
 
     @property
     def alerts(self) -> list[NotifyAlert]:
@@ -60,8 +65,8 @@ class Seen:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._done: OrderedDict[tuple[str, str, str], None] = OrderedDict()
-        self._queued: set[tuple[str, str, str]] = set()
+        self._done: OrderedDict[tuple[str, str, str, str], None] = OrderedDict()
+        self._queued: set[tuple[str, str, str, str]] = set()
 
     def fresh(self, receiver: str, alert: NotifyAlert) -> bool:
         key = (receiver, *alert.key())
@@ -91,20 +96,21 @@ class Outbox:
     def __init__(self, config: NotifyConfig) -> None:
         self.group_wait_s = config.group_wait_s
         self.retry: Retry = config.retry
-        self._open: dict[tuple[str, str], Delivery] = {}  # (receiver, run_id or "") -> still gathering
+        self._open: dict[tuple[str, str, str], Delivery] = {}  # (receiver, team, run_id or "") -> gathering
         self._waiting: list[Delivery] = []  # closed, due at due_at (first try or a retry)
 
     def add(self, alert: NotifyAlert, source: Source, receiver: Receiver, now: float) -> None:
-        """Queue ``alert`` for ``receiver``: into its run's open group, or a new one."""
+        """Queue ``alert`` for ``receiver``: into its (team's) run's open group, or a new one."""
         grouped = receiver.grouped
-        key = (receiver.name, alert.run_id if grouped else "")
+        team, run_id = (alert.source_team, alert.run_id) if grouped else ("", "")
+        key = (receiver.name, team, run_id)
         delivery = self._open.get(key)
         if delivery is None:
             # Behind a delivery being retried: keeps the order (a resolve never overtakes its firing).
-            delivery = next((d for d in self._waiting if (d.receiver.name, d.run_id) == key), None)
+            delivery = next((d for d in self._waiting if d.group_key() == key), None)
         if delivery is None:
             due = now + self.group_wait_s if grouped else now
-            delivery = self._open[key] = Delivery(receiver, alert.run_id if grouped else "", due)
+            delivery = self._open[key] = Delivery(receiver, run_id, due, team=team)
         delivery.items.append((alert, source))
 
     def due(self, now: float) -> list[Delivery]:

@@ -19,6 +19,7 @@ import httpx
 from rankstream.errors import OperationFailed
 from rankstream.schema import dumps
 from rankstream.sinks.notify import payloads
+from rankstream.sinks.notify.alerts import NotifyAlert
 from rankstream.sinks.notify.config import NotifyConfig, Receiver
 from rankstream.sinks.notify.outbox import Delivery
 from rankstream.sinks.notify.signing import dingtalk_url
@@ -47,7 +48,9 @@ class Sender:
         if httpx_log.getEffectiveLevel() < logging.WARNING:
             httpx_log.setLevel(logging.WARNING)
         self.client = client or httpx.Client(headers={"User-Agent": "rankstream-notify"})
-        self._fired: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+        #: (receiver, team, alert_id) -> labels and start sent when it fired (two teams may share a run_id,
+        #: so an alert_id alone could make one team's resolve close another team's alert).
+        self._fired: OrderedDict[tuple[str, str, str], dict[str, Any]] = OrderedDict()
 
     def close(self) -> None:
         self.client.close()
@@ -61,7 +64,7 @@ class Sender:
             for alert in alerts:  # in order: a resolve in the same batch closes the element that fired
                 element = self._am_element(receiver, alert, now)
                 if not alert.resolved:
-                    self._remember(receiver.name, alert.alert_id, element)
+                    self._remember(receiver.name, alert, element)
                 elements.append(element)
             url = receiver.url.reveal().rstrip("/") + "/api/v2/alerts"
             self._post(receiver, url, elements)
@@ -79,8 +82,8 @@ class Sender:
         else:
             self._post(receiver, receiver.url.reveal(), payloads.webhook_body(receiver.name, alerts))
 
-    def _am_element(self, receiver: Receiver, alert: Any, now: float) -> dict[str, Any]:
-        fired = self._fired.get((receiver.name, alert.alert_id)) if alert.resolved else None
+    def _am_element(self, receiver: Receiver, alert: NotifyAlert, now: float) -> dict[str, Any]:
+        fired = self._fired.get((receiver.name, alert.source_team, alert.alert_id)) if alert.resolved else None
         return payloads.am_alert(
             alert,
             now=now,
@@ -89,8 +92,8 @@ class Sender:
             fired=fired,
         )
 
-    def _remember(self, receiver: str, alert_id: str, element: dict[str, Any]) -> None:
-        key = (receiver, alert_id)
+    def _remember(self, receiver: str, alert: NotifyAlert, element: dict[str, Any]) -> None:
+        key = (receiver, alert.source_team, alert.alert_id)
         self._fired[key] = {"labels": element["labels"], "startsAt": element["startsAt"]}
         self._fired.move_to_end(key)
         while len(self._fired) > FIRED_MEMORY:

@@ -1,12 +1,14 @@
-"""The notifier's consumer loop: ``<prefix>.alerts`` -> routes -> deliveries -> offset commits.
+"""The notifier's consumer loop: alerts topic(s) -> routes -> deliveries -> offset commits.
 
 Guarantees (docs/notify.md):
 
 * an offset is committed only once every alert up to it was delivered to each of
-  its receivers, or dead-lettered to ``<prefix>.dlq`` with the reason (invalid
+  its receivers, or dead-lettered to the dlq beside its topic with the reason (invalid
   records at once; deliveries after ``retry.attempts`` failures, or at once when
   the receiver refuses the payload or its credentials);
-* the same ``(receiver, alert_id, state)`` is sent once per process (bounded LRU);
+* with a team (``--team T`` or ``*``) an alert's team is its topic's (:mod:`.teams`), whatever
+  the record says (a mismatch is corrected and counted);
+* the same ``(receiver, team, alert_id, state)`` is sent once per process (bounded LRU);
   a restart re-reads what was not committed and may send that again;
 * chat receivers get one message per run per ``group_wait_s``; AlertManager gets
   each poll's alerts at once and groups them itself.
@@ -21,8 +23,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from rankstream.config import Settings
@@ -32,6 +34,7 @@ from rankstream.sinks.notify.alerts import NotifyAlert, RunNames, parse_alert
 from rankstream.sinks.notify.config import NotifyConfig
 from rankstream.sinks.notify.outbox import Delivery, Offsets, Outbox, Seen, Source, TopicPartition
 from rankstream.sinks.notify.sender import DeliveryFailed, Sender
+from rankstream.sinks.notify.teams import AlertSubscription
 from rankstream.sinks.records import InvalidRecord
 
 log = logging.getLogger("rankstream.notify")
@@ -53,6 +56,10 @@ class NotifyStats:
     """Counters a caller (tests, the benchmark, the CLI) reads while the notifier runs."""
 
     messages: int = 0
+    #: alert messages per team of the topic they came through (with ``--team``)
+    teams: Counter[str] = field(default_factory=Counter)
+    #: alerts whose own ``team`` field named another team than their topic's (the topic's was used)
+    team_corrected: int = 0
     invalid: int = 0
     duplicates: int = 0
     unrouted: int = 0
@@ -76,10 +83,15 @@ class Notifier:
         group_id: str | None = None,
         sender: Sender | None = None,
         record_deliveries: bool = False,
+        metadata_max_age_ms: int | None = None,
     ) -> None:
+        from rankstream.sinks.notify.consumer import METADATA_MAX_AGE_MS
+
         self.settings = settings
         self.config = config
-        self.group_id = group_id or f"{settings.topic_prefix}.notify"
+        self.subscription = AlertSubscription.of(settings)
+        self.group_id = group_id or self.subscription.default_group
+        self.metadata_max_age_ms = metadata_max_age_ms or METADATA_MAX_AGE_MS
         self.stats = NotifyStats()
         self.ready = threading.Event()
         self.record_deliveries = record_deliveries
@@ -104,7 +116,7 @@ class Notifier:
             self.ready.set()
             log.info(
                 "notify: consuming %s (group %s) for %d receiver(s): %s",
-                self.settings.topics.alerts,
+                self.subscription.describe(),
                 self.group_id,
                 len(self.config.receivers),
                 ", ".join(f"{r.name} ({r.kind})" for r in self.config.receivers.values()),
@@ -164,14 +176,22 @@ class Notifier:
         source = Source(
             record.topic, record.partition, record.offset, record.key, record.value or b"", record.timestamp or -1
         )
+        team = self.subscription.team_of(source.topic)
+        if team:
+            self.stats.teams[team] += 1
         try:
-            alert = self._names.fill(parse_alert(loads(source.raw)))
+            alert = parse_alert(loads(source.raw))
         except (InvalidRecord, ValueError, TypeError) as exc:
             reason = exc.reason if isinstance(exc, InvalidRecord) else f"not valid JSON: {one_line(exc)}"
             self.stats.invalid += 1
             self._offsets.consumed(source.tp, source.offset, 0)
             self._dead_letter([source], f"notify: invalid alert: {reason}")
             return
+        if team:  # the topic says whose alert this is, whatever the record claims
+            if alert.team != team:
+                self.stats.team_corrected += 1
+            alert = replace(alert, team=team, source_team=team)
+        alert = self._names.fill(alert)
         receivers = self.config.receivers_for(alert_fields(alert))
         if not receivers:
             self.stats.unrouted += 1
@@ -267,21 +287,26 @@ class Notifier:
         )
 
     def _dead_letter(self, sources: list[Source], reason: str) -> None:
-        """Send dead letters and wait for them (a letter must be safe before its offset is committed)."""
+        """Send dead letters, each to the dlq beside its topic, and wait for them (a letter must be safe
+        before its offset is committed)."""
         if self._producer is None:
             from kafka import KafkaProducer
 
             self._producer = KafkaProducer(acks="all", linger_ms=5, **self.settings.kafka_python_kwargs())
-        topic = self.settings.topics.dlq
+        by_dlq: defaultdict[str, list[Source]] = defaultdict(list)
+        for source in sources:
+            by_dlq[self.subscription.dlq_of(source.topic)].append(source)
         futures = [
             self._producer.send(topic, key=s.key, value=dlq_record(s.raw, reason, s.topic, s.partition, s.offset))
-            for s in sources
+            for topic, letters in by_dlq.items()
+            for s in letters
         ]
         self._producer.flush(timeout=30)
         for future in futures:
             future.get(timeout=30)
         self.stats.dlq += len(sources)
-        log.warning("notify: %d alert message(s) sent to %s: %s", len(sources), topic, reason)
+        for topic, letters in by_dlq.items():
+            log.warning("notify: %d alert message(s) sent to %s: %s", len(letters), topic, reason)
 
     def _commit(self) -> None:
         offsets = self._offsets.to_commit()

@@ -44,3 +44,10 @@ def test_configuration_errors_exit_2_with_one_line(tmp_path: Path) -> None:
     bad.write_text("receivers: {x: {kind: pager, url: 'http://x'}}\n")
     wrong = notify("--config", str(bad))
     assert wrong.returncode == 2 and "receivers.x.kind" in wrong.stderr and len(wrong.stderr.splitlines()) == 1
+
+
+def test_team_option_is_validated_like_the_variable() -> None:
+    bad = notify("--alertmanager", "http://127.0.0.1:9", "--team", "a.b", "--check")
+    assert bad.returncode == 2 and "RANKSTREAM_TEAM='a.b'" in bad.stderr and len(bad.stderr.splitlines()) == 1
+    every = notify("--alertmanager", "http://127.0.0.1:9", "--team", "*", "--check")
+    assert every.returncode == 0 and every.stdout.splitlines() == ["alertmanager: alertmanager"]
