@@ -5,8 +5,9 @@ awaits ``wait_first(callback(message), suspend_flow.wait())``: four tasks per
 message, then a conductor lock, a channel queue and a stream hop). py-spy put
 about 60% of the worker's busy time there, capping a 64-rank run at ~11k
 events/s against a 90k/s plain-consumer floor. The detection pipeline works on
-batches anyway, so for the events topic the drain hands each fetched
-per-partition record list to one handler call instead.
+batches anyway, so for the events topics (one, or a shared worker's one per
+team) the drain hands each fetched per-partition record list to one handler
+call instead.
 
 What stays Faust's: group membership and rebalances, the fetch thread, flow
 control (a batch is abandoned when the consumer suspends for a rebalance, as
@@ -21,8 +22,10 @@ This reaches into ``faust.transport.consumer.Consumer`` internals
 ``_add_gap``): faust-streaming is pinned to 0.15.x and
 tests/integration/stream_jobs/test_worker.py (crash, restart, rebalance, no gap)
 guards them. This module patches nothing: :func:`register_route` records an
-app's route and :mod:`.faust_patches` makes Faust's consumer call
-:func:`drain_batches` for apps that have one.
+app's route, :func:`subscribe` adds a topic to the app's subscription (also
+while it runs: Faust's conductor resubscribes and a rebalance follows), and
+:mod:`.faust_patches` makes Faust's consumer call :func:`drain_batches` for
+apps that have a route.
 """
 
 from __future__ import annotations
@@ -44,9 +47,12 @@ BatchHandler = Callable[[TP, list[Any]], Awaitable[None]]
 
 @dataclass(frozen=True)
 class BatchRoute:
-    """Records of ``topic`` go to ``handler`` a fetched partition batch at a time."""
+    """Records of every topic ``accepts`` go to ``handler`` a fetched partition batch at a time.
 
-    topic: str
+    ``accepts`` is asked once per partition batch (a set's ``__contains__``: topics may be added while the
+    app runs)."""
+
+    accepts: Callable[[str], bool]
     handler: BatchHandler
 
 
@@ -54,12 +60,16 @@ _routes: WeakKeyDictionary[Any, BatchRoute] = WeakKeyDictionary()
 
 
 def register_route(app: Any, route: BatchRoute) -> None:
-    """Subscribe ``app`` to ``route.topic`` and have its consumer drain through :func:`drain_batches`.
+    """Have ``app``'s consumer drain through :func:`drain_batches` (subscribe to topics with :func:`subscribe`).
 
     Takes effect once :func:`.faust_patches.apply` has run; other apps keep Faust's drain.
     """
     _routes[app] = route
-    app.topics.add(app.topic(route.topic, key_serializer="raw", value_serializer="raw"))
+
+
+def subscribe(app: Any, topic: str) -> None:
+    """Add ``topic`` (raw bytes) to ``app``'s subscription; a running app resubscribes (then rebalances)."""
+    app.topics.add(app.topic(topic, key_serializer="raw", value_serializer="raw"))
 
 
 def route_for(app: Any) -> BatchRoute | None:
@@ -97,6 +107,7 @@ async def drain_batches(self: Consumer, fetcher: Any, route: BatchRoute) -> None
     to_message = self._to_message
     acks_enabled_for = self.app.topics.acks_enabled_for
     callback = self.callback
+    routed = route.accepts
     try:
         while not (consumer_should_stop() or fetcher_should_stop()):
             records, active = await self._wait_next_records(1.0)
@@ -128,7 +139,7 @@ async def drain_batches(self: Consumer, fetcher: Any, route: BatchRoute) -> None
                 if self._commit_every is not None and self._n_acked >= self._commit_every:
                     self._n_acked = 0
                     await self.commit()
-                if tp.topic == route.topic:
+                if routed(tp.topic):
                     await self.wait_first(route.handler(tp, fresh), self.suspend_flow.wait())
                 else:
                     for record in fresh:
@@ -145,4 +156,4 @@ async def drain_batches(self: Consumer, fetcher: Any, route: BatchRoute) -> None
         raise
 
 
-__all__ = ["BatchHandler", "BatchRoute", "ack_offsets", "drain_batches", "register_route", "route_for"]
+__all__ = ["BatchHandler", "BatchRoute", "ack_offsets", "drain_batches", "register_route", "route_for", "subscribe"]

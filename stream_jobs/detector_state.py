@@ -1,5 +1,7 @@
 """Detector state in the compacted ``<prefix>.stream-state`` topic: its name, creating it, reading it back.
 
+(A shared worker keeps one per team, ``<prefix>.<team>.stream-state``: the topic of each team's lane.)
+
 A run's state is written to the same partition number as the run's events (the
 topic has the events topic's partition count), so a worker assigned events
 partitions reads exactly those partitions of the state topic (docs/stream.md,
@@ -12,12 +14,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from rankstream.config import Settings
 from rankstream.errors import ServiceUnavailable
 from rankstream.stream_jobs.state_codec import CorruptState, decode_state
+from rankstream.topics import Topics
 
 log = logging.getLogger("rankstream.worker")
 
@@ -31,14 +35,22 @@ class StateTopicUnavailable(ServiceUnavailable):
 
 
 def state_topic(settings: Settings) -> str:
-    return f"{settings.topic_prefix}.stream-state"
+    return state_topic_of(settings.topics)
 
 
-async def load_state(settings: Settings, partitions: list[int]) -> dict[tuple[int, str], dict]:
+def state_topic_of(topics: Topics) -> str:
+    """The state topic of the worker consuming ``topics.events``: ``<prefix of topics>.stream-state``."""
+    return f"{topics.prefix}.stream-state"
+
+
+async def load_state(
+    settings: Settings, partitions: list[int], *, topic: str | None = None
+) -> dict[tuple[int, str], dict]:
     """Read the compacted state topic's partitions to their end: the latest state per (partition, run_id).
 
-    A tombstone (an evicted run) deletes the state written before it."""
-    topic = state_topic(settings)
+    ``topic``: the state topic (default ``settings``' own). A tombstone (an evicted run) deletes the state
+    written before it."""
+    topic = topic or state_topic(settings)
     consumer = AIOKafkaConsumer(enable_auto_commit=False, **settings.aiokafka_kwargs())
     await consumer.start()
     states: dict[tuple[int, str], dict] = {}
@@ -131,8 +143,6 @@ def ensure_state_topic(settings: Settings) -> None:
     Raises :class:`StateTopicUnavailable` (a :class:`ServiceUnavailable`) when the events topic does not exist.
     """
     from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
 
     from rankstream.kafka_admin import wait_for_topics
 
@@ -145,15 +155,45 @@ def ensure_state_topic(settings: Settings) -> None:
             raise StateTopicUnavailable(
                 f"topic {settings.topics.events} does not exist: run `rankstream topics create`"
             )
-        described = admin.describe_topics([settings.topics.events])
-        partitions = len(described[0]["partitions"])
+        create_state_topics(admin, [settings.topics], existing)
+    finally:
+        admin.close()
+
+
+def create_state_topics(admin: Any, lanes: Iterable[Topics], existing: Iterable[str]) -> list[Topics]:
+    """Create the state topic of each of ``lanes`` (contract topics whose events topic exists) that is not in
+    ``existing`` (topic names), with its events topic's partition count. Returns the lanes whose state topic
+    exists now: an events topic just created may not be described yet (its lane waits for the next call).
+
+    ``admin`` is a kafka-python ``KafkaAdminClient``: one client serves a shared worker's every team."""
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    from rankstream.kafka_admin import wait_for_topics
+
+    names = set(existing)
+    lanes = list(lanes)
+    ready = [t for t in lanes if state_topic_of(t) in names]
+    todo = [t for t in lanes if state_topic_of(t) not in names]
+    if not todo:
+        return ready
+    partitions = {
+        d["name"]: len(d["partitions"])
+        for d in admin.describe_topics([t.events for t in todo])
+        if not d.get("error_code") and d.get("partitions")
+    }
+    replication = min(3, len(admin.describe_cluster()["brokers"]))
+    created: list[Topics] = []
+    for topics in todo:
+        if topics.events not in partitions:
+            continue
         try:
             admin.create_topics(
                 [
                     NewTopic(
-                        state_topic(settings),
-                        num_partitions=partitions,
-                        replication_factor=min(3, len(admin.describe_cluster()["brokers"])),
+                        state_topic_of(topics),
+                        num_partitions=partitions[topics.events],
+                        replication_factor=replication,
                         topic_configs={
                             "cleanup.policy": "compact",
                             "segment.ms": "600000",
@@ -164,8 +204,18 @@ def ensure_state_topic(settings: Settings) -> None:
             )
         except TopicAlreadyExistsError:
             pass
-    finally:
-        admin.close()
+        created.append(topics)
+    if created:  # a lane loads state at its first assignment: the partitions must have leaders by then
+        wait_for_topics(admin, [state_topic_of(t) for t in created], timeout_s=10.0)
+    return ready + created
 
 
-__all__ = ["SavedStates", "StateTopicUnavailable", "ensure_state_topic", "load_state", "state_topic"]
+__all__ = [
+    "SavedStates",
+    "StateTopicUnavailable",
+    "create_state_topics",
+    "ensure_state_topic",
+    "load_state",
+    "state_topic",
+    "state_topic_of",
+]

@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from rankstream.metrics_http import serve_metrics
+from rankstream.stream_jobs.lanes import summed_stats
 from rankstream.stream_jobs.run_board import RunBoard, RunView
 
 _RUN_LABELS = ["run_id", "run_name", "team"]
@@ -30,8 +31,9 @@ class PipelineHealth:
 
     counters: Callable[[], Mapping[str, int]]
     gauges: Callable[[], Mapping[str, float]]
-    #: partition -> messages not yet committed (highwater - committed), refreshed by the worker's timer.
-    lag: dict[int, int] = field(default_factory=dict)
+    #: (events topic, partition) -> messages not yet committed (highwater - committed), refreshed by the
+    #: worker's timer.
+    lag: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 class _WorkerCollector(Collector):
@@ -50,10 +52,12 @@ class _WorkerCollector(Collector):
             gauge.add_metric([], float(level))
             yield gauge
         lag = GaugeMetricFamily(
-            "rankstream_worker_consumer_lag", "events not yet committed, per partition", labels=["partition"]
+            "rankstream_worker_consumer_lag",
+            "events not yet committed, per events topic and partition",
+            labels=["topic", "partition"],
         )
-        for partition, behind in sorted(dict(self._health.lag).items()):
-            lag.add_metric([str(partition)], float(behind))
+        for (topic, partition), behind in sorted(dict(self._health.lag).items()):
+            lag.add_metric([topic, str(partition)], float(behind))
         yield lag
 
 
@@ -113,24 +117,33 @@ class WorkerMetrics:
         return serve_metrics(self.registry, port, host)
 
 
-def worker_health(pipeline: Any, publisher: Any) -> PipelineHealth:
-    """The health numbers of a worker's pipeline and publisher."""
+def worker_health(lanes: Callable[[], list[Any]]) -> PipelineHealth:
+    """The health numbers of a worker: its lanes' pipelines and publishers added up (``lanes()``: the lanes now,
+    :class:`~rankstream.stream_jobs.lanes.Lane`)."""
 
     def counters() -> dict[str, int]:
-        s, p = pipeline.stats, publisher.stats
+        now = lanes()
+        s = summed_stats(now, lambda lane: lane.pipeline.stats)
+        p = summed_stats(now, lambda lane: vars(lane.publisher.stats))
         return {
-            "events": s["events"],
-            "invalid_events": s["invalid"],
-            "steps": s["steps"],
-            "alerts": s["alerts"],
-            "forced_acks": s["forced_acks"],
-            "produced": p.produced,
-            "send_retries": p.send_retries,
-            "dead_lettered_outputs": p.dead_lettered,
+            "events": s.get("events", 0),
+            "invalid_events": s.get("invalid", 0),
+            "steps": s.get("steps", 0),
+            "alerts": s.get("alerts", 0),
+            "forced_acks": s.get("forced_acks", 0),
+            "team_corrected": s.get("team_corrected", 0),
+            "produced": p.get("produced", 0),
+            "send_retries": p.get("send_retries", 0),
+            "dead_lettered_outputs": p.get("dead_lettered", 0),
         }
 
     def gauges() -> dict[str, float]:
-        return {"held_messages": float(pipeline.held_count()), "results_publishing": float(publisher.pending())}
+        now = lanes()
+        return {
+            "held_messages": float(sum(lane.pipeline.held_count() for lane in now)),
+            "results_publishing": float(sum(lane.publisher.pending() for lane in now)),
+            "lanes": float(len(now)),
+        }
 
     return PipelineHealth(counters, gauges)
 

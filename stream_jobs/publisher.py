@@ -106,8 +106,12 @@ class Publisher:
         max_pending: int = MAX_PENDING_RESULTS,
         max_record_bytes: int = MAX_RECORD_BYTES,
         give_up_after_s: float = DEFAULT_GIVE_UP_AFTER_S,
+        team: str = "",
     ) -> None:
+        """``team``: the team of the topics the inputs came through (a team's lane); its alerts carry it,
+        whatever the run's run_start claimed or if the run_start was never seen."""
         self._topics = topics
+        self._team = team
         self._state_topic = state_topic
         self._send = send
         self._ack_offsets = ack_offsets
@@ -145,7 +149,8 @@ class Publisher:
     async def publish(self, result: Result) -> None:
         topics = self._topics
         outputs: list[OutputRecord] = [(topics.steps, s["run_id"].encode(), dumps(s), None) for s in result.steps]
-        outputs += [(topics.alerts, a["run_id"].encode(), dumps(a), None) for a in result.alerts]
+        alerts = result.alerts if not self._team else [self._of_team(a) for a in result.alerts]
+        outputs += [(topics.alerts, a["run_id"].encode(), dumps(a), None) for a in alerts]
         outputs += [(topics.dlq, key, value, None) for key, value in result.dlq]
         if outputs:
             await self._deliver([self._fitting(record, "output") for record in outputs])
@@ -172,6 +177,9 @@ class Publisher:
                 self._ack_offsets(partition, offsets)
             else:  # revoked meanwhile: its new owner re-reads these and decides
                 self.stats.dropped_acks += len(offsets)
+
+    def _of_team(self, alert: dict) -> dict:
+        return alert if alert.get("team") == self._team else {**alert, "team": self._team}
 
     # ------------------------------------------------------------------ delivery
 

@@ -62,7 +62,8 @@ class RunBoard:
         self._ttl_s = ttl_s
         self._max_runs = max_runs
         self._max_ranks = max_ranks
-        self._runs: dict[str, RunView] = {}
+        #: (team, run_id) -> view: two teams may use the same run_id (a shared worker serves both).
+        self._runs: dict[tuple[str, str], RunView] = {}
         self._lock = threading.Lock()
 
     def observe(
@@ -71,29 +72,33 @@ class RunBoard:
         alerts: list[dict[str, Any]],
         now: float,
         labels: Any = None,
+        *,
+        team: str = "",
     ) -> None:
-        """Take a batch's aligned steps and alerts; ``labels(run_id)`` gives ``(run_name, team)`` or None."""
+        """Take a batch's aligned steps and alerts; ``labels(run_id)`` gives ``(run_name, team)`` or None.
+
+        ``team``: the team of the topic they came from (a shared worker's lane), which wins over ``labels``'."""
         if not steps and not alerts:
             return
         with self._lock:
             for step in steps:
-                view = self._view(step["run_id"], now, labels)
+                view = self._view(team, step["run_id"], now, labels)
                 self._take_step(view, step)
             for alert in alerts:
-                view = self._view(alert["run_id"], now, labels)
+                view = self._view(team, alert["run_id"], now, labels)
                 self._take_alert(view, alert)
 
     def expire(self, now: float) -> int:
         """Drop runs not updated within the TTL, then the oldest beyond ``max_runs``; returns how many left."""
         with self._lock:
-            stale = [run_id for run_id, v in self._runs.items() if now - v.updated > self._ttl_s]
-            for run_id in stale:
-                del self._runs[run_id]
+            stale = [key for key, v in self._runs.items() if now - v.updated > self._ttl_s]
+            for key in stale:
+                del self._runs[key]
             extra = len(self._runs) - self._max_runs
             if extra > 0:
-                oldest = sorted(self._runs.values(), key=lambda v: v.updated)[:extra]
-                for view in oldest:
-                    del self._runs[view.run_id]
+                oldest = sorted(self._runs.items(), key=lambda kv: kv[1].updated)[:extra]
+                for key, _ in oldest:
+                    del self._runs[key]
             return len(stale) + max(extra, 0)
 
     def snapshot(self) -> list[RunView]:
@@ -106,14 +111,14 @@ class RunBoard:
 
     # ------------------------------------------------------------------ helpers
 
-    def _view(self, run_id: str, now: float, labels: Any) -> RunView:
-        view = self._runs.get(run_id)
+    def _view(self, team: str, run_id: str, now: float, labels: Any) -> RunView:
+        view = self._runs.get((team, run_id))
         if view is None:
-            view = self._runs[run_id] = RunView(run_id)
+            view = self._runs[(team, run_id)] = RunView(run_id, team=team)
         if labels is not None and not view.run_name:
             named = labels(run_id)
             if named:
-                view.run_name, view.team = named
+                view.run_name, view.team = named[0], team or named[1]
         view.updated = now
         return view
 

@@ -2,22 +2,40 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from rankstream.cli.common import EXIT_CONFIG, EXIT_SERVICE, BootstrapOpt, PrefixOpt, StateDirOpt, fail, load_settings
+
+if TYPE_CHECKING:
+    from rankstream.stream_jobs.app import StreamJob
 
 
 def worker(
     bootstrap: BootstrapOpt = None,
     prefix: PrefixOpt = None,
     state_dir: StateDirOpt = None,
+    team: Annotated[
+        str | None,
+        typer.Option(
+            help="The team whose topics <prefix>.events... this worker serves (with --prefix <prefix>.<team>), "
+            "or '*': one shared worker for every team's <prefix>.<team>.events, each run's team taken from its "
+            "topic [env RANKSTREAM_TEAM]"
+        ),
+    ] = None,
     rules: Annotated[Path | None, typer.Option(help="Rules YAML (defaults + per-team/run overrides)")] = None,
-    group: Annotated[str | None, typer.Option(help="Consumer group id [default <prefix>-stream]")] = None,
+    group: Annotated[
+        str | None,
+        typer.Option(help="Consumer group id [default <prefix>-stream; with --team '*' <prefix>.teams-stream]"),
+    ] = None,
     session_timeout: Annotated[
         float, typer.Option(help="Seconds before a dead worker's partitions move to another worker")
+    ] = 15.0,
+    discover_every: Annotated[
+        float, typer.Option(help="With --team '*': seconds between two looks for new teams' events topics")
     ] = 15.0,
     loglevel: Annotated[
         str, typer.Option(help="Log level of Faust and Kafka (the worker's stats lines show at warning too)")
@@ -33,7 +51,9 @@ def worker(
     """Consume <prefix>.events, publish <prefix>.steps and <prefix>.alerts (invalid input -> <prefix>.dlq).
 
     Several workers with the same group split the partitions; a crashed worker's
-    partitions are re-read from the last committed offset by the others.
+    partitions are re-read from the last committed offset by the others. With
+    --team '*' it consumes every <prefix>.<team>.events (new teams' topics are
+    picked up while it runs) and publishes to that team's topics.
     """
     from rankstream.errors import ServiceUnavailable
     from rankstream.kafka_admin import broker_ready
@@ -42,7 +62,9 @@ def worker(
     from rankstream.stream_jobs.detector_state import ensure_state_topic
     from rankstream.stream_jobs.runner import StreamWorkerRunner
 
-    settings = load_settings(bootstrap_servers=bootstrap, topic_prefix=prefix, state_dir=state_dir)
+    settings = load_settings(bootstrap_servers=bootstrap, topic_prefix=prefix, state_dir=state_dir, team=team)
+    if discover_every <= 0:
+        fail("--discover-every must be > 0", EXIT_CONFIG)
     try:
         rules_config = load_rules(rules)
     except RulesError as exc:
@@ -50,11 +72,14 @@ def worker(
     first = settings.bootstrap_servers.split(",")[0]
     if settings.security_protocol == "PLAINTEXT" and not broker_ready(first, timeout_s=10.0):
         fail(f"cannot reach Kafka at {settings.bootstrap_servers}", EXIT_SERVICE)
-    try:
-        ensure_state_topic(settings)
-    except ServiceUnavailable as exc:
-        fail(str(exc), EXIT_SERVICE)
-    job = create_app(settings, rules_config, group_id=group)
+    if not settings.all_teams:
+        try:
+            ensure_state_topic(settings)
+        except ServiceUnavailable as exc:
+            fail(str(exc), EXIT_SERVICE)
+    job = create_app(settings, rules_config, group_id=group, discover_every_s=discover_every)
+    if settings.all_teams:
+        _wait_for_a_team(job, discover_every)
     app = job.app
     app.conf.broker_session_timeout = session_timeout
     app.conf.broker_heartbeat_interval = min(3.0, session_timeout / 4)
@@ -64,12 +89,32 @@ def worker(
         except OSError as exc:
             fail(f"cannot serve /metrics on {metrics_host}:{metrics_port}: {exc.strerror or exc}", EXIT_CONFIG)
         typer.echo(f"rankstream worker: metrics at http://{metrics_host}:{served}/metrics", err=True)
-    typer.echo(
-        f"rankstream worker: {settings.topics.events} -> {settings.topics.steps}, {settings.topics.alerts} "
-        f"(group {app.conf.id}, kafka {settings.bootstrap_servers})",
-        err=True,
-    )
+    if settings.all_teams:
+        source = f"{settings.topic_prefix}.<team>.events -> <team>.steps, <team>.alerts ({len(job.lanes)} teams now)"
+    else:
+        source = f"{settings.topics.events} -> {settings.topics.steps}, {settings.topics.alerts}"
+    typer.echo(f"rankstream worker: {source} (group {app.conf.id}, kafka {settings.bootstrap_servers})", err=True)
     StreamWorkerRunner(app, loglevel=loglevel).execute_from_commandline()
+
+
+def _wait_for_a_team(job: StreamJob, every_s: float) -> None:
+    """A shared worker starts once some team's events topic exists (Kafka refuses an empty subscription)."""
+    from rankstream.errors import one_line
+
+    said = False
+    while True:
+        try:
+            if job.discover_teams_now() or job.lanes:
+                return
+        except Exception as exc:  # kafka-python's errors: refused (ACLs), unreachable
+            fail(f"cannot list the team topics on {job.settings.bootstrap_servers}: {one_line(exc)}", EXIT_SERVICE)
+        if not said:
+            said = True
+            typer.echo(
+                f"rankstream worker: no team events topic {job.settings.topic_prefix}.<team>.events yet; waiting",
+                err=True,
+            )
+        time.sleep(every_s)
 
 
 def register(app: typer.Typer) -> None:

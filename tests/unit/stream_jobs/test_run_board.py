@@ -49,7 +49,9 @@ def _samples(metrics: WorkerMetrics) -> dict[tuple[str, tuple[tuple[str, str], .
 
 
 def _metrics(board: RunBoard) -> WorkerMetrics:
-    return WorkerMetrics(board, PipelineHealth(lambda: {"events": 7}, lambda: {"held_messages": 3.0}, {0: 11}))
+    return WorkerMetrics(
+        board, PipelineHealth(lambda: {"events": 7}, lambda: {"held_messages": 3.0}, {("p.events", 0): 11})
+    )
 
 
 def test_a_run_shows_its_newest_step_loss_rate_and_slowest_rank() -> None:
@@ -62,7 +64,7 @@ def test_a_run_shows_its_newest_step_loss_rate_and_slowest_rank() -> None:
     assert samples[("rankstream_run_steps_per_second", run)] == 1.0
     assert samples[("rankstream_run_rank_straggler_score", tuple(sorted((*run, ("rank", "3")))))] == 1.5
     assert samples[("rankstream_worker_events_total", ())] == 7
-    assert samples[("rankstream_worker_consumer_lag", (("partition", "0"),))] == 11
+    assert samples[("rankstream_worker_consumer_lag", (("partition", "0"), ("topic", "p.events")))] == 11
 
 
 def test_a_nan_loss_shows_as_nan() -> None:
