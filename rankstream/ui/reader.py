@@ -16,15 +16,12 @@ serve``, or ClickHouse).
 from __future__ import annotations
 
 import hashlib
-import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from rankstream.errors import ConfigError, OperationFailed
-
-_PARAMETER = re.compile(r"\{(\w+):([^{}]+)\}")
 
 #: ClickHouse error codes of a refused user (wrong password, unknown user, no grant to log in).
 _AUTH_CODES = {"516", "192", "194", "195"}
@@ -132,8 +129,8 @@ class StoreReader:
             if self._direct is not None:
                 with self._direct_lock:
                     return self._direct.query(sql, parameters=parameters).result_rows
-            if viewer is not None:  # the embedded interface does not take query parameters from team users
-                return self._client(viewer).query(inline_parameters(sql, parameters)).result_rows
+            # bound by the server (``param_*``), for viewers too: ClickHouse and the embedded interface take
+            # query parameters from read-only users, so no value is ever spliced into the SQL text
             return self._client(viewer).query(sql, parameters=parameters).result_rows
         except ClickHouseError as exc:
             raise self._failure(exc) from None
@@ -153,20 +150,6 @@ class StoreReader:
     def close(self) -> None:
         if self._direct is not None:
             self._direct.close()
-
-
-def inline_parameters(sql: str, parameters: dict[str, Any]) -> str:
-    """``sql`` with each ``{name:Type}`` replaced by ``CAST(<literal> AS Type)``, the literal escaped by
-    clickhouse-connect's own formatter (for servers that take no ``param_*`` from some users)."""
-    from clickhouse_connect.driver.binding import format_query_value
-
-    def literal(match: re.Match[str]) -> str:
-        name, kind = match.group(1), match.group(2).strip()
-        if name not in parameters:
-            raise QueryFailed(f"query parameter {name!r} not given")
-        return f"CAST({format_query_value(parameters[name])} AS {kind})"
-
-    return _PARAMETER.sub(literal, sql)
 
 
 class ViewerReader:

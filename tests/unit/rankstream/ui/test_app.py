@@ -10,7 +10,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from rankstream.ui.app import create_app
-from rankstream.ui.reader import NotAuthenticated, QueryFailed, Viewer, ViewerReader, inline_parameters
+from rankstream.ui.reader import NotAuthenticated, QueryFailed, Viewer, ViewerReader
 
 
 class FakeReader:
@@ -91,14 +91,3 @@ def test_login_challenges_until_the_store_accepts_the_viewer() -> None:
     refused = TestClient(create_app(FakeReader(login=True, refuse="auth")))  # type: ignore[arg-type]
     response = refused.get("/api/runs", headers=basic("nlp_ro", "wrong"))
     assert response.status_code == 401 and "wrong password" in response.json()["error"]
-
-
-def test_inlined_parameters_are_typed_and_escaped() -> None:
-    sql = "SELECT * WHERE run_id = {run_id:String} AND has({ids:Array(String)}, x) AND step > {lo:Int64}"
-    inlined = inline_parameters(sql, {"run_id": "a'; DROP TABLE x; --", "ids": ["p", "q"], "lo": 5})
-    assert inlined == (
-        "SELECT * WHERE run_id = CAST('a\\'; DROP TABLE x; --' AS String) AND has(CAST(['p', 'q'] AS Array(String)), x)"
-        " AND step > CAST(5 AS Int64)"
-    )
-    with pytest.raises(QueryFailed, match="'lo' not given"):
-        inline_parameters("SELECT {lo:Int64}", {})
