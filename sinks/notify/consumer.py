@@ -39,6 +39,29 @@ UNASSIGNED_REJOIN_S = 5.0
 METADATA_MAX_AGE_MS = 30_000
 
 
+#: A poll's timeout while a pattern subscription (re)joins: see :class:`JoinPoll`.
+JOIN_POLL_MS = 3_000
+
+
+class JoinPoll:
+    """How long to poll while a pattern subscription has to (re)join its group.
+
+    Before joining with a pattern, kafka-python 3 refreshes the metadata of every topic on the
+    broker and gives up ("returning early") when the poll's timeout ends first; with the
+    notifier's 100 ms polls and a broker holding many topics it never got to join again, so a new
+    team's topic stayed unassigned (seen on the test broker). While the matched topics just
+    changed, or nothing is assigned, polls get :data:`JOIN_POLL_MS` instead.
+    """
+
+    def __init__(self) -> None:
+        self._topics: frozenset[str] | None = None
+
+    def timeout_ms(self, consumer: Any, usual_ms: int) -> int:
+        topics = frozenset(consumer.subscription() or ())
+        changed, self._topics = topics != self._topics, topics
+        return max(usual_ms, JOIN_POLL_MS) if changed or not consumer.assignment() else usual_ms
+
+
 def subscribe(consumer: Any, notifier: Notifier) -> None:
     """Subscribe by name (legacy, one team) or by pattern (every team's alerts topic)."""
     sub = notifier.subscription

@@ -85,7 +85,7 @@ class Notifier:
         record_deliveries: bool = False,
         metadata_max_age_ms: int | None = None,
     ) -> None:
-        from rankstream.sinks.notify.consumer import METADATA_MAX_AGE_MS
+        from rankstream.sinks.notify.consumer import METADATA_MAX_AGE_MS, JoinPoll
 
         self.settings = settings
         self.config = config
@@ -104,6 +104,8 @@ class Notifier:
         self._producer: Any = None
         #: Partitions (re)assigned by a rebalance, to be read again from their committed offsets.
         self._to_rewind: set[Any] = set()
+        #: Pattern subscriptions: longer polls while the group is (re)joined (consumer.JoinPoll).
+        self._join_poll = JoinPoll() if self.subscription.pattern is not None else None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -158,6 +160,8 @@ class Notifier:
         now = time.time()
         nxt = self._outbox.next_due()
         timeout_ms = POLL_MS if nxt is None else int(max(0.0, min(POLL_MS / 1000, nxt - now)) * 1000)
+        if self._join_poll is not None:
+            timeout_ms = self._join_poll.timeout_ms(self._consumer, timeout_ms)
         records = self._consumer.poll(timeout_ms=timeout_ms)
         if self._to_rewind:  # a rebalance happened in that poll: its records may start past what is committed
             self._rewind()

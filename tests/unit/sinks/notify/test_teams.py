@@ -68,6 +68,12 @@ class TopicsConsumer:
     def close(self, autocommit: bool = False) -> None:
         pass
 
+    def subscription(self) -> set[str]:
+        return {"p.a.alerts", "p.b.alerts"}
+
+    def assignment(self) -> set[tuple[str, int]]:
+        return {("p.a.alerts", 0), ("p.b.alerts", 0)}
+
 
 ROUTED = {
     "group_wait_s": 0,
@@ -154,3 +160,20 @@ def test_without_every_team_one_topic_and_its_team(team: str) -> None:
     n = Notifier(settings, parse_config(ROUTED, env={}))
     assert n.subscription.topics == (["p.b.alerts"] if team else ["p.alerts"])
     assert n.subscription.team_of(n.subscription.topics[0]) == team
+
+
+def test_polls_are_long_while_a_pattern_subscription_rejoins() -> None:
+    from types import SimpleNamespace
+
+    from rankstream.sinks.notify.consumer import JOIN_POLL_MS, JoinPoll
+
+    state = SimpleNamespace(topics={"p.a.alerts"}, assigned={("p.a.alerts", 0)})
+    consumer = SimpleNamespace(subscription=lambda: state.topics, assignment=lambda: state.assigned)
+    join = JoinPoll()
+    assert join.timeout_ms(consumer, 100) == JOIN_POLL_MS  # the first join
+    assert join.timeout_ms(consumer, 100) == 100
+    state.topics = {"p.a.alerts", "p.c.alerts"}  # a new team's topic matched: the group must rejoin
+    assert join.timeout_ms(consumer, 100) == JOIN_POLL_MS
+    assert join.timeout_ms(consumer, 100) == 100
+    state.assigned = set()
+    assert join.timeout_ms(consumer, 100) == JOIN_POLL_MS
