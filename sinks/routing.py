@@ -5,15 +5,18 @@ Three modes, from ``RANKSTREAM_TEAM`` (:class:`~rankstream.config.Settings`):
 * legacy (no team): the prefix's own ``<prefix>.events|steps|alerts``; a run's team is
   what its run_start's ``meta`` claims;
 * one team (``--team a`` with ``--prefix <prefix>.a``): those topics, every record team ``a``;
-* every team (``--team '*'``): one regular-expression subscription to every
-  ``<prefix>.<team>.events|steps|alerts``; each record's team is the one of its topic
-  (:func:`~rankstream.kafka_access.team_of_topic`) and its dead letters go to that team's
-  ``<prefix>.<team>.dlq``. New team topics match the pattern once the consumer's metadata
-  is refreshed (``metadata_max_age_ms``, the CLI's ``--topic-refresh-seconds``).
+* every team (``--team '*'``): every topic matching ``<prefix>.<team>.events|steps|alerts``
+  (:func:`~rankstream.kafka_access.team_topic_pattern`); each record's team is the one of its
+  topic (:func:`~rankstream.kafka_access.team_of_topic`) and its dead letters go to that team's
+  ``<prefix>.<team>.dlq``. The matching topics are looked up again every
+  ``--topic-refresh-seconds`` (:class:`~rankstream.sinks.worker_rebalance.TeamTopicWatch`), so
+  a new team's topics are read without a restart.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from rankstream.config import Settings
@@ -33,7 +36,7 @@ class TopicRoute:
 
 
 class Router:
-    """The sink's subscription (topics or a pattern) and each consumed topic's :class:`TopicRoute` (cached)."""
+    """The sink's topics (a shared sink: those matching ``pattern`` found so far) and each one's :class:`TopicRoute`."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -47,6 +50,13 @@ class Router:
         if self.pattern:
             return f"every team's topics {self.settings.topic_prefix}.<team>.{{{','.join(SINK_KINDS)}}}"
         return ", ".join(self.topics)
+
+    def matching(self, topics: Iterable[str]) -> tuple[str, ...]:
+        """Those of ``topics`` a shared sink reads (sorted)."""
+        if not self.pattern:
+            return ()
+        pattern = re.compile(self.pattern)
+        return tuple(sorted(t for t in topics if pattern.match(t)))
 
     def route(self, topic: str) -> TopicRoute:
         route = self._routes.get(topic)

@@ -112,6 +112,7 @@ class SinkWorker:
         self._flushing = False  # inside _flush/_finish_inflight (whose store retries poll the consumer)
         self._inserter: ThreadPoolExecutor | None = None
         self._consumer: Any = None
+        self.rebalance_listener: Any = None  # one per worker (rankstream.sinks.worker_rebalance)
         self.retrier = Retrier(self._count_outage)
         self._dead_letters = DeadLetterSender(settings, self.retrier)
         self._stop = self.retrier.stop
@@ -182,7 +183,7 @@ class SinkWorker:
 
     def _loop(self) -> None:
         from rankstream.sinks.rejoin import RejoinWatch
-        from rankstream.sinks.worker_rebalance import UNASSIGNED_REJOIN_S, subscribe
+        from rankstream.sinks.worker_rebalance import UNASSIGNED_REJOIN_S, TeamTopicWatch, subscribe
 
         consumer, router = self._consumer, self.router
         rejoin = RejoinWatch(
@@ -193,13 +194,19 @@ class SinkWorker:
             who="sink",
             pattern=router.pattern,
         )
+        team_topics = TeamTopicWatch(self, self.topic_refresh_s) if router.pattern else None
         while not self._stop.is_set():
+            if team_topics is not None:
+                team_topics.check(consumer)
             rejoin.check(consumer)
             self._settle()
             if self.writer.restamp_due():
                 self._restamp_teams()
             # While an insert runs, poll briefly so its offsets are committed soon after it lands.
-            records = consumer.poll(timeout_ms=100 if self._inflight is None else 10)
+            if router.topics:
+                records = consumer.poll(timeout_ms=100 if self._inflight is None else 10)
+            else:  # a shared sink before any team's topics exist
+                records, _ = {}, self._stop.wait(0.1)
             self.stats.polls += 1
             if self.retrier.rewound_after_poll():  # records of a rebalance that dropped a batch: read again
                 records = {}

@@ -1,4 +1,5 @@
-"""The sink's consumer: its settings, a flush before partitions go away, and rejoining a group that forgot us.
+"""The sink's consumer: its settings, a flush before partitions go away, rejoining a group that forgot us, and the
+team topics a shared sink reads.
 
 kafka-python rebalances eagerly (every partition is revoked), but keeps the
 position of a partition that stays assigned: when a batch cannot be flushed in
@@ -9,6 +10,7 @@ so its messages are read again, never skipped.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from kafka import ConsumerRebalanceListener
@@ -58,20 +60,56 @@ def make_consumer(worker: SinkWorker) -> Any:
         # A crashed sink's partitions move to its restarted successor after 10 s, not the 45 s default.
         session_timeout_ms=10_000,
         heartbeat_interval_ms=2_000,
-        # Topics created after the sink joined (the compose `topics` service racing it, a new team's topics
-        # matching a shared sink's pattern) are picked up within this age instead of kafka-python's 5 min.
+        # Topics created after the sink joined (the compose `topics` service racing it) and partitions added
+        # are picked up within this age (--topic-refresh-seconds, 30 s) instead of kafka-python's 5 min.
         metadata_max_age_ms=int(worker.topic_refresh_s * 1000),
         **worker.settings.kafka_python_kwargs(),
     )
+    worker.rebalance_listener = RevokeListener(worker)
     subscribe(consumer, worker)
     return consumer
 
 
 def subscribe(consumer: Any, worker: SinkWorker) -> None:
-    """Subscribe ``consumer`` to ``worker``'s topics, or its pattern of every team's topics
-    (:class:`~rankstream.sinks.routing.Router`), with ``worker``'s rebalance listener."""
-    router = worker.router
-    if router.pattern:
-        consumer.subscribe(pattern=router.pattern, listener=RevokeListener(worker))
-    else:
-        consumer.subscribe(list(router.topics), listener=RevokeListener(worker))
+    """Subscribe ``consumer`` to ``worker``'s topics (a shared sink: the team topics found so far; none yet: no
+    subscription) with ``worker``'s one rebalance listener (a rebalance spanning two polls keeps its state)."""
+    if worker.router.topics:
+        consumer.subscribe(list(worker.router.topics), listener=worker.rebalance_listener)
+
+
+class TeamTopicWatch:
+    """A shared sink's subscription: the broker's topics its pattern matches, looked up every ``every_s``.
+
+    Not kafka-python's ``subscribe(pattern=...)``: to rejoin after a new topic matched, it
+    waits for a fresh metadata response of every topic of the cluster within one poll's
+    timeout (KAFKA-3949), which a broker with thousands of topics never gives in the
+    sink's 10-100 ms polls: it never rejoined. A lookup here takes what it takes (one
+    metadata request for every topic per ``every_s``), then the explicit topic list rejoins.
+    """
+
+    def __init__(self, worker: SinkWorker, every_s: float) -> None:
+        self.worker = worker
+        self.every_s = every_s
+        self._next = 0.0
+
+    def check(self, consumer: Any) -> None:
+        from kafka.errors import KafkaError
+
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.every_s
+        router = self.worker.router
+        try:
+            found = router.matching(consumer.topics())
+        except KafkaError as exc:
+            log.warning("sink: listing the team topics failed (%s); trying again in %.0f s", exc, self.every_s)
+            return
+        if found == router.topics:
+            return
+        new = [t for t in found if t not in router.topics]
+        router.topics = found
+        log.info(
+            "sink: consuming %d team topic(s); new: %s", len(found), ", ".join(new[:6]) + (" ..." * (len(new) > 6))
+        )
+        subscribe(consumer, self.worker)
