@@ -26,9 +26,14 @@ _STANDARD: Final[dict[str, str]] = {
     "learning_rate": "lr",
     "lr": "lr",
     "grad_norm": "grad_norm",
-    "grad norm": "grad_norm",
+    "grad norm": "grad_norm",  # Megatron-LM's stdout iteration line
+    "grad-norm": "grad_norm",  # Megatron-LM's TensorBoard tag
+    "learning rate": "lr",  # Megatron-LM's stdout iteration line
+    "learning-rate": "lr",  # Megatron-LM's TensorBoard tag
     "loss_scale": "loss_scale",
     "loss scale": "loss_scale",
+    "loss-scale": "loss_scale",  # Megatron-LM's TensorBoard tag
+    "iteration-time": "step_time_s",  # Megatron-LM's TensorBoard tag (--log-timers-to-tensorboard), seconds
     "train_speed(s/it)": "step_time_s",  # ms-swift >= 3.x: elapsed / steps since start
     "elapsed_time_per_iteration": "step_time_s",  # Megatron-swift 3.x, seconds
     "step_time_s": "step_time_s",
@@ -48,10 +53,23 @@ def _gib_to_mb(value: float) -> float | None:
     return value * _GIB_TO_MB
 
 
+def _bytes_to_mb(value: float) -> float | None:
+    return value / (1024.0 * 1024.0)
+
+
+def _ms_to_seconds(value: float) -> float | None:
+    return value / 1000.0
+
+
 _CONVERTED: Final = {
     "memory(GiB)": ("mem_peak_mb", _gib_to_mb),  # ms-swift: max reserved CUDA memory, GiB
     "memory_GiB": ("mem_peak_mb", _gib_to_mb),
     "train_speed(iter/s)": ("step_time_s", _per_second_to_seconds),  # ms-swift 3.0-3.2
+    # Megatron-LM (megatron/training/training.py training_log): the stdout line in ms, TensorBoard memory in bytes
+    "elapsed time per iteration (ms)": ("step_time_s", _ms_to_seconds),
+    "mem-max-allocated-bytes": ("mem_peak_mb", _bytes_to_mb),
+    "mem-allocated-bytes": ("mem_alloc_mb", _bytes_to_mb),
+    "mem-reserved-bytes": ("mem_reserved_mb", _bytes_to_mb),
 }
 
 #: Bookkeeping written next to the metrics on each log line: position, clock and progress text.

@@ -1,8 +1,11 @@
 """``rankstream replay`` and ``rankstream import``: run the detection core over a file, no broker needed.
 
 Alerts go to stdout as JSON lines, a one-line summary to stderr; malformed lines
-are reported with their line number (capped) and skipped. An empty file, or an
-imported file with no training or eval log entry, exits 1 with one line.
+are reported with their line number (capped) and skipped; lines of a captured
+stdout log that hold no log entry (progress bars, warnings) are only counted in
+the summary. An empty file, or an imported file with no training or eval log
+entry, exits 1 with one line. ``--input`` may be a directory of TensorBoard
+event files.
 """
 
 from __future__ import annotations
@@ -11,25 +14,37 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from rankstream.cli.common import EXIT_CONFIG, EXIT_FAILURE, fail
 from rankstream.errors import one_line
 
+if TYPE_CHECKING:
+    from rankstream.importers import ImportResult
+
 #: Malformed lines reported one by one before the rest are only counted.
 MAX_REPORTED_ERRORS = 20
 _BATCH = 4096
+#: How much of a file ``--format auto`` reads: a captured stdout log may open with a long preamble.
+_HEAD_BYTES = 1 << 20
 
 InputOpt = Annotated[
-    Path, typer.Option("--input", "-i", help="Events JSONL, ms-swift logging.jsonl or trainer_state.json")
+    Path,
+    typer.Option(
+        "--input",
+        "-i",
+        help="Events JSONL, ms-swift logging.jsonl, trainer_state.json, TensorBoard event file or run directory, "
+        "or a captured training stdout log",
+    ),
 ]
 FormatOpt = Annotated[
     str,
     typer.Option(
         "--format",
-        help="auto, events (v1 JSONL), swift (ms-swift / Megatron-swift logging.jsonl), hf (trainer_state.json)",
+        help="auto, events (v1 JSONL), swift (ms-swift / Megatron-swift logging.jsonl), hf (trainer_state.json), "
+        "tensorboard (events.out.tfevents.* or a directory of them), log (HF Trainer / Megatron-LM stdout)",
     ),
 ]
 RunIdOpt = Annotated[str | None, typer.Option("--run-id", help="run_id for imported files [default: the file's stem]")]
@@ -92,38 +107,68 @@ def replay_lines(
     return accepted
 
 
-def _imported_lines(path: Path, fmt: str, run_id: str | None, on_error: Callable[[str], None]) -> list[bytes]:
-    """The file as v1 event lines; a file with nothing to import exits 1 with one line."""
-    from rankstream.importers import NothingToImport, import_hf_trainer_state, import_swift_jsonl, require_logged
-    from rankstream.schema import dumps
+def _import(path: Path, fmt: str, rid: str) -> ImportResult:
+    from rankstream.importers import (
+        import_hf_trainer_state,
+        import_swift_jsonl,
+        import_tensorboard,
+        import_training_log,
+    )
 
-    rid = run_id or path.stem
+    if fmt == "tensorboard":  # wall times of their own
+        return import_tensorboard(path, run_id=rid, run_name=rid)
     end_ts = path.stat().st_mtime  # written last when the run ended (or died): imported times end there
     if fmt == "hf":
-        result = import_hf_trainer_state(path.read_bytes(), run_id=rid, end_ts=end_ts, run_name=rid)
-    else:
-        with path.open("rb") as fh:
-            result = import_swift_jsonl(fh, run_id=rid, end_ts=end_ts, run_name=rid)
+        return import_hf_trainer_state(path.read_bytes(), run_id=rid, end_ts=end_ts, run_name=rid)
+    with path.open("rb") as fh:
+        if fmt == "log":
+            return import_training_log(fh, run_id=rid, end_ts=end_ts, run_name=rid)
+        return import_swift_jsonl(fh, run_id=rid, end_ts=end_ts, run_name=rid)
+
+
+def _default_run_id(path: Path, fmt: str) -> str:
+    """The file's stem; for TensorBoard the run directory's name (an event file's name is a time and a host)."""
+    if fmt == "tensorboard" and path.is_file():
+        return path.parent.resolve().name or path.stem
+    return path.name if path.is_dir() else path.stem
+
+
+def _imported_lines(
+    path: Path, fmt: str, run_id: str | None, on_error: Callable[[str], None]
+) -> tuple[list[bytes], int, str]:
+    """The file as v1 event lines, and how many of its lines held no log entry; a file with nothing to
+    import exits 1 with one line."""
+    from rankstream.importers import NothingToImport, TensorBoardMissing, require_logged
+    from rankstream.schema import dumps
+
     try:
+        result = _import(path, fmt, run_id or _default_run_id(path, fmt))
         require_logged(result, f"{path} ({fmt} file)")
-    except NothingToImport as exc:
+    except (NothingToImport, TensorBoardMissing) as exc:
         fail(one_line(exc), exc.exit_code)
     for err in result.errors:
         on_error(err)
-    return [dumps(ev) for ev in result.events]
+    return [dumps(ev) for ev in result.events], result.ignored, result.ignored_what
 
 
 def _resolve_format(path: Path, fmt: str) -> str:
     """The format to read ``path`` as; an empty file exits 1 with one line whatever the format."""
-    from rankstream.importers import FORMATS, is_blank, sniff_format
+    from rankstream.importers import FORMATS, is_blank, sniff_path
 
     if fmt != "auto" and fmt not in FORMATS:
         fail(f"unknown --format {fmt!r} (expected auto, {', '.join(FORMATS)})", EXIT_CONFIG)
+    if path.is_dir():
+        if fmt not in ("auto", "tensorboard"):
+            fail(f"input is a directory: {path} (only --format tensorboard reads one)", EXIT_CONFIG)
+        try:
+            return sniff_path(path, "")
+        except ValueError as exc:
+            fail(str(exc), EXIT_CONFIG)
     with path.open("rb") as fh:
-        head = fh.read(65536).decode("utf-8", "replace")
+        head = fh.read(_HEAD_BYTES).decode("utf-8", "replace")
     if is_blank(head) and _is_blank_file(path):
         fail(f"{path} is empty: nothing to replay or import", EXIT_FAILURE)
-    return sniff_format(head) if fmt == "auto" else fmt
+    return sniff_path(path, head) if fmt == "auto" else fmt
 
 
 def _is_blank_file(path: Path) -> bool:
@@ -134,17 +179,22 @@ def _is_blank_file(path: Path) -> bool:
 def _check_input(path: Path) -> None:
     if not path.exists():
         fail(f"input file not found: {path}", EXIT_CONFIG)
-    if not path.is_file():
+    if not path.is_file() and not path.is_dir():
         fail(f"input is not a file: {path}", EXIT_CONFIG)
 
 
-def summary_line(stats: dict[str, int], alerts: Counter[str], malformed: int) -> str:
+def summary_line(stats: dict[str, int], alerts: Counter[str], malformed: int, ignored: int = 0, what: str = "") -> str:
     by_rule = ", ".join(f"{rule}={n}" for rule, n in sorted(alerts.items())) or "none"
     return (
         f"replay: {stats['events']} events ({stats['duplicates']} duplicates, {stats['late_events']} late), "
         f"{stats['steps']} steps ({stats['partial_steps']} partial), {sum(alerts.values())} alerts ({by_rule}), "
-        f"{malformed} malformed lines skipped"
+        f"{malformed} malformed lines skipped" + ignored_note(ignored, what)
     )
+
+
+def ignored_note(ignored: int, what: str) -> str:
+    """The summary's count of input that held no log entry (a stdout log's progress bars and warnings)."""
+    return f", {ignored} {what or 'lines without a log entry'} ignored" if ignored else ""
 
 
 def replay(
@@ -168,6 +218,7 @@ def replay(
     fmt = _resolve_format(input, format)
     errors = ErrorReport(sys.stderr)
     engine = Engine(config)
+    ignored, what = 0, ""
     counts: Counter[str] = Counter()
     stdout = sys.stdout.buffer
     steps_fh = None
@@ -190,7 +241,8 @@ def replay(
             with input.open("rb") as fh:
                 replay_lines(fh, engine, emit, errors)
         else:
-            replay_lines(_imported_lines(input, fmt, run_id, errors), engine, emit, errors)
+            lines, ignored, what = _imported_lines(input, fmt, run_id, errors)
+            replay_lines(lines, engine, emit, errors)
         out = engine.finish()
         emit(out.steps, out.all_alerts())
     finally:
@@ -198,7 +250,7 @@ def replay(
             steps_fh.close()
         stdout.flush()
     errors.close()
-    print(summary_line(engine.stats, counts, errors.count), file=sys.stderr)
+    print(summary_line(engine.stats, counts, errors.count, ignored, what), file=sys.stderr)
 
 
 def import_cmd(
@@ -209,13 +261,14 @@ def import_cmd(
     format: FormatOpt = "auto",
     run_id: RunIdOpt = None,
 ) -> None:
-    """Convert an ms-swift logging.jsonl or HF trainer_state.json into v1 events (JSON lines)."""
+    """Convert a trainer's log (ms-swift logging.jsonl, HF trainer_state.json, TensorBoard event files, captured
+    stdout) into v1 events (JSON lines)."""
     _check_input(input)
     fmt = _resolve_format(input, format)
     if fmt == "events":
-        fail(f"{input} already holds rankstream events (use --format swift or hf to force)", EXIT_CONFIG)
+        fail(f"{input} already holds rankstream events (use --format swift, hf or log to force)", EXIT_CONFIG)
     errors = ErrorReport(sys.stderr)
-    lines = _imported_lines(input, fmt, run_id, errors)
+    lines, ignored, what = _imported_lines(input, fmt, run_id, errors)
     data = b"".join(line + b"\n" for line in lines)
     if output is None:
         sys.stdout.buffer.write(data)
@@ -226,7 +279,10 @@ def import_cmd(
         except OSError as exc:
             fail(f"cannot write {output}: {exc.strerror or exc}", EXIT_CONFIG)
     errors.close()
-    print(f"import: {len(lines)} events from {fmt} file, {errors.count} entries skipped", file=sys.stderr)
+    print(
+        f"import: {len(lines)} events from {fmt} file, {errors.count} entries skipped" + ignored_note(ignored, what),
+        file=sys.stderr,
+    )
 
 
 def register(app: typer.Typer) -> None:

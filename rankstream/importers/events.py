@@ -1,4 +1,4 @@
-"""What every importer returns: v1 wire events of one rank, and the lines it could not use."""
+"""What every importer returns: v1 wire events (one or more ranks), and the lines it could not use."""
 
 from __future__ import annotations
 
@@ -15,11 +15,17 @@ class NothingToImport(InvalidInput):
 
 @dataclass
 class ImportResult:
-    """Wire events in order, and one line per input entry that could not be used."""
+    """Wire events in order, and one line per input entry that could not be used.
+
+    ``ignored`` counts input that is no log entry at all and is not worth a line each: a stdout log's progress
+    bars, warnings and banners, a TensorBoard file's histograms and text.
+    """
 
     events: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     source: str = ""
+    ignored: int = 0
+    ignored_what: str = "lines without a log entry"
 
     @property
     def logged(self) -> int:
@@ -38,10 +44,28 @@ def require_logged(result: ImportResult, what: str) -> ImportResult:
 
 
 class EventBuilder:
-    """Numbers events of rank 0 (``seq`` from 0) and opens the run with ``run_start``."""
+    """Numbers events of one rank (``seq`` from 0) and opens the run with ``run_start``.
 
-    def __init__(self, run_id: str, source: str, start_ts: float, run_name: str, team: str) -> None:
+    A log read from one rank (the usual case) is rank 0 of ``world_size`` 1; a stdout log holding several ranks'
+    lines gives one builder per rank. ``tags`` go on every event (e.g. the rank the log printed).
+    """
+
+    def __init__(
+        self,
+        run_id: str,
+        source: str,
+        start_ts: float,
+        run_name: str,
+        team: str,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        tags: dict[str, str] | None = None,
+    ) -> None:
         self.run_id = run_id
+        self.rank = rank
+        self.world_size = world_size
+        self._tags = dict(tags or {})
         self.seq = 0
         self.inc = "launch-1"  # every launch an incarnation of its own (see relaunch)
         self.result = ImportResult(source=source)
@@ -68,8 +92,8 @@ class EventBuilder:
             "v": 1,
             "kind": kind,
             "run_id": self.run_id,
-            "rank": 0,
-            "world_size": 1,
+            "rank": self.rank,
+            "world_size": self.world_size,
             "local_rank": 0,
             "host": "",
             "step": step,
@@ -77,7 +101,7 @@ class EventBuilder:
             "seq": self.seq,
             "inc": self.inc,
             "metrics": {k: encode_metric(v) for k, v in metrics.items()},
-            "tags": {"source": self.result.source, **(tags or {})},
+            "tags": {"source": self.result.source, **self._tags, **(tags or {})},
         }
         if meta:
             ev["meta"] = meta

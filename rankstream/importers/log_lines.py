@@ -142,11 +142,22 @@ def _read_end(obj: Mapping[str, Any], kind: EntryKind, reading: _Reading) -> Non
         reading.end_elapsed = max(reading.end_elapsed, elapsed)
 
 
-def read_entries(entries: Sequence[tuple[str, Any]], *, require_step: bool) -> _Reading:
-    """Classify, number and time every entry (``(where, obj)``, where names it in error lines)."""
+def read_entries(
+    entries: Sequence[tuple[str, Any]],
+    *,
+    require_step: bool,
+    launches: Sequence[int] | None = None,
+    launch_on_step_back: bool = False,
+) -> _Reading:
+    """Classify, number and time every entry (``(where, obj)``, where names it in error lines).
+
+    A new launch starts where the elapsed clock starts again; ``launch_on_step_back`` also starts one where a
+    training step is not after the previous one (a resume repeats steps; for logs whose clock is absolute),
+    and ``launches`` (one number per entry) gives them outright (a TensorBoard event file per launch).
+    """
     reading = _Reading()
-    pending: list[tuple[str, EntryKind, Mapping[str, Any], int | None, float | None]] = []
-    for where, obj in entries:
+    pending: list[tuple[str, EntryKind, Mapping[str, Any], int | None, float | None, int | None]] = []
+    for index, (where, obj) in enumerate(entries):
         if not isinstance(obj, dict):
             reading.errors.append(f"{where}: expected a JSON object, got {type(obj).__name__}")
             continue
@@ -158,23 +169,31 @@ def read_entries(entries: Sequence[tuple[str, Any]], *, require_step: bool) -> _
         if step is None and require_step:
             reading.errors.append(f"{where}: missing or invalid 'step'")
             continue
-        pending.append((where, kind, obj, step, _elapsed(obj)))
-    timed = any(elapsed is not None for *_, elapsed in pending)
+        pending.append((where, kind, obj, step, _elapsed(obj), None if launches is None else launches[index]))
+    timed = any(p[4] is not None for p in pending)
     last_step = 0
     sec_per_step = 1.0
     if reading.runtime is not None:
-        final = reading.end_step or max((s for *_, s, _ in pending if s is not None), default=0)
+        final = reading.end_step or max((p[3] for p in pending if p[3] is not None), default=0)
         if final > 0:
             sec_per_step = reading.runtime / final
     offset = previous_elapsed = seconds = 0.0
     launch = 0
-    for where, kind, obj, step, elapsed in pending:
+    seen_train = False
+    for where, kind, obj, step, elapsed, given_launch in pending:
+        stepped_back = False
+        if given_launch is not None:
+            launch = given_launch
+        elif launch_on_step_back and kind == "train" and seen_train and step is not None and step <= last_step:
+            launch += 1
+            stepped_back = True
         if step is None:
             step = last_step if kind == "eval" else last_step + 1
         if elapsed is not None:
             if elapsed < previous_elapsed - 1.0:  # a new launch appended to the same file: its clock restarts
                 offset += previous_elapsed
-                launch += 1
+                if given_launch is None and not stepped_back:
+                    launch += 1
             previous_elapsed = elapsed
             seconds = offset + elapsed
         elif not timed:
@@ -188,6 +207,7 @@ def read_entries(entries: Sequence[tuple[str, Any]], *, require_step: bool) -> _
         reading.logged.append(_Logged("eval" if kind == "eval" else "step", step, seconds, metrics, launch))
         if kind == "train":
             last_step = step
+            seen_train = True
     _drop_constant_unit_loss_scale(reading.logged)
     return reading
 
@@ -218,13 +238,21 @@ def build_events(
     team: str,
     require_step: bool = False,
     errors: Sequence[str] = (),
+    launches: Sequence[int] | None = None,
+    launch_on_step_back: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    tags: dict[str, str] | None = None,
 ) -> ImportResult:
-    """The events of one run from its log entries; ``end_ts`` (the file's time) sets the start when given."""
-    reading = read_entries(entries, require_step=require_step)
+    """The events of one rank of a run from its log entries; ``end_ts`` (the file's time) sets the start when
+    given, else the entries' seconds count from ``start_ts``. Launches: see :func:`read_entries`."""
+    reading = read_entries(
+        entries, require_step=require_step, launches=launches, launch_on_step_back=launch_on_step_back
+    )
     run_seconds = max([reading.runtime or 0.0, reading.end_elapsed, *(e.seconds for e in reading.logged)])
     if end_ts is not None:
         start_ts = end_ts - run_seconds
-    b = EventBuilder(run_id, source, start_ts, run_name, team)
+    b = EventBuilder(run_id, source, start_ts, run_name, team, rank=rank, world_size=world_size, tags=tags)
     b.result.errors.extend(errors)
     b.result.errors.extend(reading.errors)
     last_step = 0
