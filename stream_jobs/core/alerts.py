@@ -3,12 +3,15 @@
 Detectors only score: they return :class:`Finding` values saying what they saw;
 the :class:`Alerter` decides what becomes an alert. A rule that keeps firing
 would flood people; after an alert, the same (run, rule, ranks) stays quiet for
-``cooldown_steps`` steps unless the severity rises. Cooldown counts steps (not
-arrival time), so replaying the same events in another order gives the same alerts.
+``cooldown_steps`` steps, and at least ``cooldown_points`` of the run's logged points,
+unless the severity rises. Cooldown counts steps (not arrival time), so replaying the
+same events in another order gives the same alerts; the floor in logged points keeps a
+run logged every 500 steps from being re-alerted at every point.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -95,6 +98,45 @@ def severity_for(params: RuleParams, severity: Severity, warmup: bool) -> Severi
     return severity
 
 
+def cooldown_span(policy: RuleParams, cadence: int) -> int:
+    """Steps the cooldown of ``policy`` lasts for a run logged every ``cadence`` steps: ``cooldown_steps``, and
+    at least min(``cooldown_points``, ``cooldown_steps``) logged points (at cadence 1: ``cooldown_steps``)."""
+    steps = policy.cooldown_steps
+    return max(steps, min(policy.cooldown_points, steps) * cadence)
+
+
+class LoggingCadence:
+    """The run's logging interval in steps: the median gap between its last released steps (1 until known).
+
+    Why a median of a few: HF Trainer logs every ``logging_steps`` but its first point is step 1, a lost
+    point doubles one gap, and a resume from a checkpoint sends the steps back; none of these is the cadence.
+    """
+
+    __slots__ = ("gaps", "last")
+
+    GAPS = 9
+
+    def __init__(self, state: dict[str, Any] | None = None) -> None:
+        self.last = int(state["last"]) if state else -1
+        self.gaps: deque[int] = deque((int(g) for g in state["gaps"]) if state else (), maxlen=self.GAPS)
+
+    def logged(self, step: int) -> None:
+        """A step was released (logged by the run); steps that go back (a new attempt) add no gap."""
+        if self.last >= 0 and step > self.last:
+            self.gaps.append(step - self.last)
+        self.last = step
+
+    @property
+    def steps(self) -> int:
+        if not self.gaps:
+            return 1
+        ordered = sorted(self.gaps)
+        return ordered[(len(ordered) - 1) // 2]
+
+    def to_state(self) -> dict[str, Any]:
+        return {"last": self.last, "gaps": list(self.gaps)}
+
+
 def rank_list(ranks: list[int] | tuple[int, ...]) -> str:
     if len(ranks) > 8:
         return ", ".join(str(r) for r in ranks[:8]) + f" and {len(ranks) - 8} more"
@@ -104,7 +146,7 @@ def rank_list(ranks: list[int] | tuple[int, ...]) -> str:
 class Alerter:
     """Builds alerts for one run and applies cooldown; its state is small and exportable."""
 
-    __slots__ = ("_last", "open", "run_id", "suppressed", "team")
+    __slots__ = ("_last", "cadence", "open", "run_id", "suppressed", "team")
 
     def __init__(self, run_id: str, team: str = "") -> None:
         self.run_id = run_id
@@ -114,6 +156,8 @@ class Alerter:
         self.suppressed = 0
         #: Firing alerts not resolved yet (:mod:`.resolve`).
         self.open = OpenAlerts(cooldowns=self._last)
+        #: The run's logging interval (the run feeds it its released steps; every step until then).
+        self.cadence = LoggingCadence()
 
     def emit_all(self, findings: Iterable[Finding], rules: RuleSet, out: list[dict]) -> None:
         """:meth:`emit` each finding, in order, under its rule's parameters in ``rules``."""
@@ -122,7 +166,7 @@ class Alerter:
 
     def emit(self, finding: Finding, *, policy: RuleParams, out: list[dict]) -> dict | None:
         """Append the alert to ``out`` unless warmup mutes it (``policy.during_warmup``) or its
-        cooldown (``policy.cooldown_steps``) holds; returns the alert appended, if any."""
+        cooldown (:func:`cooldown_span`) holds; returns the alert appended, if any."""
         severity = finding.severity
         if finding.warmup:
             muted = severity_for(policy, severity, True)
@@ -138,7 +182,8 @@ class Alerter:
         last = self._last.get(key)
         if last is not None:
             last_step, last_level = last
-            if step - last_step < policy.cooldown_steps and level <= last_level and step >= last_step:
+            quiet = cooldown_span(policy, self.cadence.steps)
+            if step - last_step < quiet and level <= last_level and step >= last_step:
                 self.suppressed += 1
                 return None
         self._last[key] = (step, level)
@@ -159,9 +204,10 @@ class Alerter:
             "evidence": clean(finding.evidence),
         }
         out.append(alert)
-        self.open.fired(
-            key, alert, out, quiet=max(QUIET_STEPS, policy.cooldown_steps, getattr(policy, "recover_steps", 0))
-        )
+        quiet = max(QUIET_STEPS, policy.cooldown_steps, getattr(policy, "recover_steps", 0))
+        # Logged points: the cooldown's floor, and recover_steps (which counts logged points) in full.
+        quiet_points = max(min(policy.cooldown_points, quiet), getattr(policy, "recover_steps", 0))
+        self.open.fired(key, alert, out, quiet=quiet, quiet_points=quiet_points)
         return alert
 
     def _prune(self, step: int) -> None:

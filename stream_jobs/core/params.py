@@ -52,6 +52,9 @@ class RuleParams:
     """severity of an alert when the rule fires in its normal form (`info`, `warning`, `critical`)"""
     cooldown_steps: int = 50
     """steps during which the same (run, rule, ranks) stays quiet after an alert, unless the severity rises"""
+    cooldown_points: int = 3
+    """... and logged points it lasts at least: max(`cooldown_steps`, min(`cooldown_points`, `cooldown_steps`) x
+    the run's logging interval) steps (at cadence 1 exactly `cooldown_steps`; see "Logging cadence")"""
     during_warmup: WarmupMode = "normal"
     """on warmup steps: `normal`, `info` (downgrade to info) or `suppress` (no alert)"""
     enabled: bool = True

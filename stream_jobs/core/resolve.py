@@ -10,9 +10,10 @@ Three ways an alert ends, by rule (docs/rules.md, "Resolution"):
 * liveness rules (rank_silent, rank_hung, run_lost) are re-evaluated as a whole at
   every check: an open alert whose (rule, ranks) the check no longer finds is resolved;
 * per-step rules whose detectors report the condition at every logged step while it
-  holds resolve once it has not been seen for the rule's ``cooldown_steps`` (at least
-  :data:`QUIET_STEPS`, and at least ``recover_steps`` where the rule has one): so a
-  repeat inside the cooldown stays one alert, as before resolution existed;
+  holds resolve once it has not been seen for the rule's cooldown (``cooldown_steps``,
+  at least :data:`QUIET_STEPS`, and at least ``cooldown_points`` and ``recover_steps``
+  logged points): so a repeat inside the cooldown stays one alert, as before resolution
+  existed, and a run logged every 500 steps is not resolved at its first clean point;
 * everything still open resolves when the run ends (every rank sent run_end).
 
 Rules that report an event rather than a condition (membership_changed, clock_skew,
@@ -54,7 +55,8 @@ class OpenAlerts:
     __slots__ = ("_cooldowns", "_open")
 
     def __init__(self, cooldowns: dict[Key, Any] | None = None) -> None:
-        #: (rule, ranks) -> [last step the condition was seen, [firing alert records (trimmed)], quiet steps]
+        #: (rule, ranks) -> [last step the condition was seen, [firing alert records (trimmed)], quiet steps,
+        #: quiet logged points]
         self._open: dict[Key, list[Any]] = {}
         #: The alerter's cooldowns: a resolved condition that comes back alerts at once, not after the cooldown.
         self._cooldowns = cooldowns if cooldowns is not None else {}
@@ -68,14 +70,17 @@ class OpenAlerts:
         if entry is not None and step > entry[0]:
             entry[0] = step
 
-    def fired(self, key: Key, alert: dict[str, Any], out: list[dict], quiet: int = QUIET_STEPS) -> None:
-        """Track a firing alert of a resolving rule; ``quiet``: logged steps without it that resolve it."""
+    def fired(
+        self, key: Key, alert: dict[str, Any], out: list[dict], quiet: int = QUIET_STEPS, quiet_points: int = 0
+    ) -> None:
+        """Track a firing alert of a resolving rule; ``quiet`` steps and at least ``quiet_points`` logged points
+        without it resolve it."""
         if key[0] not in RESOLVING_RULES:
             return
         kept = {k: alert[k] for k in ("alert_id", "run_id", "team", "rule", "severity", "step", "ranks")}
         entry = self._open.get(key)
         if entry is None:
-            self._open[key] = [alert["step"], [kept], quiet]
+            self._open[key] = [alert["step"], [kept], quiet, quiet_points]
         else:
             entry[0] = max(entry[0], alert["step"])
             entry[1].append(kept)
@@ -90,13 +95,14 @@ class OpenAlerts:
             why = f"now part of the alert on rank(s) {_ranks(wider[0][1])}" if wider else _LIVENESS_WHY[key[0]]
             self._resolve(key, step, ts, why, out)
 
-    def resolve_quiet(self, step: int, ts: float, out: list[dict]) -> None:
-        """Per-step rules: resolve those not seen for :data:`QUIET_STEPS` logged steps up to ``step``."""
+    def resolve_quiet(self, step: int, ts: float, out: list[dict], cadence: int = 1) -> None:
+        """Per-step rules: resolve those not seen for their quiet steps (and quiet logged points of ``cadence``
+        steps) up to ``step``."""
         for key, entry in list(self._open.items()):
             if key[0] not in PER_STEP_RULES:
                 continue
             gap = step - entry[0]
-            if gap >= entry[2]:  # by then its cooldown has passed too: a return is a new alert
+            if gap >= max(entry[2], entry[3] * cadence):  # by then its cooldown has passed too: a return is new
                 self._resolve(key, step, ts, f"not seen for {gap} steps", out, rearm=False)
             elif gap < 0:  # steps went back: a new attempt (relaunch from a checkpoint) started afresh
                 self._resolve(key, step, ts, "the run was relaunched from an earlier step", out)
@@ -114,11 +120,13 @@ class OpenAlerts:
             out.append(resolved_record(fired, step, ts, why))
 
     def to_state(self) -> list[list[Any]]:
-        return [[rule, list(ranks), last, alerts, quiet] for (rule, ranks), (last, alerts, quiet) in self._open.items()]
+        return [[rule, list(ranks), *entry] for (rule, ranks), entry in self._open.items()]
 
     def load_state(self, state: list[list[Any]]) -> None:
+        """A saved state; one saved before quiet logged points existed (5 items an entry) counts steps only."""
         self._open = {
-            (rule, tuple(ranks)): [int(last), list(alerts), int(quiet)] for rule, ranks, last, alerts, quiet in state
+            (rule, tuple(ranks)): [int(last), list(alerts), int(quiet), int(points[0]) if points else 0]
+            for rule, ranks, last, alerts, quiet, *points in state
         }
 
 

@@ -361,6 +361,7 @@ class RunState:
         rec["warmup"] = warmup
         steps.append(rec)
         self.stats["steps"] += 1
+        self.alerter.cadence.logged(rec["step"])
         if not rec["complete"]:
             self.stats["partial_steps"] += 1
         fp16 = self.precision == "fp16" or (not self.precision and "loss_scale" in rec["metrics"])
@@ -371,7 +372,7 @@ class RunState:
         median_step = self.aligner.median_step_time()
         self._alert(self.rank_rules.on_step(rel, median_step=median_step, warmup=warmup, label=label), alerts)
         if len(self.alerter.open):
-            self.alerter.open.resolve_quiet(rec["step"], rec["ts_last"], alerts)
+            self.alerter.open.resolve_quiet(rec["step"], rec["ts_last"], alerts, self.alerter.cadence.steps)
 
     def _alert(self, findings: list[Finding], alerts: list[dict]) -> None:
         """Alert policy (warmup mode, cooldown) over a detector's findings, in their order."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from rankstream.stream_jobs.core.alerts import LoggingCadence
+
 if TYPE_CHECKING:
     from rankstream.stream_jobs.core.run import RunState
 
@@ -38,6 +40,7 @@ def export_run(run: RunState) -> dict[str, Any]:
         "evals": run.evals.to_state(),
         "cooldowns": run.alerter.to_state(),
         "open_alerts": run.alerter.open.to_state(),
+        "cadence": run.alerter.cadence.to_state(),
     }
 
 
@@ -69,6 +72,7 @@ def import_run(run: RunState, s: dict[str, Any]) -> None:
     run.evals.load_state(s.get("evals", {}))
     run.alerter.load_state(s["cooldowns"])
     run.alerter.open.load_state(s.get("open_alerts", []))
+    run.alerter.cadence = LoggingCadence(s.get("cadence"))
 
 
 __all__ = ["export_run", "import_run"]
