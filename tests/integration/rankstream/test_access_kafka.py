@@ -212,3 +212,54 @@ def test_a_forged_team_never_reaches_another_teams_rows(
     finally:
         sink.send_signal(signal.SIGTERM)
         sink.wait(timeout=60)
+
+
+def test_access_kafka_apply_creates_a_team_that_writes_only_its_topic(
+    broker: tuple[Settings, dict[str, TeamPrincipal]], tmp_path: Path
+) -> None:
+    """`rankstream access kafka --apply` (the admin of RANKSTREAM_SASL_*) adds team c from a YAML; c's
+    credentials then write c's events and read c's alerts, and nothing of a's."""
+    from tests.integration.sinks.support import RANKSTREAM
+
+    settings, _ = broker
+    c_password = secrets.token_urlsafe(16)
+    (tmp_path / "c.pw").write_text(c_password + "\n")
+    config = tmp_path / "teams.yaml"
+    config.write_text(
+        "service: {user: svc, password_env: SVC_PW}\n"
+        f"teams:\n  - {{team: c, user: team-c, password_file: {tmp_path / 'c.pw'}}}\n"
+    )
+    env = {
+        **os.environ,
+        "RANKSTREAM_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "RANKSTREAM_SASL_MECHANISM": "SCRAM-SHA-512",
+        "RANKSTREAM_SASL_USERNAME": "admin",
+        "RANKSTREAM_SASL_PASSWORD": settings.sasl_password,
+        "SVC_PW": "svc-" + settings.sasl_password,  # the service principal keeps its password
+        "RANKSTREAM_PARTITIONS": "1",  # of the topics it creates (_read_all reads partition 0)
+    }
+    command = [RANKSTREAM, "access", "kafka", str(config), "--apply", "--prefix", settings.topic_prefix]
+    done = subprocess.run([*command, "--bootstrap", settings.bootstrap_servers], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "2 SCRAM user(s) set (team-c, svc)" in done.stdout and c_password not in done.stdout + done.stderr
+    c = TeamPrincipal("c", "team-c", c_password)
+    c_topics, a_topics = team_topics(settings.topic_prefix, "c"), team_topics(settings.topic_prefix, "a")
+    _send(_team(settings, c), c_topics.events, b"from c")
+    assert _read_all(_as(settings, "svc", "svc-" + settings.sasl_password), c_topics.events) == [b"from c"]
+    with pytest.raises(TopicAuthorizationFailedError):
+        _send(_team(settings, c), a_topics.events, b"forged by c")
+    _send(_as(settings, "admin", settings.sasl_password), c_topics.alerts, b"alert of c")
+    assert _read_all(_team(settings, c), c_topics.alerts) == [b"alert of c"]
+    assert _metadata_error(_team(settings, c), a_topics.alerts) == TOPIC_AUTHORIZATION_FAILED
+    again = subprocess.run([*command, "--bootstrap", settings.bootstrap_servers], env=env,
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert again.returncode == 0 and "0 topic(s) created" in again.stdout  # idempotent
+
+    wrong = subprocess.run([*command, "--bootstrap", settings.bootstrap_servers], capture_output=True, text=True,
+                           env={**env, "RANKSTREAM_SASL_PASSWORD": "not-the-admin"}, timeout=120)  # fmt: skip
+    assert wrong.returncode == 3 and len(wrong.stderr.splitlines()) == 1, wrong.stderr
+    unreachable = subprocess.run([*command, "--bootstrap", f"127.0.0.1:{_free_port()}"], env=env,
+                                 capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert unreachable.returncode == 3 and "unavailable" in unreachable.stderr, unreachable.stderr
+    assert len(unreachable.stderr.splitlines()) == 1
