@@ -43,7 +43,7 @@ class DeadLetterSender:
         self.retrier.retry(send, "dead-letter topic", deadline)
         per_topic = Counter(m.topic or default for m in messages)
         log.info(
-            "sink: %d invalid message(s) sent to %s",
+            "sink: %d dead letter(s) sent to %s",
             len(messages),
             ", ".join(f"{topic} ({n})" if len(per_topic) > 1 else topic for topic, n in sorted(per_topic.items())),
         )
