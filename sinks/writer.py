@@ -203,7 +203,8 @@ class BatchWriter:
         are now their team's (:mod:`.ownership`). A run this sink knows without a team is adopted: its
         team-less rows are re-stamped."""
         claims = [(rec["run_id"], team) for (_, rec), team in zip(items, teams, strict=True)]
-        refused, claimed = claim_runs(claims, {run_id: self.team_of(run_id) for run_id, team in claims if team})
+        runs = {run_id for run_id, team in claims if team}
+        refused, claimed = claim_runs(claims, {run_id: self.team_of(run_id) for run_id in runs})
         for run_id, team in claimed.items():
             self.owners.put(run_id, team)
             row = self.runs.get(run_id)
