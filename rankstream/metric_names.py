@@ -113,6 +113,11 @@ def standard_name(key: str) -> str:
     return sanitize(key)
 
 
+def is_known_key(key: str) -> bool:
+    """Whether ``key`` is a trainer log key this table maps (``loss``, ``learning_rate``, ``memory(GiB)``...)."""
+    return key in _STANDARD or key in _CONVERTED
+
+
 def to_number(value: Any) -> float | None:
     """A log value as a float: numbers, and numbers written as strings (``"2.5"``, ``"nan"``); else ``None``."""
     if isinstance(value, bool):

@@ -45,8 +45,8 @@ def parse_bar(text: str) -> Bar | None:
 
 
 def looks_like_dict(text: str) -> bool:
-    text = text.strip()
-    return text.startswith("{'") and text.endswith("}")
+    """A printed dict's start: read as one, and reported when it cannot be (a line cut by a crash)."""
+    return text.lstrip().startswith("{'")
 
 
 def parse_printed_dict(text: str) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from typing import Final, Literal
 
-from rankstream.metric_names import sanitize, standard_name
+from rankstream.metric_names import is_known_key
 
 TagKind = Literal["train", "eval"]
 
@@ -56,7 +56,7 @@ def tag_key(tag: str) -> tuple[TagKind, str] | None:
 def _standard_case(key: str) -> str:
     prefix, rest = ("eval_", key[5:]) if key.startswith("eval_") else ("", key)
     lower = rest.lower()
-    if lower != rest and standard_name(lower) != sanitize(lower):  # a key the metric table knows
+    if lower != rest and is_known_key(lower):
         return prefix + lower
     return key
 

@@ -168,14 +168,15 @@ def _entries(files: list[EventFile]) -> tuple[list[tuple[str, dict[str, Any]]], 
             kind, key = mapped
             at = (launch, s.step, "summary" if key in SUMMARY_KEYS else str(kind))
             grouped.setdefault(at, {})[key] = s.value
-            times[at] = max(times.get(at, -math.inf), s.wall_time)
+            if key not in _NOT_A_STEP_ALONE:  # HF writes train/epoch again with each eval, later than the step
+                times[at] = max(times.get(at, -math.inf), s.wall_time)
     entries: list[tuple[str, dict[str, Any]]] = []
     entry_launches: list[int] = []
     for at in sorted(grouped, key=lambda a: (a[0], a[1], _BUCKET_ORDER[a[2]])):
         launch, step, bucket = at
         if bucket == "train" and grouped[at].keys() <= _NOT_A_STEP_ALONE:
             continue
-        obj = {**grouped[at], "step": step, "elapsed_time": times[at] - start}
+        obj = {**grouped[at], "step": step, "elapsed_time": times.get(at, start) - start}
         entries.append((f"launch {launch + 1} step {step} ({bucket})", obj))
         entry_launches.append(launch)
     return entries, _dense(entry_launches), start, ignored
