@@ -243,9 +243,11 @@ def build_events(
     rank: int = 0,
     world_size: int = 1,
     tags: dict[str, str] | None = None,
+    ended_normally: bool = False,
 ) -> ImportResult:
     """The events of one rank of a run from its log entries; ``end_ts`` (the file's time) sets the start when
-    given, else the entries' seconds count from ``start_ts``. Launches: see :func:`read_entries`."""
+    given, else the entries' seconds count from ``start_ts``. Launches: see :func:`read_entries`.
+    ``ended_normally``: the log says so in its own way (Megatron-LM's ``[after training is done]``)."""
     reading = read_entries(
         entries, require_step=require_step, launches=launches, launch_on_step_back=launch_on_step_back
     )
@@ -269,6 +271,7 @@ def build_events(
             last_step = e.step
     if not reading.logged and reading.end_step is not None:
         last_step = reading.end_step
+    reading.summary_seen = reading.summary_seen or ended_normally
     b.add("run_end", last_step, max(last_ts, start_ts + run_seconds) + 1.0, reading.end_metrics, tags=end_tags(reading))
     return b.result
 

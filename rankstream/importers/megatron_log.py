@@ -12,6 +12,10 @@ time stamp, in the 2023 releases), printed by the last rank (``print_rank_last``
 
      validation loss at iteration 100 on validation set | lm loss value: 6.6E+00 | lm loss PPL: 7.3E+02 |
 
+``pretrain`` marks each process start with ``[after megatron is initialized] datetime: ...``
+(``print_datetime``) and a normal end of ``train()`` with ``[after training is done] datetime: ...`` (the
+``--exit-interval`` / ``--exit-duration-in-mins`` / signal exits call ``sys.exit`` before it).
+
 Values are Python formats: ``{:.6E}`` writes a NaN as ``NAN``, ``{:.3f}`` as ``nan``. A loss is printed only
 ``if avg >= 0.0``, so an interval whose average loss is NaN prints **no** loss at all (a cross-entropy is
 never negative): a line without a loss that earlier lines had is read as a NaN loss.
@@ -41,6 +45,8 @@ _RENAMED = {
     "consumed samples": "consumed_samples",
 }
 LOSS_KEYS = frozenset({"lm loss"})
+_MARKS = {"after megatron is initialized": "start", "after training is done": "done"}
+_MARK = re.compile(r"\[(after megatron is initialized|after training is done)\] datetime:")
 
 
 @dataclass
@@ -49,6 +55,7 @@ class MegatronLine:
     iteration: int
     values: dict[str, Any]
     stamp: float | None  # unix seconds of the line's own time stamp, when it has one
+    lineno: int = 0
 
 
 def _stamp(text: str, tz: tzinfo | None) -> float | None:
@@ -89,6 +96,12 @@ def parse_megatron_line(text: str, tz: tzinfo | None = None) -> MegatronLine | N
                 values[f"eval_{key[: -len(' PPL')]}{suffix}_ppl"] = number
         return MegatronLine("eval", int(val["iteration"]), values, _stamp(text, tz))
     return None
+
+
+def megatron_mark(text: str) -> str | None:
+    """``start`` for a process start's line, ``done`` for a normal end of training, else ``None``."""
+    found = _MARK.search(text) if "datetime:" in text else None
+    return _MARKS[found.group(1)] if found else None
 
 
 def fill_missing_losses(lines: list[MegatronLine]) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 
 from rankstream.importers.events import ImportResult
 from rankstream.importers.log_lines import build_events
-from rankstream.importers.megatron_log import MegatronLine, fill_missing_losses, parse_megatron_line
+from rankstream.importers.megatron_log import MegatronLine, fill_missing_losses, megatron_mark, parse_megatron_line
 from rankstream.importers.printed_logs import Bar, looks_like_dict, parse_bar, parse_printed_dict
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -99,14 +99,26 @@ def _next_bar(items: list[tuple[Any, ...]], start: int, total: int | None) -> Ba
     return None
 
 
-def _megatron_entries(lines: list[tuple[str, MegatronLine]], t0: float | None) -> list[tuple[str, dict[str, Any]]]:
+def _megatron_entries(
+    lines: list[tuple[str, MegatronLine]], t0: float | None, starts: list[int]
+) -> tuple[list[tuple[str, dict[str, Any]]], list[int]]:
     """Megatron lines as entries timed by their stamps (seconds from ``t0``) or, without stamps, by adding up
-    iterations x ``elapsed time per iteration``."""
+    iterations x ``elapsed time per iteration``; and the launch of each: a new one after a process start's
+    line (``starts``: their line numbers) or where the iteration goes back (a resume repeats iterations)."""
     fill_missing_losses([line for _, line in lines])
     entries: list[tuple[str, dict[str, Any]]] = []
+    launches: list[int] = []
+    launch = 0
     seconds = 0.0
     last_iteration: int | None = None
+    previous_line: int | None = None
     for where, line in lines:
+        restarted = previous_line is not None and any(previous_line < s < line.lineno for s in starts)
+        stepped_back = line.kind == "train" and last_iteration is not None and line.iteration <= last_iteration
+        if restarted or stepped_back:
+            launch += 1
+            last_iteration = None
+        previous_line = line.lineno
         if line.stamp is not None and t0 is not None:
             seconds = line.stamp - t0
         elif line.kind == "train":
@@ -116,7 +128,8 @@ def _megatron_entries(lines: list[tuple[str, MegatronLine]], t0: float | None) -
         if line.kind == "train":
             last_iteration = line.iteration
         entries.append((where, {**line.values, "step": line.iteration, "elapsed_time": seconds}))
-    return entries
+        launches.append(launch)
+    return entries, launches
 
 
 def import_training_log(
@@ -135,14 +148,18 @@ def import_training_log(
     errors: list[str] = []
     used_lines: set[int] = set()
     seen_lines: set[int] = set()
+    marks: list[tuple[int, str]] = []  # Megatron's process start / training done lines, any rank
     for lineno, rank, text in segments(lines):
         seen_lines.add(lineno)
         stream = streams.setdefault(rank, _Stream())
         where = f"line {lineno}"
         megatron = parse_megatron_line(text, tz) if "iteration" in text else None
         if megatron is not None:
+            megatron.lineno = lineno
             stream.items.append(("megatron", where, megatron))
             used_lines.add(lineno)
+        elif (mark := megatron_mark(text)) is not None:
+            marks.append((lineno, mark))
         elif looks_like_dict(text):
             used_lines.add(lineno)
             try:
@@ -160,11 +177,19 @@ def import_training_log(
     stamps = [item[2].stamp for r in printing for item in streams[r].items if item[0] == "megatron" and item[2].stamp]
     t0 = min(stamps) if stamps else None
     is_megatron = any(item[0] == "megatron" for r in printing for item in streams[r].items)
+    starts = [lineno for lineno, mark in marks if mark == "start"]
     results: list[ImportResult] = []
     for index, rank in enumerate(printing):
         items = streams[rank].items
         megatron_lines = [(item[1], item[2]) for item in items if item[0] == "megatron"]
-        entries = _megatron_entries(megatron_lines, t0) if megatron_lines else _dict_entries(items)
+        launches: list[int] | None = None
+        done = False
+        if megatron_lines:
+            entries, launches = _megatron_entries(megatron_lines, t0, starts)
+            last_line = megatron_lines[-1][1].lineno
+            done = any(mark == "done" and lineno > last_line for lineno, mark in marks)
+        else:
+            entries = _dict_entries(items)
         results.append(
             build_events(
                 entries,
@@ -175,6 +200,8 @@ def import_training_log(
                 run_name=run_name,
                 team=team,
                 launch_on_step_back=True,
+                launches=launches,
+                ended_normally=done,
                 rank=index,
                 world_size=len(printing),
                 tags=None if rank is None else {"log_rank": str(rank)},

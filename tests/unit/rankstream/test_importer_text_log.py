@@ -59,7 +59,7 @@ def test_hf_trainer_stdout_steps_from_the_progress_bar_and_the_spike() -> None:
     assert _fired(events) == [("loss_spike", "critical", 70, [])]
 
 
-def test_megatron_stdout_two_launches_nan_grad_norm_and_the_missing_nan_loss() -> None:
+def test_megatron_stdout_three_launches_nan_grad_norm_and_the_missing_nan_loss() -> None:
     result = _import("log_megatron")
     assert result.errors == [] and result.source == "megatron-lm"
     events = _valid(result)
@@ -67,7 +67,10 @@ def test_megatron_stdout_two_launches_nan_grad_norm_and_the_missing_nan_loss() -
     for e in events:
         if e["kind"] == "step":
             by_inc[e["inc"]].append(e["step"])
-    assert dict(by_inc) == {"launch-1": [10, 20, 30, 40, 50], "launch-2": [50, 60, 70, 80, 90, 100]}
+    # a resume that repeats iteration 50, and one that goes on from 80 after a process start line
+    assert dict(by_inc) == {"launch-1": [10, 20, 30, 40, 50], "launch-2": [50, 60, 70, 80], "launch-3": [90, 100]}
+    assert [e["inc"] for e in events if e["kind"] == "run_start"] == ["launch-1", "launch-2", "launch-3"]
+    assert events[-1]["tags"]["status"] == "finished"  # "[after training is done]"
     assert [e["step"] for e in events if e["kind"] == "eval"] == [20, 40, 60, 80, 100]
     first = events[1]
     assert first["ts"] == datetime(2025, 6, 1, 10, 0, 12, 123456, tzinfo=UTC).timestamp()  # the line's stamp
@@ -77,8 +80,8 @@ def test_megatron_stdout_two_launches_nan_grad_norm_and_the_missing_nan_loss() -
     assert "loss_scale" not in m  # 1.0 throughout (bf16)
     step = {(e["inc"], e["step"]): e["metrics"] for e in events if e["kind"] == "step"}
     assert math.isnan(step[("launch-1", 30)]["grad_norm"])  # printed "nan"
-    assert math.isnan(step[("launch-2", 80)]["loss"])  # printed no lm loss at all
-    assert all(not math.isnan(v["loss"]) for k, v in step.items() if k != ("launch-2", 80))
+    assert math.isnan(step[("launch-2", 70)]["loss"])  # printed no lm loss at all
+    assert all(not math.isnan(v["loss"]) for k, v in step.items() if k != ("launch-2", 70))
     assert next(e for e in events if e["kind"] == "eval")["metrics"] == pytest.approx(
         {"eval_loss": 7.115719, "eval_lm_loss_ppl": 1231.169}
     )
@@ -86,8 +89,11 @@ def test_megatron_stdout_two_launches_nan_grad_norm_and_the_missing_nan_loss() -
     assert _fired(events) == [
         ("nonfinite_grad", "critical", 30, [0]),
         ("rank_hung", "critical", 50, [0]),
-        ("nonfinite_loss", "critical", 80, [0]),
+        ("nonfinite_loss", "critical", 70, [0]),
     ]
+    engine = Engine()
+    engine.process_many(events)
+    assert (engine.stats["incarnations"], engine.stats["restarts"]) == (3, 1)  # only launch 2 repeats steps
 
 
 def test_torchrun_prefixed_ranks_become_ranks_and_no_step_is_lost() -> None:
@@ -115,6 +121,7 @@ def test_only_the_last_rank_logging_is_one_rank_that_keeps_its_number() -> None:
     events = _valid(import_training_log(lines, run_id="m", end_ts=END))
     assert {(e["rank"], e["world_size"], e["tags"]["log_rank"]) for e in events} == {(0, 1, "7")}
     assert [e["step"] for e in events if e["kind"] == "step"] == [100, 110]
+    assert events[-1]["tags"]["status"] == "unknown"  # no "[after training is done]"
 
 
 def test_megatron_lines_without_time_stamps_are_timed_by_their_iteration_time() -> None:
