@@ -190,12 +190,13 @@ def _dense(launches: list[int]) -> list[int]:
 
 def import_tensorboard(path: Path, *, run_id: str, run_name: str = "", team: str = "") -> ImportResult:
     """Scalars of the event file ``path`` (or of every event file under the directory ``path``) as events."""
-    files = [read_event_file(p) for p in event_files(path)]
-    errors = [f.error for f in files if f.error]
-    ignored = sum(f.ignored for f in files)
-    files = sorted((f for f in files if f.scalars), key=lambda f: (f.first_time, str(f.path)))
+    read = [read_event_file(p) for p in event_files(path)]
+    errors = [f.error for f in read if f.error]
+    ignored = sum(f.ignored for f in read)
+    files = sorted((f for f in read if f.scalars), key=lambda f: (f.first_time, str(f.path)))
     if not files:
-        result = ImportResult(errors=errors or [f"{path}: no scalar in any event file"], source="tensorboard")
+        why = f"no scalar value in {len(read)} event file(s) (or not an event file)"
+        result = ImportResult(errors=errors or [why], source="tensorboard")
         result.ignored, result.ignored_what = ignored, IGNORED_WHAT
         return result
     entries, launches, start, ignored_tags = _entries(files)

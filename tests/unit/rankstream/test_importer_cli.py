@@ -108,3 +108,14 @@ def test_without_tensorboard_the_import_exits_2_with_one_line(monkeypatch: pytes
     assert result.stderr == (
         "rankstream: error: reading TensorBoard event files needs the tensorboard package: pip install tensorboard\n"
     )
+
+
+def test_a_file_forced_as_tensorboard_that_is_none_exits_1_with_one_line(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(bytes(range(256)) * 8)
+    result = runner.invoke(app, ["replay", "--input", str(junk), "--format", "tensorboard"])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr == (
+        f"rankstream: error: nothing to import from {junk} (tensorboard file): "
+        "no scalar value in 1 event file(s) (or not an event file)\n"
+    )
