@@ -90,7 +90,8 @@ def worker(
             fail(f"cannot serve /metrics on {metrics_host}:{metrics_port}: {exc.strerror or exc}", EXIT_CONFIG)
         typer.echo(f"rankstream worker: metrics at http://{metrics_host}:{served}/metrics", err=True)
     if settings.all_teams:
-        source = f"{settings.topic_prefix}.<team>.events -> <team>.steps, <team>.alerts ({len(job.lanes)} teams now)"
+        every = f"{settings.topic_prefix}.<team>"
+        source = f"{every}.events -> {every}.steps, {every}.alerts ({len(job.lanes)} teams now)"
     else:
         source = f"{settings.topics.events} -> {settings.topics.steps}, {settings.topics.alerts}"
     typer.echo(f"rankstream worker: {source} (group {app.conf.id}, kafka {settings.bootstrap_servers})", err=True)
