@@ -190,3 +190,25 @@ def test_a_log_without_any_log_line_names_what_it_looked_for() -> None:
     result = import_training_log(["Loading checkpoint shards: 100%", "Traceback (most recent call last):"], run_id="r")
     with pytest.raises(NothingToImport, match=r"no trainer log dict or Megatron iteration line in 2 lines"):
         require_logged(result, "train.log (log file)")
+
+
+def test_rank_prefixes_not_from_zero_are_numbered_densely_and_keep_their_number() -> None:
+    lines = []
+    for step in (1, 2, 3):
+        for printed in (0, 4):  # one printing rank per node: global ranks 0 and 4
+            lines.append(f"[rank{printed}]:{{'loss': {1.0 + printed}, 'step': {step}}}")
+    lines.append("[rank2]:NCCL INFO some chatter")
+    events = _valid(import_training_log(lines, run_id="r", end_ts=END))
+    seen = {(e["rank"], e["world_size"], e["tags"]["log_rank"]) for e in events}
+    assert seen == {(0, 2, "0"), (1, 2, "4")}
+    for rank, loss in ((0, 1.0), (1, 5.0)):
+        mine = [e for e in events if e["rank"] == rank]
+        assert [e["seq"] for e in mine] == list(range(5))
+        assert [e["metrics"]["loss"] for e in mine if e["kind"] == "step"] == [loss] * 3
+
+
+def test_binary_junk_is_counted_not_a_traceback() -> None:
+    junk = [bytes(range(256)) * 4, b"{'lo\x00ss': \xff\xfe\n", b"\x1b[31mred\x1b[0m\r\r\n"]
+    result = import_training_log(junk, run_id="j")
+    assert result.events == [] and result.ignored == 2
+    assert len(result.errors) == 1 and "unreadable log dict" in result.errors[0]
