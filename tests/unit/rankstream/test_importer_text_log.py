@@ -212,3 +212,23 @@ def test_binary_junk_is_counted_not_a_traceback() -> None:
     result = import_training_log(junk, run_id="j")
     assert result.events == [] and result.ignored == 2
     assert len(result.errors) == 1 and "unreadable log dict" in result.errors[0]
+
+
+def _hf_step_lines(steps: range, first: int) -> list[str]:
+    """What HF prints per logged step: the bar, the dict (tqdm.write), the bar redrawn; elapsed 2 s a step."""
+    out = []
+    for n in steps:
+        bar = f" {n * 10}%|█| {n}/10 [00:{(n - first) * 2:02d}<00:10, 2.00s/it]"
+        out.append(f"\r{bar}\r{{'loss': '{2.0 - n * 0.1:.2f}', 'learning_rate': '1e-05', 'epoch': '{n / 10}'}}\r{bar}")
+    return out
+
+
+def test_a_resumed_hf_run_appended_to_the_log_is_one_new_launch() -> None:
+    lines = [*_hf_step_lines(range(1, 11), 0), "Resuming from checkpoint-6", *_hf_step_lines(range(7, 11), 6)]
+    events = _valid(import_training_log(lines, run_id="x", end_ts=END))
+    steps = [(e["inc"], e["step"]) for e in events if e["kind"] == "step"]
+    assert steps == [("launch-1", n) for n in range(1, 11)] + [("launch-2", n) for n in range(7, 11)]
+    assert events[-2]["ts"] == END and events[1]["ts"] == END - 26  # 20 s + 8 s: the second launch's clock continues
+    engine = Engine()
+    engine.process_many(events)
+    assert (engine.stats["incarnations"], engine.stats["restarts"]) == (2, 1)
