@@ -204,3 +204,44 @@ def test_a_pattern_subscription_rejoins_only_when_a_matching_topic_exists() -> N
     consumer.existing.add("p.vision.steps")  # a team's topic the group forgot to assign
     watch.check(consumer)
     assert resubscribed == [1] and consumer.unsubscribed == 1
+
+
+class _Subscribing(_Consumer):
+    """Records subscriptions; ``topics()`` fails while ``down``."""
+
+    def __init__(self, existing: set[str]) -> None:
+        super().__init__(existing)
+        self.down = False
+        self.subscriptions: list[tuple[list[str], Any]] = []
+
+    def topics(self) -> set[str]:
+        if self.down:
+            from kafka.errors import KafkaTimeoutError
+
+            raise KafkaTimeoutError("no metadata")
+        return super().topics()
+
+    def subscribe(self, topics: list[str], listener: Any) -> None:
+        self.subscriptions.append((topics, listener))
+
+
+def test_a_shared_sink_subscribes_to_the_team_topics_it_finds_and_to_new_ones_later() -> None:
+    from rankstream.sinks.worker_rebalance import TeamTopicWatch, subscribe
+
+    worker = SimpleNamespace(router=Router(Settings(topic_prefix="p", team="*")), rebalance_listener=object())
+    consumer = _Subscribing({"p.events", "p.a.events", "p.a.dlq", "p.a.stream-state"})
+    subscribe(consumer, worker)  # type: ignore[arg-type]
+    assert consumer.subscriptions == []  # no team topic known yet: no subscription (kafka-python refuses an empty one)
+    watch = TeamTopicWatch(worker, every_s=0.0)  # type: ignore[arg-type]
+    watch.check(consumer)
+    assert consumer.subscriptions == [(["p.a.events"], worker.rebalance_listener)]
+    watch.check(consumer)
+    assert len(consumer.subscriptions) == 1  # nothing new: no re-subscription (no rebalance)
+    consumer.existing |= {"p.b.events", "p.b.steps", "p.b.alerts"}
+    consumer.down = True
+    watch.check(consumer)  # the lookup failed: kept as it was, tried again next time
+    consumer.down = False
+    watch.check(consumer)
+    topics, listener = consumer.subscriptions[-1]
+    assert topics == ["p.a.events", "p.b.alerts", "p.b.events", "p.b.steps"] and listener is worker.rebalance_listener
+    assert worker.router.route("p.b.steps") == TopicRoute("steps", "b", "p.b.dlq")
