@@ -9,6 +9,7 @@ to its own team's dead-letter topic, and the owner's rows stay exactly as they w
 from __future__ import annotations
 
 import re
+import signal
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,14 @@ from rankstream.schema import loads
 from tests.integration.sinks.support import (
     SinkProcess,
     alert_record,
+    free_port,
     generate_run,
     http_client,
     produce_events,
     produce_records,
     read_topic,
+    server_dsn,
+    start_store,
     step_record,
     wait_until,
 )
@@ -196,3 +200,50 @@ def test_a_one_team_sink_refuses_a_run_id_another_team_owns(kafka: Settings, tmp
         client.close()
         assert sink_a.stop() == 0, sink_a.log()[-3000:]
     assert read_topic(b, b.topics.dlq, 1, timeout_s=3) == []
+
+
+def test_a_shared_sink_waits_out_a_store_outage_and_reads_a_new_teams_topics_without_loss(
+    kafka: Settings, tmp_path: Path
+) -> None:
+    """The store goes down with a backlog on team a's topics; team c's topics (and a backlog on them) appear meanwhile.
+    Memory stays within a batch, and once the store is back every seq of every rank of both teams is stored, under its
+    team (the new topics' subscription and its rebalance happen around the outage's paused partitions)."""
+    a = _team(kafka, "a")
+    port, store_path = free_port(), tmp_path / "server-store"
+    server = start_store(store_path, port, tmp_path / "store.log")
+    batch_rows = 500
+    sink = SinkProcess(
+        kafka, server_dsn(port), tmp_path / "sink.log", "--team", "*", "--batch-rows", str(batch_rows),
+        "--batch-seconds", "0.2", "--topic-refresh-seconds", "1",
+    )  # fmt: skip
+    try:
+        client = wait_until(lambda: http_client("127.0.0.1", port), "the store server", 60)
+        sink.start().wait_log("consuming 3 team topic(s)")
+        first = generate_run("a-first", WORLD, STEPS, team="a")
+        produce_events(a, first)
+        wait_until(lambda: _seqs(client, "a", "a-first") == {(e["rank"], e["seq"]) for e in first}, "a's first run")
+        client.close()
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0
+        a_backlog = generate_run("a-backlog", 4, 150, team="a", t0=1.76e9)
+        produce_events(a, a_backlog)
+        sink.wait_log("unavailable")
+        c = _team(kafka, "c")
+        c_backlog = generate_run("c-backlog", 4, 150, team="a", t0=1.77e9)  # claims team a: stored as c's
+        produce_events(c, c_backlog)
+        server = start_store(store_path, port, tmp_path / "store.log")
+        client = wait_until(lambda: http_client("127.0.0.1", port), "the store server again", 60)
+        for team, run_id, events in (("a", "a-backlog", a_backlog), ("c", "c-backlog", c_backlog)):
+            want = {(e["rank"], e["seq"]) for e in events}
+            wait_until(lambda t=team, r=run_id, w=want: _seqs(client, t, r) == w, f"every seq of {run_id}", 120)
+        teams = dict(client.query("SELECT team, count() FROM rankstream.events FINAL GROUP BY team").result_rows)
+        assert teams == {"a": len(first) + len(a_backlog), "c": len(c_backlog)}
+        client.close()
+    finally:
+        assert sink.stop() == 0, sink.log()[-3000:]
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    log = sink.log()
+    assert "consuming 6 team topic(s); new: " in log
+    buffered = int(re.search(r"at most (\d+) rows buffered", log).group(1))  # type: ignore[union-attr]
+    assert buffered < batch_rows + 10, log[-3000:]  # one batch plus one message, not the backlog
