@@ -388,6 +388,10 @@ class SinkWorker:
         )
         return stored
 
+    def flush(self) -> None:
+        """Store and commit every message consumed so far (waiting for the store; before a re-subscription)."""
+        self._flush(wait=True)
+
     def discard_pending(self) -> None:
         """Forget the uncommitted batch (after the rebalance its messages are re-read from the committed offsets)."""
         self._pending = PendingBatch()

@@ -84,7 +84,10 @@ class TeamTopicWatch:
     waits for a fresh metadata response of every topic of the cluster within one poll's
     timeout (KAFKA-3949), which a broker with thousands of topics never gives in the
     sink's 10-100 ms polls: it never rejoined. A lookup here takes what it takes (one
-    metadata request for every topic per ``every_s``), then the explicit topic list rejoins.
+    metadata request for every topic per ``every_s``), then the explicit topic list rejoins,
+    after the pending batch is stored and committed (kafka-python 3 runs the rebalance
+    listener on its IO thread, where no commit can wait: a batch pending at the revocation
+    is dropped and read again).
     """
 
     def __init__(self, worker: SinkWorker, every_s: float) -> None:
@@ -108,8 +111,13 @@ class TeamTopicWatch:
         if found == router.topics:
             return
         new = [t for t in found if t not in router.topics]
+        self.worker.flush()  # stored and committed here: the rebalance this starts has nothing to drop
         router.topics = found
         log.info(
             "sink: consuming %d team topic(s); new: %s", len(found), ", ".join(new[:6]) + (" ..." * (len(new) > 6))
         )
         subscribe(consumer, self.worker)
+        try:  # the join's assignment then sees every new topic's partitions (else a second rebalance follows)
+            consumer.topics()
+        except KafkaError:
+            pass

@@ -228,7 +228,12 @@ class _Subscribing(_Consumer):
 def test_a_shared_sink_subscribes_to_the_team_topics_it_finds_and_to_new_ones_later() -> None:
     from rankstream.sinks.worker_rebalance import TeamTopicWatch, subscribe
 
-    worker = SimpleNamespace(router=Router(Settings(topic_prefix="p", team="*")), rebalance_listener=object())
+    flushed: list[int] = []
+    worker = SimpleNamespace(
+        router=Router(Settings(topic_prefix="p", team="*")),
+        rebalance_listener=object(),
+        flush=lambda: flushed.append(1),
+    )
     consumer = _Subscribing({"p.events", "p.a.events", "p.a.dlq", "p.a.stream-state"})
     subscribe(consumer, worker)  # type: ignore[arg-type]
     assert consumer.subscriptions == []  # no team topic known yet: no subscription (kafka-python refuses an empty one)
@@ -236,7 +241,7 @@ def test_a_shared_sink_subscribes_to_the_team_topics_it_finds_and_to_new_ones_la
     watch.check(consumer)
     assert consumer.subscriptions == [(["p.a.events"], worker.rebalance_listener)]
     watch.check(consumer)
-    assert len(consumer.subscriptions) == 1  # nothing new: no re-subscription (no rebalance)
+    assert len(consumer.subscriptions) == 1 and flushed == [1]  # nothing new: no re-subscription, no flush
     consumer.existing |= {"p.b.events", "p.b.steps", "p.b.alerts"}
     consumer.down = True
     watch.check(consumer)  # the lookup failed: kept as it was, tried again next time
@@ -244,4 +249,5 @@ def test_a_shared_sink_subscribes_to_the_team_topics_it_finds_and_to_new_ones_la
     watch.check(consumer)
     topics, listener = consumer.subscriptions[-1]
     assert topics == ["p.a.events", "p.b.alerts", "p.b.events", "p.b.steps"] and listener is worker.rebalance_listener
+    assert flushed == [1, 1]  # the pending batch is stored before each re-subscription
     assert worker.router.route("p.b.steps") == TopicRoute("steps", "b", "p.b.dlq")
