@@ -6,9 +6,10 @@ Three modes, from ``RANKSTREAM_TEAM`` (``--team``):
 * one team ``T``: the team's alerts topic ``<prefix>.T.alerts``; every alert is T's. A prefix that
   already ends with ``.T`` is taken as the team's own prefix (how per-team workers and sinks are
   run: ``RANKSTREAM_TOPIC_PREFIX=rankstream.T``), so the topic is then ``<prefix>.alerts``;
-* every team (``*``): a pattern subscription to every ``<prefix>.<team>.alerts``
-  (:func:`~rankstream.kafka_access.team_topic_pattern`), a new team's topic joining at the next
-  metadata refresh; each alert's team is its topic's.
+* every team (``*``): every topic matching ``<prefix>.<team>.alerts``
+  (:func:`~rankstream.kafka_access.team_topic_pattern`), looked up again every 30 s
+  (:class:`~rankstream.sinks.notify.consumer.TeamTopicWatch`) so a new team's topic joins
+  without a restart; each alert's team is its topic's.
 
 Dead letters go to the dlq topic beside the alerts topic the record came through, so a team's
 broken alerts stay in the team's own ``<prefix>.<team>.dlq``.
@@ -16,6 +17,8 @@ broken alerts stay in the team's own ``<prefix>.<team>.dlq``.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from rankstream.config import ALL_TEAMS, Settings
@@ -45,9 +48,16 @@ class AlertSubscription:
         return team_topics(self.prefix, self.team)
 
     @property
-    def topics(self) -> list[str]:
-        """The topics subscribed by name; empty for a pattern subscription."""
-        return [] if self.every_team else [self._fixed_topics().alerts]
+    def topics(self) -> tuple[str, ...]:
+        """The topic of the legacy or one-team mode; every team's are found by :meth:`matching`."""
+        return () if self.every_team else (self._fixed_topics().alerts,)
+
+    def matching(self, topics: Iterable[str]) -> tuple[str, ...]:
+        """Those of ``topics`` a shared notifier reads (sorted); none in the other modes."""
+        if self.pattern is None:
+            return ()
+        pattern = re.compile(self.pattern)
+        return tuple(sorted(t for t in topics if pattern.match(t)))
 
     @property
     def pattern(self) -> str | None:
@@ -81,7 +91,7 @@ class AlertSubscription:
     def describe(self) -> str:
         """What the notifier logs it consumes."""
         if self.every_team:
-            return f"every team's alerts (/{self.pattern}/)"
+            return f"every team's alerts topic {self.prefix}.<team>.alerts"
         return self.topics[0]
 
 

@@ -83,15 +83,18 @@ class Notifier:
         group_id: str | None = None,
         sender: Sender | None = None,
         record_deliveries: bool = False,
-        metadata_max_age_ms: int | None = None,
+        topic_refresh_s: float | None = None,
     ) -> None:
-        from rankstream.sinks.notify.consumer import METADATA_MAX_AGE_MS, JoinPoll
+        from rankstream.sinks.notify.consumer import TOPIC_REFRESH_S
 
         self.settings = settings
         self.config = config
         self.subscription = AlertSubscription.of(settings)
         self.group_id = group_id or self.subscription.default_group
-        self.metadata_max_age_ms = metadata_max_age_ms or METADATA_MAX_AGE_MS
+        #: The topics subscribed: the legacy or one-team topic; a shared notifier's team topics found so far.
+        self.topics: tuple[str, ...] = self.subscription.topics
+        #: How often a shared notifier looks for new team alerts topics.
+        self.topic_refresh_s = topic_refresh_s or TOPIC_REFRESH_S
         self.stats = NotifyStats()
         self.ready = threading.Event()
         self.record_deliveries = record_deliveries
@@ -104,17 +107,16 @@ class Notifier:
         self._producer: Any = None
         #: Partitions (re)assigned by a rebalance, to be read again from their committed offsets.
         self._to_rewind: set[Any] = set()
-        #: Pattern subscriptions: longer polls while the group is (re)joined (consumer.JoinPoll).
-        self._join_poll = JoinPoll() if self.subscription.pattern is not None else None
 
     # ------------------------------------------------------------------ lifecycle
 
     def run(self, stop: threading.Event) -> None:
-        from rankstream.sinks.notify.consumer import make_consumer, rejoin_watch
+        from rankstream.sinks.notify.consumer import TeamTopicWatch, make_consumer, rejoin_watch
 
         try:
             self._consumer = make_consumer(self)
             rejoin = rejoin_watch(self._consumer, self)
+            team_topics = TeamTopicWatch(self, self.topic_refresh_s) if self.subscription.every_team else None
             self.ready.set()
             log.info(
                 "notify: consuming %s (group %s) for %d receiver(s): %s",
@@ -124,6 +126,8 @@ class Notifier:
                 ", ".join(f"{r.name} ({r.kind})" for r in self.config.receivers.values()),
             )
             while not stop.is_set():
+                if team_topics is not None:
+                    team_topics.check(self._consumer)
                 self.step()
                 rejoin.check(self._consumer)
             self.flush_all()
@@ -160,8 +164,9 @@ class Notifier:
         now = time.time()
         nxt = self._outbox.next_due()
         timeout_ms = POLL_MS if nxt is None else int(max(0.0, min(POLL_MS / 1000, nxt - now)) * 1000)
-        if self._join_poll is not None:
-            timeout_ms = self._join_poll.timeout_ms(self._consumer, timeout_ms)
+        if not self.topics:  # a shared notifier before any team has an alerts topic
+            time.sleep(POLL_MS / 1000)
+            return
         records = self._consumer.poll(timeout_ms=timeout_ms)
         if self._to_rewind:  # a rebalance happened in that poll: its records may start past what is committed
             self._rewind()
@@ -207,11 +212,12 @@ class Notifier:
             self._seen.queued(receiver.name, alert)
             self._outbox.add(alert, source, receiver, now)
 
-    def flush_all(self) -> None:
-        """Attempt everything queued once, now (shutdown); what fails stays uncommitted, to be read again."""
+    def flush_all(self, *, in_rebalance: bool = False) -> None:
+        """Attempt everything queued once, now (shutdown, rebalance); what fails stays uncommitted, to be read
+        again. ``in_rebalance``: called from the rebalance listener, where the commit cannot block (_commit)."""
         for delivery in self._outbox.everything():
             self._attempt(delivery, last_chance=True)
-        self._commit()
+        self._commit(in_rebalance=in_rebalance)
 
     def rewind_after_poll(self, assigned: Any) -> None:
         """A rebalance assigned ``assigned``: read them again from their committed offsets once the poll returns.
@@ -312,7 +318,10 @@ class Notifier:
         for topic, letters in by_dlq.items():
             log.warning("notify: %d alert message(s) sent to %s: %s", len(letters), topic, reason)
 
-    def _commit(self) -> None:
+    def _commit(self, *, in_rebalance: bool = False) -> None:
+        """Commit what is safe. kafka-python 3 runs a rebalance listener on its network thread, where a
+        blocking ``commit`` raises (and the error would end the poll): there the commit is sent
+        asynchronously, ahead of the group's JoinGroup; should it fail, the new owner sends those alerts again."""
         offsets = self._offsets.to_commit()
         if not offsets:
             return
@@ -320,10 +329,20 @@ class Notifier:
         from kafka.structs import OffsetAndMetadata
         from kafka.structs import TopicPartition as KafkaTP
 
+        request = {KafkaTP(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
+        if in_rebalance:
+            self._consumer.commit_async(request, callback=lambda _offsets, answer: self._committed(offsets, answer))
+            return
         try:
-            self._consumer.commit({KafkaTP(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
+            self._consumer.commit(request)
         except KafkaError as exc:
             log.warning("notify: offset commit failed (%s); delivered alerts may be sent again", one_line(exc))
+            return
+        self._committed(offsets, None)
+
+    def _committed(self, offsets: dict[TopicPartition, int], answer: Any) -> None:
+        if isinstance(answer, Exception):
+            log.warning("notify: offset commit before a rebalance failed (%s); alerts may be sent again", answer)
             return
         self._offsets.committed(offsets)
         for (topic, part), offset in offsets.items():

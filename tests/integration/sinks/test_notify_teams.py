@@ -88,7 +88,7 @@ def test_one_notifier_serves_every_team_by_topic(kafka: Settings, tmp_path: Path
         produce(kafka, team_topics(kafka.topic_prefix, "a").alerts, [record("run-x", "a", s, "of-a") for s in steps])
         produce(kafka, team_topics(kafka.topic_prefix, "b").alerts, [record("run-x", "a", s, "of-b") for s in steps])
         produce(kafka, team_topics(kafka.topic_prefix, "b").alerts, [b"{broken"])
-        with notifier_running(shared, config, metadata_max_age_ms=2000) as notifier:
+        with notifier_running(shared, config, topic_refresh_s=1) as notifier:
             want_a = [("a", "run-x", s) for s in steps]
             want_b = [("b", "run-x", s) for s in steps]
             wait_for(lambda: delivered(hooks, "/a") == want_a and delivered(hooks, "/b") == want_b, 60,

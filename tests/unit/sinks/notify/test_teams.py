@@ -23,17 +23,17 @@ Record = namedtuple("Record", "topic partition offset key value timestamp")
 
 def test_legacy_subscription_is_the_prefix_alerts_topic() -> None:
     sub = AlertSubscription("p")
-    assert sub.topics == ["p.alerts"] and sub.pattern is None
+    assert sub.topics == ("p.alerts",) and sub.pattern is None and sub.matching(["p.a.alerts"]) == ()
     assert sub.default_group == "p.notify"
     assert sub.team_of("p.alerts") == "" and sub.dlq_of("p.alerts") == "p.dlq"
 
 
 def test_one_team_reads_its_topic_under_the_shared_or_its_own_prefix() -> None:
     shared = AlertSubscription("p", "vision")
-    assert shared.topics == ["p.vision.alerts"] and shared.default_group == "p.vision.notify"
+    assert shared.topics == ("p.vision.alerts",) and shared.default_group == "p.vision.notify"
     assert shared.team_of("p.vision.alerts") == "vision" and shared.dlq_of("p.vision.alerts") == "p.vision.dlq"
     own = AlertSubscription("p.vision", "vision")  # how per-team workers and sinks are run
-    assert own.topics == ["p.vision.alerts"] and own.default_group == "p.vision.notify"
+    assert own.topics == ("p.vision.alerts",) and own.default_group == "p.vision.notify"
     assert own.dlq_of("p.vision.alerts") == "p.vision.dlq"
 
 
@@ -41,7 +41,8 @@ def test_every_team_subscribes_by_pattern() -> None:
     import re
 
     sub = AlertSubscription.of(Settings(topic_prefix="p", team="*"))
-    assert sub.topics == [] and sub.pattern is not None and sub.default_group == "p.teams-notify"
+    assert sub.topics == () and sub.pattern is not None and sub.default_group == "p.teams-notify"
+    assert sub.matching(["p.a.alerts", "p.alerts", "p.b.dlq", "p.c.alerts"]) == ("p.a.alerts", "p.c.alerts")
     pattern = re.compile(sub.pattern)
     assert pattern.match("p.a.alerts") and pattern.match("p.new-team.alerts")
     assert not pattern.match("p.alerts") and not pattern.match("p.a.events") and not pattern.match("q.a.alerts")
@@ -67,12 +68,6 @@ class TopicsConsumer:
 
     def close(self, autocommit: bool = False) -> None:
         pass
-
-    def subscription(self) -> set[str]:
-        return {"p.a.alerts", "p.b.alerts"}
-
-    def assignment(self) -> set[tuple[str, int]]:
-        return {("p.a.alerts", 0), ("p.b.alerts", 0)}
 
 
 ROUTED = {
@@ -105,6 +100,7 @@ def shared_notifier(recs: list[Record]) -> tuple[Notifier, dict[str, list[Any]],
     )
     consumer, producer = TopicsConsumer(recs), FakeProducer()
     n._consumer, n._producer = consumer, producer
+    n.topics = ("p.a.alerts", "p.b.alerts")  # what TeamTopicWatch found
     return n, posted, consumer, producer
 
 
@@ -158,22 +154,31 @@ def test_dead_letters_go_to_the_teams_own_dlq() -> None:
 def test_without_every_team_one_topic_and_its_team(team: str) -> None:
     settings = Settings(topic_prefix="p", team=team)
     n = Notifier(settings, parse_config(ROUTED, env={}))
-    assert n.subscription.topics == (["p.b.alerts"] if team else ["p.alerts"])
+    assert n.topics == n.subscription.topics == (("p.b.alerts",) if team else ("p.alerts",))
     assert n.subscription.team_of(n.subscription.topics[0]) == team
 
 
-def test_polls_are_long_while_a_pattern_subscription_rejoins() -> None:
-    from types import SimpleNamespace
+def test_a_shared_notifier_subscribes_to_the_team_topics_it_finds() -> None:
+    from rankstream.sinks.notify.consumer import TeamTopicWatch
 
-    from rankstream.sinks.notify.consumer import JOIN_POLL_MS, JoinPoll
+    class Listing:
+        def __init__(self) -> None:
+            self.on_broker = {"p.alerts", "p.a.alerts", "p.a.events", "q.b.alerts"}
+            self.subscribed: list[list[str]] = []
 
-    state = SimpleNamespace(topics={"p.a.alerts"}, assigned={("p.a.alerts", 0)})
-    consumer = SimpleNamespace(subscription=lambda: state.topics, assignment=lambda: state.assigned)
-    join = JoinPoll()
-    assert join.timeout_ms(consumer, 100) == JOIN_POLL_MS  # the first join
-    assert join.timeout_ms(consumer, 100) == 100
-    state.topics = {"p.a.alerts", "p.c.alerts"}  # a new team's topic matched: the group must rejoin
-    assert join.timeout_ms(consumer, 100) == JOIN_POLL_MS
-    assert join.timeout_ms(consumer, 100) == 100
-    state.assigned = set()
-    assert join.timeout_ms(consumer, 100) == JOIN_POLL_MS
+        def topics(self) -> set[str]:
+            return set(self.on_broker)
+
+        def subscribe(self, topics: list[str], listener: Any) -> None:
+            self.subscribed.append(topics)
+
+    n = Notifier(Settings(topic_prefix="p", team="*"), parse_config(ROUTED, env={}))
+    assert n.topics == ()  # none known before the first lookup: no subscription, no poll
+    consumer, watch = Listing(), TeamTopicWatch(n, every_s=0)
+    watch.check(consumer)
+    assert n.topics == ("p.a.alerts",) and consumer.subscribed == [["p.a.alerts"]]
+    watch.check(consumer)
+    assert len(consumer.subscribed) == 1  # nothing new: no rejoin
+    consumer.on_broker.add("p.new-team.alerts")
+    watch.check(consumer)
+    assert consumer.subscribed[-1] == ["p.a.alerts", "p.new-team.alerts"]

@@ -223,3 +223,41 @@ def test_a_rebalance_rewinds_to_the_committed_offsets_and_drops_that_polls_recor
     n.step()
     assert consumer.seeks == [((TOPIC, 0), 3)]  # read again from what was committed, not from the kept position
     assert delivered == [] and n.stats.messages == 0  # the records of that poll are read again after the seek
+
+
+class NetworkThreadConsumer(FakeConsumer):
+    """kafka-python 3 calls the rebalance listener on its network thread, where a blocking commit raises."""
+
+    def __init__(self, records: list[Record]) -> None:
+        super().__init__(records)
+        self.async_commits: list[dict[tuple[str, int], int]] = []
+        self.callbacks: list[Any] = []
+        self.in_listener = False
+
+    def commit(self, offsets: dict[Any, Any]) -> None:
+        if self.in_listener:
+            raise RuntimeError("Cannot block on net.run() from the IO thread itself")
+        super().commit(offsets)
+
+    def commit_async(self, offsets: dict[Any, Any], callback: Any) -> None:
+        self.async_commits.append({(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()})
+        self.callbacks.append(lambda: callback(offsets, object()))  # kafka-python calls it on a later poll
+
+
+def test_a_revocation_delivers_what_is_queued_and_commits_without_blocking() -> None:
+    from rankstream.sinks.notify.consumer import _Rebalance
+
+    chat = {"group_wait_s": 60, "receivers": {"hook": {"kind": "webhook", "url": "http://hooks.test/h"}}}
+    delivered: list[Any] = []
+    n, _, _ = notifier(chat, lambda r: delivered.append(loads(r.content)) or httpx.Response(200), [])
+    consumer = NetworkThreadConsumer(records(alert_record(step=1), alert_record(step=2)))
+    n._consumer = consumer
+    n.step()  # both queued in the chat group window: offset 0 held
+    assert delivered == [] and consumer.commits == [{(TOPIC, 0): 0}]
+    consumer.in_listener = True
+    _Rebalance(n).on_partitions_revoked({(TOPIC, 0)})  # must not raise into kafka-python's poll
+    assert [a["step"] for body in delivered for a in body["alerts"]] == [1, 2]
+    assert consumer.async_commits == [{(TOPIC, 0): 2}]
+    assert n.stats.committed == {f"{TOPIC}/0": 0}
+    consumer.callbacks[0]()
+    assert n.stats.committed == {f"{TOPIC}/0": 2}
