@@ -35,6 +35,14 @@ def notify(
             " topic [env RANKSTREAM_TEAM]",
         ),
     ] = None,
+    topic_refresh_seconds: Annotated[
+        float,
+        typer.Option(
+            "--topic-refresh-seconds",
+            min=1.0,
+            help="With --team '*': how often new teams' alerts topics are looked for",
+        ),
+    ] = 30.0,
     group: Annotated[
         str | None,
         typer.Option(
@@ -49,8 +57,8 @@ def notify(
     """Send alerts to AlertManager and chat until SIGTERM/SIGINT (then deliver what is queued, commit, exit 0).
 
     Reads <prefix>.alerts, or with --team one team's <prefix>.<team>.alerts, or with --team '*' every team's
-    (a new team's topic is picked up within ~30 s). Offsets are committed only after delivery; deliveries that
-    keep failing go to the dlq beside their alerts topic with the reason.
+    (a new team's topic is read within --topic-refresh-seconds). Offsets are committed only after delivery;
+    deliveries that keep failing go to the dlq beside their alerts topic with the reason.
     """
     from rankstream.kafka_admin import broker_ready
     from rankstream.sinks.notify.config import alertmanager_only, load_config
@@ -90,7 +98,7 @@ def notify(
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     try:
-        Notifier(settings, notify_config, group_id=group).run(stop)
+        Notifier(settings, notify_config, group_id=group, topic_refresh_s=topic_refresh_seconds).run(stop)
     except KafkaError as exc:
         fail(f"kafka at {settings.bootstrap_servers} unavailable: {exc}", EXIT_SERVICE)
 

@@ -112,3 +112,41 @@ def test_one_notifier_serves_every_team_by_topic(kafka: Settings, tmp_path: Path
     ]
     assert read_topic(kafka, team_topics(kafka.topic_prefix, "a").dlq) == []
     assert committed(notifier.stats.committed, "b") == len(steps) + 1  # the dead-lettered one included
+
+
+def test_the_cli_with_team_star_uses_its_own_group_and_stops_cleanly(kafka: Settings, tmp_path: Path) -> None:
+    """`rankstream notify --team '*'` (RANKSTREAM_TEAM=* works the same): a team's alert reaches its receiver
+    with the topic's team, the offsets are committed in `<prefix>.teams-notify`, SIGTERM exits 0."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.integration.streamkit import committed_offsets
+
+    add_team(kafka, "a")
+    a_alerts = team_topics(kafka.topic_prefix, "a").alerts
+    produce(kafka, a_alerts, [record("run-1", "someone-else", 3, "first")])
+    with WebhookReceiver() as hooks:
+        config = tmp_path / "notify.yaml"
+        config.write_text(f"group_wait_s: 0.2\nreceivers:\n  a: {{kind: webhook, url: '{hooks.url}/a'}}\n"
+                          "routes:\n  - {match: {team: a}, receivers: [a]}\n")  # fmt: skip
+        log_path = tmp_path / "notify.log"
+        with log_path.open("wb") as log:
+            notify = subprocess.Popen(
+                [sys.executable, "-m", "rankstream.cli", "notify", "--config", str(config), "--team", "*",
+                 "--topic-refresh-seconds", "1", "--bootstrap", kafka.bootstrap_servers,
+                 "--prefix", kafka.topic_prefix],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RANKSTREAM_TEAM": ""},
+            )  # fmt: skip
+        try:
+            wait_for(lambda: delivered(hooks, "/a") == [("a", "run-1", 3)], 60, "team a's alert at its receiver",
+                     detail=lambda: log_path.read_text()[-1500:])  # fmt: skip
+            wait_for(lambda: committed_offsets(kafka, f"{kafka.topic_prefix}.teams-notify", a_alerts) == 1, 30,
+                     "the alert's offset committed in the shared notifier's group")  # fmt: skip
+        finally:
+            notify.send_signal(signal.SIGTERM)
+            rc = notify.wait(60)
+        text = log_path.read_text()
+        assert rc == 0, text
+        assert f"every team's alerts topic {kafka.topic_prefix}.<team>.alerts" in text and "new: " + a_alerts in text
