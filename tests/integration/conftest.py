@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import secrets
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from rankstream.config import Settings
 from rankstream.dev.stack import start_broker, stop_broker
+from rankstream.kafka_access import TeamPrincipal
 from rankstream.kafka_admin import ensure_topics
 
 
@@ -36,5 +39,61 @@ def private_broker(tmp_path: Path) -> Iterator[Settings]:
     ensure_topics(settings)
     try:
         yield settings
+    finally:
+        stop_broker(settings)
+
+
+@dataclass(frozen=True)
+class SecureBroker:
+    """A broker in SASL_PLAINTEXT + SCRAM-SHA-512 mode with ACLs: teams ``a`` and ``b`` (prefix ``acl``),
+    the service principal ``svc`` (every right under ``acl.``), the super user in ``settings``."""
+
+    settings: Settings
+    teams: dict[str, TeamPrincipal]
+    service: tuple[str, str]
+
+    def as_user(self, user: str, password: str) -> Settings:
+        return self.settings.with_overrides(sasl_username=user, sasl_password=password)
+
+    def as_team(self, team: str) -> Settings:
+        principal = self.teams[team]
+        return self.as_user(principal.user, principal.password).with_overrides(
+            topic_prefix=f"{self.settings.topic_prefix}.{team}"
+        )
+
+    def service_env(self) -> dict[str, str]:
+        """Environment of a worker / sink / notifier running as the service principal."""
+        return {
+            "RANKSTREAM_SECURITY_PROTOCOL": self.settings.security_protocol,
+            "RANKSTREAM_SASL_MECHANISM": self.settings.sasl_mechanism,
+            "RANKSTREAM_SASL_USERNAME": self.service[0],
+            "RANKSTREAM_SASL_PASSWORD": self.service[1],
+        }
+
+
+@pytest.fixture(scope="session")
+def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
+    """One secure broker for the session's access tests (never the shared plaintext one): starting one costs ~20 s."""
+    from rankstream import kafka_access
+
+    port, cport = free_port(), free_port()
+    settings = Settings(
+        state_dir=str(tmp_path_factory.mktemp("sasl") / "state"),
+        kafka_port=port,
+        kafka_controller_port=cport,
+        bootstrap_servers=f"127.0.0.1:{port}",
+        topic_prefix="acl",
+        partitions=1,
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="admin",
+        sasl_password=secrets.token_urlsafe(16),
+    )
+    start_broker(settings)
+    teams = {t: TeamPrincipal(t, f"team-{t}", secrets.token_urlsafe(16)) for t in ("a", "b")}
+    service = ("svc", "svc-" + secrets.token_urlsafe(16))
+    try:
+        kafka_access.apply(settings, teams.values(), service=service)
+        yield SecureBroker(settings, teams, service)
     finally:
         stop_broker(settings)
