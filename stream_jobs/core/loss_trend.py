@@ -5,7 +5,11 @@ A run may be logged every step (Megatron), every 5-10 (ms-swift) or every 500
 So nothing here counts steps between points as if each were one: the EWMA
 decays per step, windows span steps (and need a minimum of logged points),
 and the plateau is a statistical statement (no significant decrease over a
-stretch that grows with the run), not "improved by less than x %".
+stretch that grows with the run), not "improved by less than x %". Absence of
+evidence is not evidence of a plateau, though: early in a run the stretch is
+short and the noise large next to the descent it should show (1 healthy run in
+120 at cadence 10 read as flat for 8 judgements in a row), so the stretch must
+also have slowed down against the run's own average pace since its trend began.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ PLATEAU_BINS = 64
 _MIN_TREND_BINS = 10
 #: Bins a plateau stretch needs before it is judged.
 _MIN_PLATEAU_BINS = 8
+#: The first bins of the trend's history whose median is where the run's pace is measured from.
+_PACE_HEAD_BINS = 3
 
 
 def step_alpha(alpha: float, steps: int) -> float:
@@ -175,8 +181,9 @@ class RisingRule:
 
 class PlateauRule:
     """loss_plateau: over the last max(``patience`` steps, ``window_frac`` of the steps since the trend
-    began) the mean loss shows no significant decrease (Mann-Kendall on step bins) at ``confirm``
-    judgements in a row; once per plateau (``confirm`` improving judgements in a row end it)."""
+    began) the mean loss shows no significant decrease (Mann-Kendall on step bins), and falls by less than
+    ``pace_frac`` of the run's average pace since the trend began, at ``confirm`` judgements in a row; once
+    per plateau (``confirm`` improving judgements in a row end it)."""
 
     def __init__(self, p: LossPlateauParams) -> None:
         self.p = p
@@ -210,19 +217,31 @@ class PlateauRule:
             return
         stretch = at.step - steps[0] + bins.width / 2.0
         z = kendall_z(kendall_s(means), n)
-        if z <= -p.z:
+        if z <= -p.z and not self.fired:
+            self.flat = 0  # falling (how briskly only matters to end a plateau already reported)
+            return
+        slope = theil_sen(steps, means)
+        level = median_of(means)
+        pace = self._run_pace(steps, level)
+        # Practically falling: at pace_frac of the run's own pace at least (any pace while it never fell).
+        brisk = pace is None or -slope >= p.pace_frac * pace
+        if z <= -p.z and brisk:
             self.flat = 0
             self.improving += 1
             if self.improving >= p.confirm:
                 self.fired = False  # improving again for as long: a later plateau is a new one
+            return
+        if z <= -p.z or (brisk and pace is not None):
+            # Either a significant but negligible decrease (noise over a long flat stretch: not the end of a
+            # plateau), or a decrease at the run's pace that the stretch is too short or noisy to show
+            # significantly (not a plateau): neither reading.
+            self.flat = self.improving = 0
             return
         self.improving = 0
         self.flat += 1
         if self.flat < p.confirm or self.fired or not p.enabled:
             return
         self.fired = True
-        slope = theil_sen(steps, means)
-        level = median_of(means)
         per_100 = slope * 100 / abs(level) if level else 0.0
         found.append(
             at.finding(
@@ -241,9 +260,22 @@ class PlateauRule:
                     "slope_per_step": slope,
                     "first_mean": means[0],
                     "last_mean": means[-1],
+                    "run_pace_per_step": pace,
                 },
             )
         )
+
+    def _run_pace(self, steps: list[float], level: float) -> float | None:
+        """The run's average decrease per step from its first closed bins to the stretch (``steps``, median
+        ``level``); None when the loss has not fallen (significantly) since the trend began: flat all along."""
+        all_steps, all_means, _ = self.bins.closed(-math.inf)
+        if kendall_z(kendall_s(all_means), len(all_means)) > -self.p.z:
+            return None
+        head = min(_PACE_HEAD_BINS, len(all_means))
+        start_step = median_of(all_steps[:head])
+        mid = (steps[0] + steps[-1]) / 2.0
+        pace = (median_of(all_means[:head]) - level) / (mid - start_step) if mid > start_step else 0.0
+        return pace if pace > 0.0 else None
 
     def to_state(self) -> dict[str, Any]:
         return {"bins": self.bins.to_state(), "flat": self.flat, "improving": self.improving, "fired": self.fired}

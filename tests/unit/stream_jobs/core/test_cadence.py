@@ -56,18 +56,26 @@ def rising(s: float) -> float:
     return healthy(s) if s < a else healthy(a) * (1.0 + 5.0 * (s - a) / N)
 
 
-def rules_fired(curve: Callable[[float], float], cadence: int, seed: int, noise: float = 0.01) -> dict[str, int]:
+def rules_fired(
+    curve: Callable[[float], float],
+    cadence: int,
+    seed: int,
+    noise: float = 0.01,
+    steps: int = N,
+    warmup: int = WARMUP,
+    rules: RuleSet | None = None,
+) -> dict[str, int]:
     """Feed ``curve`` with per-step noise, logged every ``cadence`` steps as the mean of the interval; the
-    first step each loss trend rule fired at."""
+    first step each loss trend rule fired at (under ``rules``, TREND_ONLY by default)."""
     rng = random.Random(seed)
-    det = LossDetector(TREND_ONLY)
+    det = LossDetector(rules or TREND_ONLY)
     first: dict[str, int] = {}
     acc = 0.0
-    for s in range(N):
+    for s in range(steps):
         acc += curve(s) * (1.0 + noise * rng.gauss(0.0, 1.0))
         if (s + 1) % cadence:
             continue
-        for f in det.on_step(released(s, acc / cadence), warmup=s < WARMUP, label="r"):
+        for f in det.on_step(released(s, acc / cadence), warmup=s < warmup, label="r"):
             first.setdefault(f.rule, s)
         acc = 0.0
     return {rule: step for rule, step in first.items() if rule in ("loss_rising", "loss_plateau")}
@@ -75,21 +83,32 @@ def rules_fired(curve: Callable[[float], float], cadence: int, seed: int, noise:
 
 #: loss_spike never reaches its window (it is not what these tests are about, and it is the slow part).
 TREND_ONLY = RuleSet().with_changes({"loss_spike": {"min_samples": 10**9}})
-#: Derandomized: the same examples in every run. Random seeds found a real weakness (seed 2341, cadence 10: a
-#: healthy run warned loss_plateau at step 379; about 1 in 120 (seed, cadence) pairs early in a run, where the
-#: judged stretch has few bins), which a suite must not report as a flake; it is recorded in the notes.
-_SETTINGS = settings(max_examples=2, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+#: Random seeds at every run. Measured (docs/rules.md, tests/unit/stream_jobs/core/plateau_rates.py): no trend
+#: alert in 1,000 healthy and 1,000 power-law runs at each of cadences 1, 10, 50 and 500, and every plateau
+#: found inside it, so any failure here is a regression, not a flake.
+_SETTINGS = settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+#: (curve, seed) pairs that warned loss_plateau early at cadence 10 before the rule weighed the run's pace
+#: (seed 2341 at step 379: 1 run in 120; the stretch was too short and noisy to show the descent).
+EARLY_FALSE_PLATEAUS = [("healthy", s) for s in (346, 385, 502, 568, 713, 740, 772, 800, 2341)] + [
+    ("power_law", 86),
+    ("power_law", 129),
+]
 
 
 @_SETTINGS
-@given(seed=st.integers(0, 10_000), curve=st.sampled_from([healthy, power_law]))
+@given(seed=st.integers(0, 1_000_000), curve=st.sampled_from([healthy, power_law]))
 def test_a_healthy_run_raises_no_trend_alert_at_any_cadence(seed: int, curve: Callable[[float], float]) -> None:
     for cadence in CADENCES:
         assert rules_fired(curve, cadence, seed) == {}, (curve.__name__, cadence)
 
 
+@pytest.mark.parametrize(("curve", "seed"), EARLY_FALSE_PLATEAUS)
+def test_a_healthy_run_too_noisy_early_to_show_its_descent_is_no_plateau(curve: str, seed: int) -> None:
+    assert rules_fired({"healthy": healthy, "power_law": power_law}[curve], 10, seed) == {}
+
+
 @_SETTINGS
-@given(seed=st.integers(0, 10_000))
+@given(seed=st.integers(0, 1_000_000))
 def test_a_plateau_is_found_at_every_cadence(seed: int) -> None:
     for cadence in CADENCES:
         fired = rules_fired(plateau, cadence, seed)
@@ -98,7 +117,7 @@ def test_a_plateau_is_found_at_every_cadence(seed: int) -> None:
 
 
 @_SETTINGS
-@given(seed=st.integers(0, 10_000))
+@given(seed=st.integers(0, 1_000_000))
 def test_a_divergence_is_loss_rising_at_every_cadence(seed: int) -> None:
     for cadence in CADENCES:
         fired = rules_fired(rising, cadence, seed)
@@ -246,8 +265,8 @@ def logged_every(events: list[dict], cadence: int) -> list[dict]:
     return out
 
 
-@_SETTINGS
-@given(seed=st.integers(0, 10_000))
+@settings(_SETTINGS, max_examples=2)  # two runs of 3000 steps x 4 ranks, replayed at four cadences, per example
+@given(seed=st.integers(0, 1_000_000))
 def test_synthetic_runs_subsampled_get_the_same_verdict(seed: int) -> None:
     """The project's synthetic runs, logged every 1, 5, 10 or 50 steps: a healthy one raises no trend alert, one
     that stalls for 1500 steps raises exactly one loss_plateau, inside the stall, at each cadence."""
