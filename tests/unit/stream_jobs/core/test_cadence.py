@@ -277,3 +277,19 @@ def test_synthetic_runs_subsampled_get_the_same_verdict(seed: int) -> None:
         fired = trend_alerts(logged_every(stalled, cadence))
         assert [rule for rule, _ in fired] == ["loss_plateau"], (cadence, fired)
         assert 1000 <= fired[0][1] < 2500, (cadence, fired)
+
+
+def test_a_loss_that_never_falls_after_warmup_is_a_plateau_at_every_cadence() -> None:
+    """No pace to compare with (the run never fell): the significance reading alone decides, as before."""
+    for cadence in CADENCES:
+        fired = rules_fired(lambda s: 2.0, cadence, seed=5, steps=N // 3)
+        assert set(fired) == {"loss_plateau"}, (cadence, fired)
+        assert fired["loss_plateau"] <= WARMUP + max(2000, 40 * cadence), (cadence, fired)
+
+
+def test_noise_over_a_long_stall_does_not_end_the_plateau() -> None:
+    """Seed 23 of the synthetic stall, at cadence 1: a flat stretch read as a significant (but negligible)
+    decrease 8 judgements in a row, which ended the plateau and warned a second time at step 2240."""
+    stalled = generate_run("p", 4, 3000, seed=23, faults=[Fault("plateau", 1000, duration=1500)])
+    fired = trend_alerts(stalled)
+    assert [rule for rule, _ in fired] == ["loss_plateau"] and 1000 <= fired[0][1] < 2500, fired
