@@ -113,6 +113,7 @@ class SinkWorker:
         self._inserter: ThreadPoolExecutor | None = None
         self._consumer: Any = None
         self.rebalance_listener: Any = None  # one per worker (rankstream.sinks.worker_rebalance)
+        self._consumer_thread: threading.Thread | None = None  # the thread that polls (set by the loop)
         self.retrier = Retrier(self._count_outage)
         self._dead_letters = DeadLetterSender(settings, self.retrier)
         self._stop = self.retrier.stop
@@ -182,23 +183,14 @@ class SinkWorker:
     # ------------------------------------------------------------------ main loop
 
     def _loop(self) -> None:
-        from rankstream.sinks.rejoin import RejoinWatch
-        from rankstream.sinks.worker_rebalance import UNASSIGNED_REJOIN_S, TeamTopicWatch, subscribe
+        from rankstream.sinks.worker_rebalance import membership_checks
 
         consumer, router = self._consumer, self.router
-        rejoin = RejoinWatch(
-            router.topics,
-            lambda: subscribe(consumer, self),
-            first_wait_s=UNASSIGNED_REJOIN_S,
-            log=log,
-            who="sink",
-            pattern=router.pattern,
-        )
-        team_topics = TeamTopicWatch(self, self.topic_refresh_s) if router.pattern else None
+        self._consumer_thread = threading.current_thread()
+        checks = membership_checks(self, consumer)
         while not self._stop.is_set():
-            if team_topics is not None:
-                team_topics.check(consumer)
-            rejoin.check(consumer)
+            for check in checks:
+                check(consumer)
             self._settle()
             if self.writer.restamp_due():
                 self._restamp_teams()
@@ -398,11 +390,19 @@ class SinkWorker:
         self.stats.dropped_batches += 1
 
     def flush_once(self) -> bool:
-        """One insert attempt without retries (used while partitions are being revoked)."""
-        if self._flushing:
-            # Called from the keep-alive poll of a store retry: committing a later batch first could skip
-            # the one being retried, so the pending batch is dropped and re-read instead.
-            log.warning("sink: partitions revoked while waiting for the store; the pending batch will be re-read")
+        """One insert attempt without retries (used while partitions are being revoked); False: dropped, re-read.
+
+        kafka-python 3 calls the rebalance listener on its network thread, where a commit cannot
+        wait (it raises) and a store insert would hold up the client: there the pending batch is
+        dropped and read again (a batch in flight is committed by the consumer thread later).
+        """
+        elsewhere = threading.current_thread() is not self._consumer_thread
+        if elsewhere and not self._flushing and not self._pending.ranges:
+            return True
+        if elsewhere or self._flushing:
+            # (or from the keep-alive poll of a store retry: committing a later batch first could skip the one
+            # being retried)
+            log.warning("sink: partitions revoked before the pending batch was stored; it will be re-read")
             self.discard_pending()
             return False
         try:

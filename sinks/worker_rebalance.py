@@ -4,13 +4,17 @@ team topics a shared sink reads.
 kafka-python rebalances eagerly (every partition is revoked), but keeps the
 position of a partition that stays assigned: when a batch cannot be flushed in
 time it is dropped, and the new assignment is rewound to the committed offsets,
-so its messages are read again, never skipped.
+so its messages are read again, never skipped. kafka-python 3 calls the listener
+on its network thread, where no commit can wait, so a batch pending at a
+revocation is always dropped (:meth:`SinkWorker.flush_once`); a shared sink stores
+its batch before the re-subscriptions it starts itself (:class:`TeamTopicWatch`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kafka import ConsumerRebalanceListener
@@ -68,6 +72,24 @@ def make_consumer(worker: SinkWorker) -> Any:
     worker.rebalance_listener = RevokeListener(worker)
     subscribe(consumer, worker)
     return consumer
+
+
+def membership_checks(worker: SinkWorker, consumer: Any) -> list[Callable[[Any], None]]:
+    """What the consumer loop checks between polls: a shared sink's team topics, and rejoining a group
+    that left the sink without partitions although its topics have some."""
+    from rankstream.sinks.rejoin import RejoinWatch
+
+    router = worker.router
+    rejoin = RejoinWatch(
+        router.topics,
+        lambda: subscribe(consumer, worker),
+        first_wait_s=UNASSIGNED_REJOIN_S,
+        log=log,
+        who="sink",
+        pattern=router.pattern,
+    )
+    team_topics = [TeamTopicWatch(worker, worker.topic_refresh_s).check] if router.pattern else []
+    return [*team_topics, rejoin.check]
 
 
 def subscribe(consumer: Any, worker: SinkWorker) -> None:
