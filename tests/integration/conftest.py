@@ -45,8 +45,8 @@ def private_broker(tmp_path: Path) -> Iterator[Settings]:
 
 @dataclass(frozen=True)
 class SecureBroker:
-    """A broker in SASL_PLAINTEXT + SCRAM-SHA-512 mode with ACLs: teams ``a`` and ``b`` (prefix ``acl``),
-    the service principal ``svc`` (every right under ``acl.``), the super user in ``settings``."""
+    """Teams on the session's secure broker (SASL_PLAINTEXT + SCRAM-SHA-512, ACLs) under one topic prefix: their
+    principals, the service principal (every right under the prefix), the super user in ``settings``."""
 
     settings: Settings
     teams: dict[str, TeamPrincipal]
@@ -72,10 +72,9 @@ class SecureBroker:
 
 
 @pytest.fixture(scope="session")
-def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
-    """One secure broker for the session's access tests (never the shared plaintext one): starting one costs ~20 s."""
-    from rankstream import kafka_access
-
+def secure_broker_admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """One secure broker for the session's access tests (never the shared plaintext one; starting one costs
+    ~20 s): its super user's settings. Each test module provisions its own prefix with :func:`provision`."""
     port, cport = free_port(), free_port()
     settings = Settings(
         state_dir=str(tmp_path_factory.mktemp("sasl") / "state"),
@@ -90,10 +89,19 @@ def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBr
         sasl_password=secrets.token_urlsafe(16),
     )
     start_broker(settings)
-    teams = {t: TeamPrincipal(t, f"team-{t}", secrets.token_urlsafe(16)) for t in ("a", "b")}
-    service = ("svc", "svc-" + secrets.token_urlsafe(16))
     try:
-        kafka_access.apply(settings, teams.values(), service=service)
-        yield SecureBroker(settings, teams, service)
+        yield settings
     finally:
         stop_broker(settings)
+
+
+def provision(admin: Settings, prefix: str, user_prefix: str = "team-") -> SecureBroker:
+    """Teams ``a`` and ``b`` (SCRAM users ``<user_prefix>a``...) and the service principal ``svc`` (password
+    ``svc-<admin password>``) with their ACLs and topics under ``prefix`` on the secure broker."""
+    from rankstream import kafka_access
+
+    settings = admin.with_overrides(topic_prefix=prefix)
+    teams = {t: TeamPrincipal(t, f"{user_prefix}{t}", secrets.token_urlsafe(16)) for t in ("a", "b")}
+    service = ("svc", "svc-" + admin.sasl_password)
+    kafka_access.apply(settings, teams.values(), service=service)
+    return SecureBroker(settings, teams, service)

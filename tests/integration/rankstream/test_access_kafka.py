@@ -6,10 +6,8 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,39 +17,15 @@ from kafka.errors import KafkaError, TopicAuthorizationFailedError
 
 from rankstream import kafka_access
 from rankstream.config import Settings
-from rankstream.dev.stack import start_broker, stop_broker
 from rankstream.kafka_access import TeamPrincipal, team_topics
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.integration.conftest import free_port, provision
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, dict[str, TeamPrincipal]]]:
-    """A broker of its own (never the shared 19092 one) in secure mode, teams a and b, a service principal."""
-    port, cport = _free_port(), _free_port()
-    settings = Settings(
-        state_dir=str(tmp_path_factory.mktemp("sasl") / "state"),
-        kafka_port=port,
-        kafka_controller_port=cport,
-        bootstrap_servers=f"127.0.0.1:{port}",
-        topic_prefix="acl",
-        partitions=1,
-        security_protocol="SASL_PLAINTEXT",
-        sasl_mechanism="SCRAM-SHA-512",
-        sasl_username="admin",
-        sasl_password=secrets.token_urlsafe(16),
-    )
-    start_broker(settings)
-    teams = {t: TeamPrincipal(t, f"team-{t}", secrets.token_urlsafe(16)) for t in ("a", "b")}
-    try:
-        kafka_access.apply(settings, teams.values(), service=("svc", "svc-" + settings.sasl_password))
-        yield settings, teams
-    finally:
-        stop_broker(settings)
+def broker(secure_broker_admin: Settings) -> tuple[Settings, dict[str, TeamPrincipal]]:
+    """Teams a and b and the service principal ``svc`` under the prefix ``acl`` on the session's secure broker."""
+    secure = provision(secure_broker_admin, "acl")
+    return secure.settings, secure.teams
 
 
 def _as(settings: Settings, user: str, password: str) -> dict[str, Any]:
@@ -62,8 +36,8 @@ def _team(settings: Settings, team: TeamPrincipal) -> dict[str, Any]:
     return _as(settings, team.user, team.password)
 
 
-def _send(kwargs: dict[str, Any], topic: str, value: bytes) -> None:
-    producer = KafkaProducer(**kwargs, max_block_ms=15000, request_timeout_ms=10000, retries=0)
+def _send(kwargs: dict[str, Any], topic: str, value: bytes, block_ms: int = 15000) -> None:
+    producer = KafkaProducer(**kwargs, max_block_ms=block_ms, request_timeout_ms=10000, retries=0)
     try:
         producer.send(topic, value).get(timeout=20)
     finally:
@@ -144,10 +118,12 @@ def test_wrong_or_no_credentials_are_refused(broker: tuple[Settings, dict[str, T
     settings, teams = broker
     topic = team_topics(settings.topic_prefix, "a").events
     with pytest.raises(KafkaError):
-        _send(_as(settings, teams["a"].user, teams["a"].password + "x"), topic, b"wrong password")
+        _send(_as(settings, teams["a"].user, teams["a"].password + "x"), topic, b"wrong password", block_ms=4000)
     plain = Settings(bootstrap_servers=settings.bootstrap_servers).kafka_python_kwargs()
     with pytest.raises(KafkaError):
-        _send(plain, topic, b"no credentials")
+        _send(plain, topic, b"no credentials", block_ms=4000)
+    seen = _read_all(_as(settings, "admin", settings.sasl_password), topic, expect=0, wait_s=5)
+    assert b"wrong password" not in seen and b"no credentials" not in seen
 
 
 def test_production_commands_name_every_grant() -> None:
@@ -259,7 +235,7 @@ def test_access_kafka_apply_creates_a_team_that_writes_only_its_topic(
     wrong = subprocess.run([*command, "--bootstrap", settings.bootstrap_servers], capture_output=True, text=True,
                            env={**env, "RANKSTREAM_SASL_PASSWORD": "not-the-admin"}, timeout=120)  # fmt: skip
     assert wrong.returncode == 3 and len(wrong.stderr.splitlines()) == 1, wrong.stderr
-    unreachable = subprocess.run([*command, "--bootstrap", f"127.0.0.1:{_free_port()}"], env=env,
+    unreachable = subprocess.run([*command, "--bootstrap", f"127.0.0.1:{free_port()}"], env=env,
                                  capture_output=True, text=True, timeout=120)  # fmt: skip
     assert unreachable.returncode == 3 and "unavailable" in unreachable.stderr, unreachable.stderr
     assert len(unreachable.stderr.splitlines()) == 1

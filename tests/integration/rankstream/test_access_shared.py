@@ -22,7 +22,7 @@ from rankstream.kafka_access import team_topics
 from rankstream.producer import Reporter
 from rankstream.schema import dumps, loads
 from rankstream.sinks.store import portfile
-from tests.integration.conftest import SecureBroker
+from tests.integration.conftest import SecureBroker, provision
 from tests.integration.sinks.support import RANKSTREAM, http_client, wait_until
 
 RUN = "shared-run"  # both teams use this run_id
@@ -58,6 +58,12 @@ def _service(secure: SecureBroker, tmp_path: Path, name: str, *args: str) -> sub
     )  # fmt: skip
     log.close()
     return proc
+
+
+@pytest.fixture(scope="module")
+def secure_broker(secure_broker_admin: Settings) -> SecureBroker:
+    """Teams a and b under the prefix ``shared`` (their own SCRAM users) on the session's secure broker."""
+    return provision(secure_broker_admin, "shared", user_prefix="shared-")
 
 
 @pytest.fixture
