@@ -111,8 +111,19 @@ class Settings:
     # ---------------------------------------------------------------- derived
 
     @property
+    def team_prefix(self) -> str:
+        """The prefix of this process's own topics. With one team (``RANKSTREAM_TEAM=vision``) that team's
+        ``<prefix>.vision``, whether the prefix given is the deployment's (``rankstream``) or already the
+        team's (``rankstream.vision``): a job, worker, sink and notifier of one team name the same topics
+        either way. Otherwise (no team, or ``*``) the prefix itself."""
+        team = self.fixed_team
+        if not team or self.topic_prefix.rsplit(".", 1)[-1] == team:
+            return self.topic_prefix
+        return f"{self.topic_prefix}.{team}"
+
+    @property
     def topics(self) -> Topics:
-        return Topics(self.topic_prefix)
+        return Topics(self.team_prefix)
 
     @property
     def all_teams(self) -> bool:

@@ -97,3 +97,13 @@ def test_team_of_topic_names_only_team_topics() -> None:
     assert events_only.match("rankstream.a.events") and not events_only.match("rankstream.a.steps")
     with pytest.raises(ValueError, match="topic kinds"):
         team_topic_pattern("rankstream", ["stream-state"])
+
+
+def test_one_teams_topics_whatever_prefix_form_is_given() -> None:
+    """``--prefix rankstream --team vision`` and ``--prefix rankstream.vision --team vision`` name the same topics
+    (the team's), in the producer, worker, sink and notifier alike; no team or ``*`` keep the prefix."""
+    assert Settings(topic_prefix="rankstream", team="vision").topics.events == "rankstream.vision.events"
+    assert Settings(topic_prefix="rankstream.vision", team="vision").topics.events == "rankstream.vision.events"
+    assert Settings(topic_prefix="rankstream").topics.events == "rankstream.events"
+    assert Settings(topic_prefix="rankstream", team="*").topics.events == "rankstream.events"
+    assert Settings(topic_prefix="rankstream", team="vision").team_prefix == "rankstream.vision"
