@@ -195,6 +195,8 @@ class StreamJob:
     async def discover_teams(self) -> None:
         """The discovery timer: new team events topics get a lane; a broker that cannot be asked is asked later."""
         assert self._watch is not None
+        # a lane added during a rebalance may have been left out of the subscription: asked again
+        batch_drain.resubscribe_missing(self.app, list(self.lanes))
         try:
             found = await asyncio.to_thread(self._watch.new_teams, set(self.lanes))
         except Exception as exc:  # the broker away or refusing: the lanes so far go on

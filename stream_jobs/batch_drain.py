@@ -72,6 +72,20 @@ def subscribe(app: Any, topic: str) -> None:
     app.topics.add(app.topic(topic, key_serializer="raw", value_serializer="raw"))
 
 
+def resubscribe_missing(app: Any, topics: Iterable[str]) -> list[str]:
+    """Ask ``app``'s conductor again to subscribe to those of ``topics`` it has not subscribed to; returns them.
+
+    Why: Faust's conductor drops a subscription change flagged while the app is rebalancing (its
+    ``_subscriber`` clears the flag and waits for the next change), so a topic added during a rebalance
+    would never be consumed. Called periodically; does nothing during a rebalance (the next call retries).
+    """
+    conductor = cast(Any, app.topics)
+    missing = [t for t in topics if t not in conductor._topic_name_index]
+    if missing and not app.rebalancing:
+        conductor._flag_changes()
+    return missing
+
+
 def route_for(app: Any) -> BatchRoute | None:
     """The batch route registered for ``app``, if any."""
     return _routes.get(app)
@@ -156,4 +170,13 @@ async def drain_batches(self: Consumer, fetcher: Any, route: BatchRoute) -> None
         raise
 
 
-__all__ = ["BatchHandler", "BatchRoute", "ack_offsets", "drain_batches", "register_route", "route_for", "subscribe"]
+__all__ = [
+    "BatchHandler",
+    "BatchRoute",
+    "ack_offsets",
+    "drain_batches",
+    "register_route",
+    "resubscribe_missing",
+    "route_for",
+    "subscribe",
+]

@@ -111,3 +111,32 @@ def test_two_teams_with_the_same_run_id_are_two_runs_on_metrics_and_health_adds_
     assert samples[("rankstream_worker_events_total", ())] == 12
     assert samples[("rankstream_worker_team_corrected_total", ())] == 1
     assert samples[("rankstream_worker_lanes", ())] == 2
+
+
+class _Conductor:
+    def __init__(self, subscribed: set[str]) -> None:
+        self._topic_name_index = {t: set() for t in subscribed}
+        self.flagged = 0
+
+    def _flag_changes(self) -> None:
+        self.flagged += 1
+
+
+class _App:
+    def __init__(self, subscribed: set[str], rebalancing: bool) -> None:
+        self.topics = _Conductor(subscribed)
+        self.rebalancing = rebalancing
+
+
+def test_a_lane_left_out_of_the_subscription_is_asked_for_again_but_not_during_a_rebalance() -> None:
+    from rankstream.stream_jobs.batch_drain import resubscribe_missing
+
+    settled = _App({"p.a.events", "p.b.events"}, rebalancing=False)
+    assert resubscribe_missing(settled, ["p.a.events", "p.b.events"]) == []
+    assert settled.topics.flagged == 0
+    dropped = _App({"p.a.events"}, rebalancing=False)
+    assert resubscribe_missing(dropped, ["p.a.events", "p.b.events"]) == ["p.b.events"]
+    assert dropped.topics.flagged == 1
+    busy = _App({"p.a.events"}, rebalancing=True)
+    assert resubscribe_missing(busy, ["p.a.events", "p.b.events"]) == ["p.b.events"]
+    assert busy.topics.flagged == 0
