@@ -182,8 +182,14 @@ class Aligner:
             p = PendingStep(step, ev["world_size"], ev["ts"], self.clock, self.topology)
             self.pending[step] = p
             heapq.heappush(self._heap, step)
-        else:
-            p.stretch(ev)
+        else:  # p.stretch(ev), inlined: once per event
+            ts = ev["ts"]
+            if ts < p.ts_first:
+                p.ts_first = ts
+            elif ts > p.ts_last:
+                p.ts_last = ts
+            if ev["world_size"] > p.world_size:
+                p.world_size = ev["world_size"]
         rank = ev["rank"]
         if rank not in p.by_rank:
             p.by_rank[rank] = ev
