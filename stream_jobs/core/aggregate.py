@@ -49,7 +49,9 @@ def aggregate(ranks: list[int], per_rank: list[dict[str, float]]) -> tuple[dict[
         return out, nonfinite
     first = per_rank[0]
     keys = first.keys()
-    uniform = all(m.keys() == keys for m in per_rank)
+    # Same keys in the same order (one producer): a cheap ordered test first, the set test only when it fails.
+    first_keys = tuple(first)
+    uniform = [*map(tuple, per_rank)].count(first_keys) == len(per_rank) or all(m.keys() == keys for m in per_rank)
     names = list(keys) if uniform else sorted({k for m in per_rank for k in m})
     for name in names:
         if uniform:
