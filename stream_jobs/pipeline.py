@@ -176,50 +176,61 @@ class PartitionedPipeline:
     def process(self, items: Iterable[ConsumedMessage]) -> Result:
         """Run a batch of consumed messages through the core."""
         result = Result()
-        steps, alerts = result.steps, result.alerts
+        steps, alerts, ackable = result.steps, result.alerts, result.ackable
+        stats = self.stats
+        partitions = self._partitions
+        team = self._team
         now_wall = self._wall()
         dirty: set[tuple[int, str]] = set()
-        for item in items:
+        for item in items:  # once per consumed message: locals instead of attribute and method lookups
+            partition = item.partition
             if item.headers and _sink_only(item.headers):  # re-sent for the sink; aligned long ago
-                self.stats["sink_only"] += 1
-                result.ackable.append((item.partition, item.offset))
+                stats["sink_only"] += 1
+                ackable.append((partition, item.offset))
                 continue
             try:
                 event = decode_event(item.value)
             except InvalidEvent as exc:
-                self.stats["invalid"] += 1
+                stats["invalid"] += 1
                 result.dlq.append(
-                    (item.key, dlq_record(item.value, exc.reason, self._source_topic, item.partition, item.offset))
+                    (item.key, dlq_record(item.value, exc.reason, self._source_topic, partition, item.offset))
                 )
-                result.ackable.append((item.partition, item.offset))
+                ackable.append((partition, item.offset))
                 continue
-            self.stats["events"] += 1
-            if self._team and claim_team(event, self._team) is not None:
-                self.stats["team_corrected"] += 1
-            ps = self._partition(item.partition)
+            stats["events"] += 1
+            if team and claim_team(event, team) is not None:
+                stats["team_corrected"] += 1
+            ps = partitions.get(partition) or self._partition(partition)
             engine = ps.engine
             run_id = event["run_id"]
             if not engine.has_run(run_id):
-                self._restore(item.partition, ps, run_id)
+                self._restore(partition, ps, run_id)
             engine_stats = engine.stats
             not_pending_before = _not_pending(engine_stats)
             n_steps, n_alerts = len(steps), len(alerts)
             engine.process_into(event, steps, alerts, arrival=now_wall)
-            ack = (item.partition, item.offset)
+            ack = (partition, item.offset)
             if event["kind"] == "step":
                 key = (engine.attempt(run_id), event["step"])
                 if _not_pending(engine_stats) > not_pending_before or key in ps.released.get(run_id, ()):
                     # a duplicate, late for a step released earlier, or a straggler of an evicted run:
                     # nothing pending depends on it
-                    result.ackable.append(ack)
+                    ackable.append(ack)
                 else:
-                    ps.held.setdefault(run_id, {}).setdefault(key, []).append((now_wall, ack))
+                    run_held = ps.held.get(run_id)
+                    if run_held is None:
+                        run_held = ps.held[run_id] = {}
+                    waiting = run_held.get(key)
+                    if waiting is None:
+                        run_held[key] = [(now_wall, ack)]
+                    else:
+                        waiting.append((now_wall, ack))
             else:
-                result.ackable.append(ack)
+                ackable.append(ack)
             if len(steps) > n_steps or len(alerts) > n_alerts:
-                self._collect(item.partition, ps, steps[n_steps:], alerts[n_alerts:], result, dirty)
+                self._collect(partition, ps, steps[n_steps:], alerts[n_alerts:], result, dirty)
             if engine.evicted:  # after _collect: the steps flushed at eviction are released first
-                self._forget(item.partition, ps, result)
+                self._forget(partition, ps, result)
         self._finish(result, dirty)
         return result
 
