@@ -18,7 +18,15 @@ from rankstream.config import Settings
 from rankstream.dev.synthetic import Fault, generate_run
 from rankstream.kafka_admin import ensure_topics
 from tests.integration.conftest import free_port
-from tests.integration.streamkit import WorkerProcess, collect, produce, replay, step_keys, wait_committed
+from tests.integration.streamkit import (
+    WorkerProcess,
+    collect,
+    produce,
+    replay,
+    step_keys,
+    wait_committed,
+    wait_group_stable,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -147,3 +155,37 @@ def test_a_restarted_shared_worker_resumes_every_team_with_no_gap_no_duplicate_a
             assert {x["team"] for x in alerts} == {name}
     finally:
         assert restarted.stop() == 0, restarted.log()
+
+
+def test_two_shared_workers_split_the_teams_partitions_and_one_takes_over_when_the_other_is_killed(
+    kafka: Settings, tmp_path: Path
+) -> None:
+    teams = {name: _team(kafka, name) for name in ("a", "b")}
+    runs = {
+        name: [generate_run(f"run-{i}", world_size=4, steps=160, seed=20 + i, team=name) for i in range(3)]
+        for name in teams
+    }
+    expected = {name: replay([e for run in rs for e in run]) for name, rs in runs.items()}
+    group = f"{kafka.topic_prefix}.teams-stream"
+    first_half = {name: [e for run in rs for e in run[: len(run) // 2]] for name, rs in runs.items()}
+    for name, team in teams.items():
+        produce(team, first_half[name])
+    first = _shared_worker(kafka, tmp_path / "w1.log")
+    second: WorkerProcess | None = None
+    try:
+        for name, team in teams.items():  # the first worker got going on every team alone
+            wait_committed(kafka, group, team.topics.events, len(first_half[name]) // 2, timeout_s=90)
+        second = _shared_worker(kafka, tmp_path / "w2.log")
+        wait_group_stable(kafka, group, members=2)  # both split 2 teams x 3 partitions
+        first.kill()
+        for name, team in teams.items():
+            produce(team, [e for run in runs[name] for e in run[len(run) // 2 :]])
+        for name, team in teams.items():
+            want = step_keys(expected[name].steps)
+            steps = collect(team, team.topics.steps, lambda r, want=want: step_keys(r) >= want, 150)
+            missing = want - step_keys(steps)
+            assert not missing, f"team {name}: {len(missing)} steps lost, e.g. {sorted(missing)[:5]}\n{second.log()}"
+    finally:
+        first.stop()
+        if second is not None:
+            assert second.stop() == 0, second.log()
