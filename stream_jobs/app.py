@@ -82,11 +82,12 @@ def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | No
 
 
 def default_group(settings: Settings) -> str:
-    """The consumer group of a worker: ``<prefix>-stream``, or ``<prefix>.teams-stream`` for a shared worker
-    (under ``<prefix>``, where the service principal may use groups; a new name, see docs/stream.md)."""
+    """The consumer group of a worker: ``<prefix>-stream`` (one team's: ``<prefix>.<team>-stream``), or
+    ``<prefix>.teams-stream`` for a shared worker (under ``<prefix>``, where the service principal may use
+    groups; a new name, see docs/stream.md)."""
     if settings.all_teams:
         return f"{settings.topic_prefix}.teams-stream"
-    return f"{settings.topic_prefix}-stream"
+    return f"{settings.team_prefix}-stream"
 
 
 def faust_app(settings: Settings, group_id: str | None = None) -> faust.App:

@@ -21,15 +21,17 @@ def worker(
     team: Annotated[
         str | None,
         typer.Option(
-            help="The team whose topics <prefix>.events... this worker serves (with --prefix <prefix>.<team>), "
-            "or '*': one shared worker for every team's <prefix>.<team>.events, each run's team taken from its "
-            "topic [env RANKSTREAM_TEAM]"
+            help="The team whose topics <prefix>.<team>.* this worker serves, or '*': one shared worker for "
+            "every team's <prefix>.<team>.events, each run's team taken from its topic [env RANKSTREAM_TEAM]"
         ),
     ] = None,
     rules: Annotated[Path | None, typer.Option(help="Rules YAML (defaults + per-team/run overrides)")] = None,
     group: Annotated[
         str | None,
-        typer.Option(help="Consumer group id [default <prefix>-stream; with --team '*' <prefix>.teams-stream]"),
+        typer.Option(
+            help="Consumer group id [default <prefix>-stream, <prefix>.<team>-stream for one team, "
+            "<prefix>.teams-stream with --team '*']"
+        ),
     ] = None,
     session_timeout: Annotated[
         float, typer.Option(help="Seconds before a dead worker's partitions move to another worker")

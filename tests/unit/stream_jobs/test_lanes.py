@@ -140,3 +140,13 @@ def test_a_lane_left_out_of_the_subscription_is_asked_for_again_but_not_during_a
     busy = _App({"p.a.events"}, rebalancing=True)
     assert resubscribe_missing(busy, ["p.a.events", "p.b.events"]) == ["p.b.events"]
     assert busy.topics.flagged == 0
+
+
+def test_the_consumer_group_of_one_team_a_shared_worker_and_a_prefix_only_worker() -> None:
+    from rankstream.config import Settings
+    from rankstream.stream_jobs.app import default_group
+
+    assert default_group(Settings(topic_prefix="p")) == "p-stream"
+    assert default_group(Settings(topic_prefix="p", team="a")) == "p.a-stream"
+    assert default_group(Settings(topic_prefix="p.a", team="a")) == "p.a-stream"
+    assert default_group(Settings(topic_prefix="p", team="*")) == "p.teams-stream"
