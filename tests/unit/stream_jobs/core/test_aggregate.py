@@ -42,6 +42,14 @@ def test_metrics_reported_by_some_ranks_only() -> None:
     assert nonfinite == {"grad_norm": 1}
 
 
+def test_the_same_metrics_in_another_key_order_keep_the_first_ranks_order() -> None:
+    per_rank = [{"lr": 0.1, "loss": 1.0}, {"loss": 3.0, "lr": 0.1}, {"lr": 0.1, "loss": 2.0}]
+    summaries, nonfinite = aggregate([0, 1, 2], per_rank)
+    assert list(summaries) == ["lr", "loss"]  # metrics reported by only some ranks come out sorted instead
+    assert (summaries["loss"]["n"], summaries["loss"]["argmax"], summaries["loss"]["mean"]) == (3, 1, 2.0)
+    assert nonfinite == {}
+
+
 def test_a_metric_without_any_finite_value_is_only_counted() -> None:
     summaries, nonfinite = aggregate([0, 1], [{"loss": math.inf, "lr": 1e-4}, {"loss": math.nan, "lr": 1e-4}])
     assert "loss" not in summaries
