@@ -36,8 +36,14 @@ def worker(
     session_timeout: Annotated[
         float, typer.Option(help="Seconds before a dead worker's partitions move to another worker")
     ] = 15.0,
-    discover_every: Annotated[
-        float, typer.Option(help="With --team '*': seconds between two looks for new teams' events topics")
+    topic_refresh_seconds: Annotated[
+        float,
+        typer.Option(
+            "--topic-refresh-seconds",
+            "--discover-every",
+            help="With --team '*': seconds between two looks for new teams' events topics (as the sink's and "
+            "the notifier's; --discover-every is its former name)",
+        ),
     ] = 15.0,
     loglevel: Annotated[
         str, typer.Option(help="Log level of Faust and Kafka (the worker's stats lines show at warning too)")
@@ -65,8 +71,8 @@ def worker(
     from rankstream.stream_jobs.runner import StreamWorkerRunner
 
     settings = load_settings(bootstrap_servers=bootstrap, topic_prefix=prefix, state_dir=state_dir, team=team)
-    if discover_every <= 0:
-        fail("--discover-every must be > 0", EXIT_CONFIG)
+    if topic_refresh_seconds <= 0:
+        fail("--topic-refresh-seconds must be > 0", EXIT_CONFIG)
     try:
         rules_config = load_rules(rules)
     except RulesError as exc:
@@ -79,9 +85,9 @@ def worker(
             ensure_state_topic(settings)
         except ServiceUnavailable as exc:
             fail(str(exc), EXIT_SERVICE)
-    job = create_app(settings, rules_config, group_id=group, discover_every_s=discover_every)
+    job = create_app(settings, rules_config, group_id=group, discover_every_s=topic_refresh_seconds)
     if settings.all_teams:
-        _wait_for_a_team(job, discover_every)
+        _wait_for_a_team(job, topic_refresh_seconds)
     app = job.app
     app.conf.broker_session_timeout = session_timeout
     app.conf.broker_heartbeat_interval = min(3.0, session_timeout / 4)

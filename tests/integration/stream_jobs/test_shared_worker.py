@@ -46,7 +46,7 @@ def _claiming(events: list[dict], team: str) -> list[dict]:
 
 
 def _shared_worker(kafka: Settings, log: Path, *extra: str) -> WorkerProcess:
-    return WorkerProcess(kafka, log, extra_args=["--team", "*", "--discover-every", "2", *extra])
+    return WorkerProcess(kafka, log, extra_args=["--team", "*", "--topic-refresh-seconds", "2", *extra])
 
 
 def _scrape(port: int) -> dict[str, float]:
