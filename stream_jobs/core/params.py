@@ -144,7 +144,7 @@ class LossPlateauParams(RuleParams):
     z: float = 1.64
     """a stretch whose Mann-Kendall score is at or below -z is improving (1.64 = one-sided p 0.05); above,
     the loss shows no significant decrease ..."""
-    pace_frac: float = 0.2
+    pace_frac: float = 0.1
     """... and its decrease per step (Theil-Sen) is below this fraction of the run's average decrease per step
     since the trend began, when that decrease is significant (a stretch too short or too noisy to show a
     healthy descent is not a plateau; a loss that never fell since warmup is one) ..."""
