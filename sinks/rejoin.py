@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 MAX_REJOINS = 3
@@ -74,6 +74,55 @@ class RejoinWatch:
         return sorted(t for t in consumer.topics() if self._pattern.match(t))
 
 
+class TopicListWatch:
+    """A shared consumer's subscription (``--team '*'``): the broker's topics it wants, looked up every
+    ``every_s``; a change is handed to :meth:`changed`, which re-subscribes to the explicit list.
+
+    Not kafka-python's ``subscribe(pattern=...)``: to rejoin after a new topic matched, kafka-python 3
+    waits for a fresh metadata response of every topic of the cluster within one poll's timeout
+    (KAFKA-3949) and gives up when the poll ends first; with 10-100 ms polls on a broker holding
+    thousands of topics (the test broker) a new team's topics stayed unassigned. A lookup here takes
+    what it takes (one metadata request for every topic per ``every_s``), then the explicit topic list
+    rejoins the group. The sink and the notifier subclass it.
+    """
+
+    def __init__(self, every_s: float, *, log: logging.Logger, who: str) -> None:
+        self.every_s = every_s
+        self._next = 0.0
+        self._log = log
+        self._who = who
+
+    def check(self, consumer: Any) -> None:
+        from kafka.errors import KafkaError
+
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.every_s
+        try:
+            found = self.matching(consumer.topics())
+        except KafkaError as exc:
+            self._log.warning(
+                "%s: listing the team topics failed (%s); trying again in %.0f s", self._who, exc, self.every_s
+            )
+            return
+        current = self.subscribed()
+        if found != current:
+            self.changed(consumer, found, [t for t in found if t not in current])
+
+    def matching(self, topics: Iterable[str]) -> tuple[str, ...]:
+        """The topics wanted among the broker's ``topics`` (sorted)."""
+        raise NotImplementedError
+
+    def subscribed(self) -> tuple[str, ...]:
+        """The topics subscribed now."""
+        raise NotImplementedError
+
+    def changed(self, consumer: Any, found: tuple[str, ...], new: list[str]) -> None:
+        """Subscribe ``consumer`` to ``found`` (``new`` of them were not subscribed)."""
+        raise NotImplementedError
+
+
 def rewind_to_committed(consumer: Any, partitions: set[Any]) -> int:
     """Seek those of ``partitions`` still assigned to their committed offsets (the beginning when none,
     as ``auto_offset_reset``); returns how many. kafka-python 3 keeps the position of a partition that
@@ -89,4 +138,4 @@ def rewind_to_committed(consumer: Any, partitions: set[Any]) -> int:
     return len(kept)
 
 
-__all__ = ["MAX_REJOINS", "RejoinWatch", "rewind_to_committed"]
+__all__ = ["MAX_REJOINS", "RejoinWatch", "TopicListWatch", "rewind_to_committed"]

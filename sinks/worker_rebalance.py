@@ -13,11 +13,12 @@ its batch before the re-subscriptions it starts itself (:class:`TeamTopicWatch`)
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from kafka import ConsumerRebalanceListener
+
+from rankstream.sinks.rejoin import TopicListWatch
 
 if TYPE_CHECKING:
     from rankstream.sinks.worker import SinkWorker
@@ -99,42 +100,27 @@ def subscribe(consumer: Any, worker: SinkWorker) -> None:
         consumer.subscribe(list(worker.router.topics), listener=worker.rebalance_listener)
 
 
-class TeamTopicWatch:
-    """A shared sink's subscription: the broker's topics its pattern matches, looked up every ``every_s``.
-
-    Not kafka-python's ``subscribe(pattern=...)``: to rejoin after a new topic matched, it
-    waits for a fresh metadata response of every topic of the cluster within one poll's
-    timeout (KAFKA-3949), which a broker with thousands of topics never gives in the
-    sink's 10-100 ms polls: it never rejoined. A lookup here takes what it takes (one
-    metadata request for every topic per ``every_s``), then the explicit topic list rejoins,
-    after the pending batch is stored and committed (kafka-python 3 runs the rebalance
-    listener on its IO thread, where no commit can wait: a batch pending at the revocation
-    is dropped and read again).
-    """
+class TeamTopicWatch(TopicListWatch):
+    """A shared sink's subscription (:class:`~rankstream.sinks.rejoin.TopicListWatch`): the new list
+    is subscribed after the pending batch is stored and committed (kafka-python 3 runs the rebalance
+    listener on its IO thread, where no commit can wait: a batch pending at the revocation is dropped
+    and read again)."""
 
     def __init__(self, worker: SinkWorker, every_s: float) -> None:
+        super().__init__(every_s, log=log, who="sink")
         self.worker = worker
-        self.every_s = every_s
-        self._next = 0.0
 
-    def check(self, consumer: Any) -> None:
+    def matching(self, topics: Iterable[str]) -> tuple[str, ...]:
+        return self.worker.router.matching(topics)
+
+    def subscribed(self) -> tuple[str, ...]:
+        return self.worker.router.topics
+
+    def changed(self, consumer: Any, found: tuple[str, ...], new: list[str]) -> None:
         from kafka.errors import KafkaError
 
-        now = time.monotonic()
-        if now < self._next:
-            return
-        self._next = now + self.every_s
-        router = self.worker.router
-        try:
-            found = router.matching(consumer.topics())
-        except KafkaError as exc:
-            log.warning("sink: listing the team topics failed (%s); trying again in %.0f s", exc, self.every_s)
-            return
-        if found == router.topics:
-            return
-        new = [t for t in found if t not in router.topics]
         self.worker.flush()  # stored and committed here: the rebalance this starts has nothing to drop
-        router.topics = found
+        self.worker.router.topics = found
         log.info(
             "sink: consuming %d team topic(s); new: %s", len(found), ", ".join(new[:6]) + (" ..." * (len(new) > 6))
         )

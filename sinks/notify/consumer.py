@@ -8,12 +8,13 @@ delivered is read again by whoever gets the partition.
 from __future__ import annotations
 
 import logging
-import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from kafka import ConsumerRebalanceListener
 
 from rankstream.errors import one_line
+from rankstream.sinks.rejoin import TopicListWatch
 
 if TYPE_CHECKING:
     from rankstream.sinks.notify.worker import Notifier
@@ -53,41 +54,24 @@ def subscribe(consumer: Any, notifier: Notifier) -> None:
         consumer.subscribe(list(notifier.topics), listener=_Rebalance(notifier))
 
 
-class TeamTopicWatch:
-    """A shared notifier's subscription: the broker's topics its pattern matches, looked up every ``every_s``.
-
-    Not kafka-python's ``subscribe(pattern=...)``: to rejoin after a new topic matched, kafka-python 3
-    waits for a fresh metadata response of every topic of the cluster within one poll's timeout
-    (KAFKA-3949) and gives up when the poll ends first; with the notifier's 100 ms polls on a
-    broker holding thousands of topics (the test broker) a new team's topic stayed unassigned. A
-    lookup here takes what it takes (one metadata request for every topic per ``every_s``), then
-    the explicit topic list rejoins the group. The shared sink does the same (sinks/worker_rebalance).
-    """
+class TeamTopicWatch(TopicListWatch):
+    """A shared notifier's subscription (:class:`~rankstream.sinks.rejoin.TopicListWatch`): every
+    team's alerts topic found so far."""
 
     def __init__(self, notifier: Notifier, every_s: float) -> None:
+        super().__init__(every_s, log=log, who="notify")
         self.notifier = notifier
-        self.every_s = every_s
-        self._next = 0.0
 
-    def check(self, consumer: Any) -> None:
-        from kafka.errors import KafkaError
+    def matching(self, topics: Iterable[str]) -> tuple[str, ...]:
+        return self.notifier.subscription.matching(topics)
 
-        now = time.monotonic()
-        if now < self._next:
-            return
-        self._next = now + self.every_s
-        notifier = self.notifier
-        try:
-            found = notifier.subscription.matching(consumer.topics())
-        except KafkaError as exc:
-            log.warning("notify: listing the team topics failed (%s); trying again in %.0f s", exc, self.every_s)
-            return
-        if found == notifier.topics:
-            return
-        new = [t for t in found if t not in notifier.topics]
-        notifier.topics = found
+    def subscribed(self) -> tuple[str, ...]:
+        return self.notifier.topics
+
+    def changed(self, consumer: Any, found: tuple[str, ...], new: list[str]) -> None:
+        self.notifier.topics = found
         log.info("notify: %d team alerts topic(s); new: %s", len(found), ", ".join(new[:6]) + " ..." * (len(new) > 6))
-        subscribe(consumer, notifier)
+        subscribe(consumer, self.notifier)
 
 
 class _SubscribedRejoin:
