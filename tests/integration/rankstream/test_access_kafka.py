@@ -37,7 +37,9 @@ def _team(settings: Settings, team: TeamPrincipal) -> dict[str, Any]:
 
 
 def _send(kwargs: dict[str, Any], topic: str, value: bytes, block_ms: int = 15000) -> None:
-    producer = KafkaProducer(**kwargs, max_block_ms=block_ms, request_timeout_ms=10000, retries=0)
+    producer = KafkaProducer(
+        **kwargs, max_block_ms=block_ms, bootstrap_timeout_ms=block_ms, request_timeout_ms=10000, retries=0
+    )
     try:
         producer.send(topic, value).get(timeout=20)
     finally:
