@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
+from datetime import tzinfo
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any
 
@@ -48,6 +49,26 @@ FormatOpt = Annotated[
     ),
 ]
 RunIdOpt = Annotated[str | None, typer.Option("--run-id", help="run_id for imported files [default: the file's stem]")]
+TimezoneOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--timezone",
+        help="IANA zone (e.g. UTC, Asia/Shanghai) of a stdout log's zone-less time stamps (Megatron-LM's) "
+        "[default: this machine's local zone]",
+    ),
+]
+
+
+def _zone(name: str | None) -> tzinfo | None:
+    """The zone ``--timezone`` names; an unknown name exits 2 with one line."""
+    if name is None:
+        return None
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        fail(f"unknown --timezone {name!r} (an IANA zone name such as UTC or Europe/Paris)", EXIT_CONFIG)
 
 
 class ErrorReport:
@@ -107,7 +128,7 @@ def replay_lines(
     return accepted
 
 
-def _import(path: Path, fmt: str, rid: str) -> ImportResult:
+def _import(path: Path, fmt: str, rid: str, tz: tzinfo | None = None) -> ImportResult:
     from rankstream.importers import (
         import_hf_trainer_state,
         import_swift_jsonl,
@@ -122,7 +143,7 @@ def _import(path: Path, fmt: str, rid: str) -> ImportResult:
         return import_hf_trainer_state(path.read_bytes(), run_id=rid, end_ts=end_ts, run_name=rid)
     with path.open("rb") as fh:
         if fmt == "log":
-            return import_training_log(fh, run_id=rid, end_ts=end_ts, run_name=rid)
+            return import_training_log(fh, run_id=rid, end_ts=end_ts, run_name=rid, tz=tz)
         return import_swift_jsonl(fh, run_id=rid, end_ts=end_ts, run_name=rid)
 
 
@@ -134,7 +155,7 @@ def _default_run_id(path: Path, fmt: str) -> str:
 
 
 def _imported_lines(
-    path: Path, fmt: str, run_id: str | None, on_error: Callable[[str], None]
+    path: Path, fmt: str, run_id: str | None, on_error: Callable[[str], None], tz: tzinfo | None = None
 ) -> tuple[list[bytes], int, str]:
     """The file as v1 event lines, and how many of its lines held no log entry; a file with nothing to
     import exits 1 with one line."""
@@ -142,7 +163,7 @@ def _imported_lines(
     from rankstream.schema import dumps
 
     try:
-        result = _import(path, fmt, run_id or _default_run_id(path, fmt))
+        result = _import(path, fmt, run_id or _default_run_id(path, fmt), tz)
         require_logged(result, f"{path} ({fmt} file)")
     except (NothingToImport, TensorBoardMissing) as exc:
         fail(one_line(exc), exc.exit_code)
@@ -205,6 +226,7 @@ def replay(
     ] = None,
     format: FormatOpt = "auto",
     run_id: RunIdOpt = None,
+    timezone: TimezoneOpt = None,
 ) -> None:
     """Run alignment and detection over a past run; alerts as JSON lines on stdout."""
     from rankstream.schema import dumps
@@ -216,6 +238,7 @@ def replay(
     except RulesError as exc:
         fail(str(exc), EXIT_CONFIG)
     fmt = _resolve_format(input, format)
+    tz = _zone(timezone)
     errors = ErrorReport(sys.stderr)
     engine = Engine(config)
     ignored, what = 0, ""
@@ -241,7 +264,7 @@ def replay(
             with input.open("rb") as fh:
                 replay_lines(fh, engine, emit, errors)
         else:
-            lines, ignored, what = _imported_lines(input, fmt, run_id, errors)
+            lines, ignored, what = _imported_lines(input, fmt, run_id, errors, tz)
             replay_lines(lines, engine, emit, errors)
         out = engine.finish()
         emit(out.steps, out.all_alerts())
@@ -260,6 +283,7 @@ def import_cmd(
     ] = None,
     format: FormatOpt = "auto",
     run_id: RunIdOpt = None,
+    timezone: TimezoneOpt = None,
 ) -> None:
     """Convert a trainer's log (ms-swift logging.jsonl, HF trainer_state.json, TensorBoard event files, captured
     stdout) into v1 events (JSON lines)."""
@@ -267,8 +291,9 @@ def import_cmd(
     fmt = _resolve_format(input, format)
     if fmt == "events":
         fail(f"{input} already holds rankstream events (use --format swift, hf or log to force)", EXIT_CONFIG)
+    tz = _zone(timezone)
     errors = ErrorReport(sys.stderr)
-    lines, ignored, what = _imported_lines(input, fmt, run_id, errors)
+    lines, ignored, what = _imported_lines(input, fmt, run_id, errors, tz)
     data = b"".join(line + b"\n" for line in lines)
     if output is None:
         sys.stdout.buffer.write(data)

@@ -119,3 +119,20 @@ def test_a_file_forced_as_tensorboard_that_is_none_exits_1_with_one_line(tmp_pat
         f"rankstream: error: nothing to import from {junk} (tensorboard file): "
         "no scalar value in 1 event file(s) (or not an event file)\n"
     )
+
+
+def test_timezone_places_megatron_stamps_and_an_unknown_zone_exits_2(tmp_path: Path) -> None:
+    """Megatron-LM prints local time without a zone: --timezone says which; the same log read in two zones
+    8 hours apart is stamped 8 hours apart."""
+    log = str(FIXTURES / "log_megatron" / "train.log")
+
+    def first_step_ts(zone: str) -> float:
+        out = tmp_path / f"{zone.replace('/', '_')}.jsonl"
+        result = runner.invoke(app, ["import", "--input", log, "-o", str(out), "--timezone", zone])
+        assert result.exit_code == 0, result.stderr
+        return next(e["ts"] for e in map(json.loads, out.read_text().splitlines()) if e["kind"] == "step")
+
+    assert first_step_ts("UTC") - first_step_ts("Asia/Shanghai") == 8 * 3600
+    for cmd in ("import", "replay"):
+        bad = runner.invoke(app, [cmd, "--input", log, "--timezone", "Mars/Olympus"])
+        assert bad.exit_code == 2 and bad.stderr.count("\n") == 1 and "unknown --timezone 'Mars/Olympus'" in bad.stderr
