@@ -24,3 +24,16 @@ def reseq(events: list[dict]) -> list[dict]:
         e["seq"] = seq[e["rank"]]
         seq[e["rank"]] += 1
     return events
+
+
+def logged_every(events: list[dict], cadence: int) -> list[dict]:
+    """A synthetic run as its producer would send it logging every ``cadence`` steps (seq renumbered)."""
+    seq: dict[int, int] = {}
+    out = []
+    for e in events:
+        if e["kind"] == "step" and e["step"] % cadence:
+            continue
+        e = {**e, "seq": seq.get(e["rank"], 0)}
+        seq[e["rank"]] = e["seq"] + 1
+        out.append(e)
+    return out

@@ -21,6 +21,7 @@ from rankstream.stream_jobs.core.align import Released
 from rankstream.stream_jobs.core.detect_loss import LossDetector
 from rankstream.stream_jobs.core.params import RuleSet
 from rankstream.stream_jobs.core.trend import RollingKendall, StepBins, kendall_s, kendall_z, theil_sen
+from tests.corekit import logged_every
 
 CADENCES = (1, 10, 50, 200, 500)
 N = 30_000
@@ -250,19 +251,6 @@ def test_ms_swift_log_of_a_stalled_loss_is_a_plateau() -> None:
     lines = swift_lines(lambda s: sft(min(s, 1000.0)), 3000, 10, 0)
     fired = trend_alerts(import_swift_jsonl(lines, run_id="sw").events)
     assert [rule for rule, _ in fired] == ["loss_plateau"] and 1000 <= fired[0][1] <= 2000
-
-
-def logged_every(events: list[dict], cadence: int) -> list[dict]:
-    """A synthetic run as its producer would send it logging every ``cadence`` steps (seq renumbered)."""
-    seq: dict[int, int] = {}
-    out = []
-    for e in events:
-        if e["kind"] == "step" and e["step"] % cadence:
-            continue
-        e = {**e, "seq": seq.get(e["rank"], 0)}
-        seq[e["rank"]] = e["seq"] + 1
-        out.append(e)
-    return out
 
 
 #: Derandomized (the same two seeds every run): random seeds found a loss_rising false positive inside a stall

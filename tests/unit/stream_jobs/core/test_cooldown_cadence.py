@@ -14,6 +14,7 @@ from rankstream.stream_jobs.core import Engine, Output, RulesConfig
 from rankstream.stream_jobs.core.alerts import Alerter, Finding, LoggingCadence, cooldown_span
 from rankstream.stream_jobs.core.params import RuleSet, StragglerParams
 from rankstream.stream_jobs.core.resolve import QUIET_STEPS
+from tests.corekit import logged_every
 
 #: loss_spike judged after 8 logged points (its default 32 would need 16,000 steps at cadence 500).
 RULES = RulesConfig.from_dict({"rules": {"loss_spike": {"min_samples": 8}}})
@@ -23,19 +24,6 @@ CASES = {
     "loss_spike": (Fault("loss_spike", 0), []),
     "straggler": (Fault("straggler", 0, rank=2), [2]),
 }
-
-
-def logged_every(events: list[dict], cadence: int) -> list[dict]:
-    """A synthetic run as its producer would send it logging every ``cadence`` steps (seq renumbered)."""
-    seq: dict[int, int] = {}
-    out = []
-    for e in events:
-        if e["kind"] == "step" and e["step"] % cadence:
-            continue
-        e = {**e, "seq": seq.get(e["rank"], 0)}
-        seq[e["rank"]] = e["seq"] + 1
-        out.append(e)
-    return out
 
 
 def flat_loss_with_spike(events: list[dict], spike: range) -> list[dict]:
