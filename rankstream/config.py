@@ -25,7 +25,7 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
-__all__ = ["ALL_TEAMS", "ConfigError", "Settings"]
+__all__ = ["ALL_TEAMS", "ConfigError", "Settings", "team_prefix_of"]
 
 
 def _default_state_dir() -> Path:
@@ -36,6 +36,14 @@ def _default_spool_dir() -> Path:
     """A per-user local cache directory (XDG): the working directory of a job is often NFS/Lustre."""
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache).expanduser() / "rankstream" / "spool"
+
+
+def team_prefix_of(prefix: str, team: str) -> str:
+    """One team's topic prefix ``<prefix>.<team>``, ``prefix`` itself when it already names the team (or no
+    team is given)."""
+    if not team or prefix.rsplit(".", 1)[-1] == team:
+        return prefix
+    return f"{prefix}.{team}"
 
 
 @dataclass(frozen=True)
@@ -116,10 +124,7 @@ class Settings:
         ``<prefix>.vision``, whether the prefix given is the deployment's (``rankstream``) or already the
         team's (``rankstream.vision``): a job, worker, sink and notifier of one team name the same topics
         either way. Otherwise (no team, or ``*``) the prefix itself."""
-        team = self.fixed_team
-        if not team or self.topic_prefix.rsplit(".", 1)[-1] == team:
-            return self.topic_prefix
-        return f"{self.topic_prefix}.{team}"
+        return team_prefix_of(self.topic_prefix, self.fixed_team)
 
     @property
     def topics(self) -> Topics:

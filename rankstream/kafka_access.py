@@ -83,6 +83,13 @@ def _compiled(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
+def topics_matching(pattern: str, topics: Iterable[str]) -> tuple[str, ...]:
+    """Those of ``topics`` that ``pattern`` (a :func:`team_topic_pattern`) matches, sorted: what a shared
+    service subscribes to."""
+    compiled = _compiled(pattern)
+    return tuple(sorted(t for t in topics if compiled.match(t)))
+
+
 @functools.lru_cache(maxsize=65536)
 def team_of_topic(prefix: str, topic: str) -> tuple[str, str] | None:
     """``(team, kind)`` of a team topic ``<prefix>.<team>.<kind>``; None for any other topic."""

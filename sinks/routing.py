@@ -15,12 +15,11 @@ Three modes, from ``RANKSTREAM_TEAM`` (:class:`~rankstream.config.Settings`):
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from rankstream.config import Settings
-from rankstream.kafka_access import team_of_topic, team_topic_pattern, team_topics
+from rankstream.kafka_access import team_of_topic, team_topic_pattern, team_topics, topics_matching
 
 #: The topic kinds the sink consumes.
 SINK_KINDS = ("events", "steps", "alerts")
@@ -55,8 +54,7 @@ class Router:
         """Those of ``topics`` a shared sink reads (sorted)."""
         if not self.pattern:
             return ()
-        pattern = re.compile(self.pattern)
-        return tuple(sorted(t for t in topics if pattern.match(t)))
+        return topics_matching(self.pattern, topics)
 
     def route(self, topic: str) -> TopicRoute:
         route = self._routes.get(topic)

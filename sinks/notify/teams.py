@@ -17,12 +17,11 @@ broken alerts stay in the team's own ``<prefix>.<team>.dlq``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from rankstream.config import ALL_TEAMS, Settings
-from rankstream.kafka_access import team_of_topic, team_topic_pattern, team_topics
+from rankstream.config import ALL_TEAMS, Settings, team_prefix_of
+from rankstream.kafka_access import team_of_topic, team_topic_pattern, team_topics, topics_matching
 from rankstream.topics import Topics
 
 
@@ -43,9 +42,7 @@ class AlertSubscription:
 
     def _fixed_topics(self) -> Topics:
         """The topics of the legacy or one-team mode."""
-        if not self.team or self.prefix.rsplit(".", 1)[-1] == self.team:
-            return Topics(self.prefix)
-        return team_topics(self.prefix, self.team)
+        return Topics(team_prefix_of(self.prefix, self.team))
 
     @property
     def topics(self) -> tuple[str, ...]:
@@ -56,8 +53,7 @@ class AlertSubscription:
         """Those of ``topics`` a shared notifier reads (sorted); none in the other modes."""
         if self.pattern is None:
             return ()
-        pattern = re.compile(self.pattern)
-        return tuple(sorted(t for t in topics if pattern.match(t)))
+        return topics_matching(self.pattern, topics)
 
     @property
     def pattern(self) -> str | None:
