@@ -25,7 +25,7 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
-__all__ = ["ALL_TEAMS", "ConfigError", "Settings", "team_prefix_of"]
+__all__ = ["ALL_TEAMS", "ConfigError", "Settings", "read_yaml_file", "team_prefix_of"]
 
 
 def _default_state_dir() -> Path:
@@ -36,6 +36,21 @@ def _default_spool_dir() -> Path:
     """A per-user local cache directory (XDG): the working directory of a job is often NFS/Lustre."""
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache).expanduser() / "rankstream" / "spool"
+
+
+def read_yaml_file(path: str | Path, what: str) -> Any:
+    """The parsed content of a YAML config file; a missing, unreadable or malformed file is a one-line
+    :class:`ConfigError` starting with ``<what> <path>:``."""
+    import yaml
+
+    try:
+        text = Path(path).expanduser().read_text()
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: {exc.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
 
 
 def team_prefix_of(prefix: str, team: str) -> str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rankstream.config import Settings
+from rankstream.config import Settings, read_yaml_file
 from rankstream.errors import ConfigError, OperationFailed, ServiceUnavailable, one_line
 from rankstream.topics import Topics
 
@@ -343,14 +343,4 @@ def parse_access_config(raw: Any) -> AccessConfig:
 
 def load_access_config(path: str | Path) -> AccessConfig:
     """Read and parse a teams YAML file."""
-    import yaml
-
-    try:
-        text = Path(path).expanduser().read_text()
-    except OSError as exc:
-        raise ConfigError(f"access config {path}: {exc.strerror}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"access config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return parse_access_config(raw)
+    return parse_access_config(read_yaml_file(path, "access config"))

@@ -32,8 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from rankstream.config import read_yaml_file
 from rankstream.errors import ConfigError
 from rankstream.schema import SEVERITIES
 
@@ -244,15 +243,7 @@ def parse_config(raw: Any, env: Mapping[str, str] | None = None) -> NotifyConfig
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> NotifyConfig:
     """Read and parse a notify YAML file."""
-    try:
-        text = Path(path).expanduser().read_text()
-    except OSError as exc:
-        raise ConfigError(f"notify config {path}: {exc.strerror}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"notify config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return parse_config(raw, env)
+    return parse_config(read_yaml_file(path, "notify config"), env)
 
 
 def alertmanager_only(url: str) -> NotifyConfig:
